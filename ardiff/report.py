@@ -1,0 +1,46 @@
+"""Results tables (markdown + CSV) and the work-dir files every experiment writes."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Any, Sequence
+
+
+def _fmt(v: Any) -> str:
+  if isinstance(v, float):
+    if math.isnan(v):
+      return "nan"
+    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
+      return f"{v:.3g}"
+    return f"{v:.4g}"
+  return str(v)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+  if not rows:
+    return "(no rows)\n"
+  columns = list(columns or rows[0].keys())
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  for r in rows:
+    lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_results(workdir: str, rows: Sequence[dict[str, Any]], title: str,
+                  notes: str = "", name: str = "results") -> str:
+  """Write `name`.md (title, notes, table) and `name`.csv; returns the markdown path."""
+  columns: list[str] = []
+  for r in rows:
+    columns += [k for k in r if k not in columns]
+  md_path = os.path.join(workdir, f"{name}.md")
+  with open(md_path + ".tmp", "w") as f:
+    f.write(f"# {title}\n\n{notes.strip()}\n\n" if notes else f"# {title}\n\n")
+    f.write(markdown_table(rows, columns))
+  os.replace(md_path + ".tmp", md_path)
+  with open(os.path.join(workdir, f"{name}.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  return md_path
