@@ -35,9 +35,10 @@ def _from_betas(betas: np.ndarray) -> Schedule:
 
 @SCHEDULES.register("linear")
 def linear_schedule(num_timesteps: int) -> Schedule:
-  """Ho et al. (2020): betas linear from 1e-4 to 0.02 at T=1000, rescaled so other T match."""
+  """Ho et al. (2020): betas linear from 1e-4 to 0.02 at T=1000, rescaled so other T match
+  (clipped at 0.999: for very small T the rescaled betas would exceed 1)."""
   scale = 1000.0 / num_timesteps
-  return _from_betas(np.linspace(scale * 1e-4, scale * 0.02, num_timesteps))
+  return _from_betas(np.clip(np.linspace(scale * 1e-4, scale * 0.02, num_timesteps), 0, 0.999))
 
 
 @SCHEDULES.register("cosine")
