@@ -28,6 +28,12 @@ from ardiff.models.mlp import MLPDenoiser
 from ardiff.report import write_results
 
 
+# A few-second run used by tests/test_experiments.py so CI catches a broken experiment.
+SMOKE_OVERRIDES = ["train.steps=20", "train.log_every=10", "sample.num_samples=128",
+                   "diffusion.num_timesteps=20", "sample.runs=['ddpm:20', 'ddim:5', 'ddpm:20:noise=0']",
+                   "sample.guidance_sampler=ddim:5", "sample.field_grid=5", "model.width=32"]
+
+
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.scale = scale

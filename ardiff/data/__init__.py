@@ -1,0 +1,56 @@
+"""Datasets by name: embedded ones (spiral, digits) need no download; tfds ones must be prepared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ardiff.data.base import Dataset, batch_indices, levels_to_unit, unit_to_levels
+from ardiff.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+
+
+@DATASETS.register("spiral")
+def _spiral(**kw: Any) -> Dataset:
+  from ardiff.data.spiral import spiral_dataset
+
+  return spiral_dataset(**kw)
+
+
+@DATASETS.register("digits")
+def _digits(**kw: Any) -> Dataset:
+  from ardiff.data.digits import load_digits_dataset
+
+  return load_digits_dataset(**kw)
+
+
+@DATASETS.register("npz")
+def _npz(**kw: Any) -> Dataset:
+  from ardiff.data.arrays import load_npz_dataset
+
+  return load_npz_dataset(**kw)
+
+
+def _tfds(name: str):
+  def load(**kw: Any) -> Dataset:
+    import jax
+
+    from ardiff.data.tfds_source import load_tfds_dataset
+
+    kw.setdefault("process_index", jax.process_index())
+    kw.setdefault("process_count", jax.process_count())
+    return load_tfds_dataset(name, **kw)
+
+  return load
+
+
+DATASETS.register("mnist")(_tfds("mnist"))
+DATASETS.register("cifar10")(_tfds("cifar10"))
+
+
+def load_dataset(name: str, **kwargs: Any) -> Dataset:
+  return DATASETS.get(name)(**kwargs)
+
+
+__all__ = ["DATASETS", "Dataset", "batch_indices", "levels_to_unit", "load_dataset",
+           "unit_to_levels"]
