@@ -20,9 +20,10 @@ def model_dir(config: ml_collections.ConfigDict, workdir: str, name: str, *secti
 
   Keyed by a hash of the sections, so experiments that train the same model share it and
   re-plotting never retrains. `config.model_cache` (if set) is a directory shared across
-  experiments; otherwise models live in `workdir/models`.
+  experiments, relative to the work dir unless absolute (the digits experiments use
+  "../models", i.e. runs/models beside runs/<experiment>); otherwise `workdir/models`.
   """
-  root = config.get("model_cache") or os.path.join(workdir, "models")
+  root = os.path.join(workdir, config.get("model_cache") or "models")
   return os.path.join(root, f"{name}-{config_hash(*sections)}")
 
 

@@ -1,0 +1,102 @@
+"""The digit models every experiment shares, built from config sections.
+
+Experiments that use the same sections get the same cached model (see
+`ardiff.experiment.model_dir`), so e.g. `ar_vs_diffusion.py` reuses what `digits_ar.py` and
+`digits_diffusion.py` trained.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from ardiff.config import require, require_positive
+from ardiff.data.base import Dataset, levels_to_unit
+from ardiff.diffusion.config import make_diffusion, validate_diffusion
+from ardiff.experiment import model_dir, train_cached
+
+
+def transformer_section(**overrides) -> ml_collections.ConfigDict:
+  base = dict(width=128, depth=4, heads=4, dropout=0.1, p_uncond=0.1)
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def unet_section(**overrides) -> ml_collections.ConfigDict:
+  base = dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, num_heads=4, dropout=0.1)
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def train_section(**overrides) -> ml_collections.ConfigDict:
+  base = dict(steps=3000, batch_size=64, learning_rate=1e-3, warmup_steps=200, weight_decay=0.0,
+              grad_clip=1.0, ema_decay=0.999, seed=0, log_every=250, checkpoint_every=1000,
+              keep_checkpoints=2)
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def validate_transformer(cfg, prefix: str) -> None:
+  require_positive(cfg, prefix, "width", "depth", "heads")
+  require(cfg.width % cfg.heads == 0, f"{prefix}.heads",
+          f"width={cfg.width} must be divisible by heads={cfg.heads}")
+  require(0 <= cfg.dropout < 1, f"{prefix}.dropout", f"must lie in [0, 1), got {cfg.dropout}")
+  require(0 <= cfg.p_uncond <= 1, f"{prefix}.p_uncond", f"must lie in [0, 1], got {cfg.p_uncond}")
+
+
+def validate_train(cfg, prefix: str) -> None:
+  require_positive(cfg, prefix, "steps", "batch_size", "learning_rate", "log_every",
+                   "checkpoint_every")
+
+
+def tokens(levels: np.ndarray) -> np.ndarray:
+  """uint8 images [N, H, W, C] -> int32 tokens [N, H*W*C] in raster order."""
+  return np.asarray(levels).reshape(len(levels), -1).astype(np.int32)
+
+
+def untokens(toks, dataset: Dataset) -> np.ndarray:
+  return np.asarray(toks).reshape(-1, *dataset.shape).astype(np.uint8)
+
+
+def raster_ar(cfg, dataset: Dataset):
+  from ardiff.autoregressive.processes import RasterAR
+
+  return RasterAR(dataset.num_levels, dataset.num_tokens, dataset.num_classes, width=cfg.width,
+                  depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout, p_uncond=cfg.p_uncond)
+
+
+def order_agnostic_ar(cfg, dataset: Dataset):
+  from ardiff.autoregressive.processes import OrderAgnosticAR
+
+  return OrderAgnosticAR(dataset.num_levels, dataset.num_tokens, dataset.num_classes,
+                         width=cfg.width, depth=cfg.depth, heads=cfg.heads, dropout=cfg.dropout,
+                         p_uncond=cfg.p_uncond)
+
+
+def image_diffusion(unet_cfg, diffusion_cfg, dataset: Dataset):
+  from ardiff.models.unet import UNet
+
+  validate_diffusion(diffusion_cfg)
+  model = UNet(base_channels=unet_cfg.base_channels, channel_mult=tuple(unet_cfg.channel_mult),
+               num_res_blocks=unet_cfg.num_res_blocks, num_heads=unet_cfg.num_heads,
+               dropout=unet_cfg.dropout, num_classes=dataset.num_classes)
+  return make_diffusion(diffusion_cfg, model, dataset.num_classes)
+
+
+def train_ar(kind: str, config, workdir: str, dataset: Dataset, model_cfg, train_cfg):
+  """Train (or restore) a raster ('raster') or order-agnostic ('ardm') AR model on tokens."""
+  build = {"raster": raster_ar, "ardm": order_agnostic_ar}[kind]
+  process = build(model_cfg, dataset)
+  directory = model_dir(config, workdir, f"{dataset.name}-{kind}", dataset.name, model_cfg,
+                        train_cfg)
+  state = train_cached(process, tokens(dataset.x_train), dataset.y_train, train_cfg, directory)
+  return process, state.ema_params
+
+
+def train_diffusion(config, workdir: str, dataset: Dataset, unet_cfg, diffusion_cfg, train_cfg):
+  process = image_diffusion(unet_cfg, diffusion_cfg, dataset)
+  directory = model_dir(config, workdir, f"{dataset.name}-diffusion", dataset.name, unet_cfg,
+                        diffusion_cfg, train_cfg)
+  x = levels_to_unit(dataset.x_train, dataset.num_levels)
+  state = train_cached(process, x, dataset.y_train, train_cfg, directory)
+  return process, state.ema_params

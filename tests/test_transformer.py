@@ -1,0 +1,103 @@
+"""Tests for the causal / bidirectional transformer and its explicit KV-cache decode."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ardiff.models.transformer import Transformer, init_cache
+
+
+def _model(causal: bool, length: int = 10, vocab: int = 5, **kw) -> Transformer:
+  return Transformer(vocab_size=vocab, seq_len=length, num_classes=3, width=32, depth=2, heads=4,
+                     causal=causal, **kw)
+
+
+def rough_params(model: Transformer, seed: int = 0, scale: float = 0.5):
+  """Params with every leaf drawn from N(0, scale^2) (numpy, no compile): far from uniform."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, model.seq_len), jnp.int32),
+                          jnp.zeros((1,), jnp.int32))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape), jnp.float32), shapes)
+
+
+def test_shapes_and_mask_token():
+  for causal in (True, False):
+    model = _model(causal)
+    params = rough_params(model)
+    x = jnp.zeros((4, 10), jnp.int32) + (0 if causal else model.mask_id)
+    out = jax.jit(model.apply)(params, x, jnp.array([0, 1, 2, 3]))
+    assert out.shape == (4, 10, 5)
+    assert np.isfinite(np.asarray(out)).all()
+  with pytest.raises(ValueError, match="seq_len"):
+    model.apply(params, jnp.zeros((2, 9), jnp.int32), jnp.zeros((2,), jnp.int32))
+
+
+def test_causality():
+  model = _model(True)
+  params = rough_params(model)
+  apply = jax.jit(model.apply)
+  x = jax.random.randint(jax.random.key(3), (2, 10), 0, 5)
+  y = jnp.array([1, 3])
+  base = np.asarray(apply(params, x, y))
+  for j in range(10):
+    changed = np.asarray(apply(params, x.at[:, j].set((x[:, j] + 1) % 5), y))
+    np.testing.assert_allclose(changed[:, :j + 1], base[:, :j + 1], atol=1e-6)
+    if j < 9:  # the next position reads x_j
+      assert np.abs(changed[:, j + 1] - base[:, j + 1]).max() > 1e-3
+  # Position 0 depends on the label only.
+  other = np.asarray(apply(params, x, jnp.array([0, 0])))
+  assert np.abs(other[:, 0] - base[:, 0]).max() > 1e-3
+
+
+def test_bidirectional_sees_everything():
+  model = _model(False)
+  params = rough_params(model)
+  x = jax.random.randint(jax.random.key(3), (2, 10), 0, 6)
+  y = jnp.array([1, 2])
+  apply = jax.jit(model.apply)
+  base = np.asarray(apply(params, x, y))
+  changed = np.asarray(apply(params, x.at[:, 7].set((x[:, 7] + 1) % 6), y))
+  assert (np.abs(changed - base).max(axis=(0, 2)) > 1e-4).all()
+
+
+def test_decode_step_matches_full_forward():
+  model = _model(True, length=12)
+  params = rough_params(model)
+  x = jax.random.randint(jax.random.key(5), (3, 12), 0, 5)
+  y = jnp.array([0, 2, 3])  # 3 = null label
+  full = np.asarray(jax.jit(model.apply)(params, x, y))
+  step = jax.jit(lambda prev, pos, cache: model.apply(params, prev, pos, cache, y,
+                                                      method=Transformer.decode_step))
+  cache = init_cache(model, 3)
+  assert len(cache["k"]) == 2 and cache["k"][0].shape == (3, 4, 12, 8)
+  prev = jnp.zeros((3,), jnp.int32)
+  for pos in range(12):
+    logits, cache = step(prev, jnp.int32(pos), cache)
+    np.testing.assert_allclose(np.asarray(logits), full[:, pos], atol=2e-5, rtol=1e-5)
+    prev = x[:, pos]
+  # The cache holds each layer's keys at every position: not zero anywhere any more.
+  assert (np.abs(np.asarray(cache["k"][1])).sum(axis=-1) > 0).all()
+
+
+def test_decode_step_needs_causal():
+  model = _model(False)
+  params = rough_params(model)
+  with pytest.raises(ValueError, match="causal"):
+    model.apply(params, jnp.zeros((1,), jnp.int32), 0, init_cache(model, 1),
+                jnp.zeros((1,), jnp.int32), method=Transformer.decode_step)
+
+
+def test_dropout_only_in_training():
+  model = _model(True, dropout=0.5)
+  params = rough_params(model)
+  x = jnp.ones((2, 10), jnp.int32)
+  y = jnp.array([0, 1])
+  apply = jax.jit(model.apply, static_argnames="train")
+  a = apply(params, x, y, train=True, rngs={"dropout": jax.random.key(0)})
+  b = apply(params, x, y, train=True, rngs={"dropout": jax.random.key(1)})
+  assert np.abs(np.asarray(a - b)).max() > 1e-3
+  np.testing.assert_array_equal(np.asarray(apply(params, x, y)),
+                                np.asarray(apply(params, x, y, train=False)))
