@@ -74,11 +74,16 @@ def main(argv: list[str] | None = None) -> int:
   p_bench.add_argument("--out", default=None, help="also write the table to this markdown file")
   p_bench.set_defaults(fn=cmd_bench)
   args, extra = parser.parse_known_args(argv)
+  from ardiff.train import Preempted
+
   try:
     return args.fn(args, extra)
   except ConfigError as e:
     print(f"ardiff: config error: {e}", file=sys.stderr)
     return 2
+  except Preempted as e:
+    print(f"ardiff: {e}", file=sys.stderr)
+    return 143  # the conventional exit status after SIGTERM
 
 
 if __name__ == "__main__":

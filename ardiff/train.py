@@ -30,6 +30,10 @@ from ardiff.data.base import batch_indices
 from ardiff.process import Process
 
 
+class Preempted(Exception):
+  """Raised after SIGTERM once a checkpoint is saved: rerun the same command to resume."""
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
@@ -222,7 +226,11 @@ def train(
         if done % cfg.checkpoint_every == 0 or done == end or preemption.requested:
           manager.save(done, args=ocp.args.StandardSave(state))
         if preemption.requested:
-          log(f"SIGTERM: saved step {done}, stopping")
           break
     manager.wait_until_finished()
+  if preemption.requested:
+    # Stop the whole program, not just this loop: a caller must not go on with a half-trained
+    # model as if it were finished.
+    raise Preempted(f"SIGTERM: saved a checkpoint at step {int(state.step)} in {workdir}; "
+                    "rerun the same command to resume")
   return state

@@ -17,13 +17,13 @@ from ardiff.experiment import model_dir, train_cached
 
 
 def transformer_section(**overrides) -> ml_collections.ConfigDict:
-  base = dict(width=128, depth=4, heads=4, dropout=0.1, p_uncond=0.1)
+  base = dict(width=64, depth=2, heads=4, dropout=0.1, p_uncond=0.1)
   base.update(overrides)
   return ml_collections.ConfigDict(base)
 
 
 def unet_section(**overrides) -> ml_collections.ConfigDict:
-  base = dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, num_heads=4, dropout=0.1)
+  base = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, num_heads=4, dropout=0.1)
   base.update(overrides)
   return ml_collections.ConfigDict(base)
 
