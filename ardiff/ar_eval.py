@@ -48,3 +48,20 @@ def ardm_step_losses(process, params, toks: np.ndarray, y: np.ndarray, key) -> n
 
 def _apply(model, params, tokens, y):
   return model.apply(params, tokens, y)
+
+
+def budget_losses(process, params, dataset, key, num_fit: int = 512) -> tuple[np.ndarray, np.ndarray]:
+  """Per-step losses for step budgets: (fit, evaluate).
+
+  The dynamic program is fitted on losses measured on (part of) the train split and the chosen
+  budget is scored with losses measured on the test split. Fitting and scoring on the same
+  noisy estimates would let the DP exploit their noise and report a bound below the
+  one-pixel-per-step bound, which no parallel budget can truly beat.
+  """
+  x_train = dataset.x_train[:num_fit].reshape(min(num_fit, len(dataset.x_train)), -1)
+  fit = ardm_step_losses(process, params, x_train.astype(np.int32), dataset.y_train[:num_fit],
+                         jax.random.fold_in(key, 0))
+  test = ardm_step_losses(process, params,
+                          dataset.x_test.reshape(len(dataset.x_test), -1).astype(np.int32),
+                          dataset.y_test, jax.random.fold_in(key, 1))
+  return fit, test

@@ -59,19 +59,116 @@ def bench_samplers(quick: bool = False) -> list[dict]:
   return rows
 
 
+# Peak dense bf16 throughput (FLOP/s) of accelerators we know, for the fraction-of-peak column.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+              "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}
+
+
+def _peak_flops() -> tuple[float | None, str]:
+  kind = jax.devices()[0].device_kind
+  for name, peak in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return peak * jax.device_count(), f"{name} bf16 dense {peak / 1e12:.0f} TFLOP/s per chip"
+  return None, "no known peak for this device"
+
+
+def _train_step_flops(step_fn, *args) -> float | None:
+  """FLOPs of one compiled step from XLA's cost analysis (None if the backend gives none)."""
+  try:
+    cost = step_fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) or None
+  except Exception:  # noqa: BLE001 - cost analysis is optional on some backends
+    return None
+
+
+def _bench_training(name: str, process, x, y, batch: int, steps: int) -> dict:
+  """Steps/s of the real train step (ardiff.train.train_step) on one batch, and model FLOPs."""
+  import functools
+
+  from ardiff import parallel
+  from ardiff.train import TrainConfig, init_state, make_optimizer, num_params, train_step
+
+  mesh = parallel.data_mesh()
+  tx = make_optimizer(TrainConfig(steps=1000, batch_size=batch))
+  batch_arrays = parallel.put_global_batch({"x": x[:batch], "y": y[:batch]}, mesh)
+  state = init_state(process, tx, batch_arrays, jax.random.key(0))
+  step = jax.jit(functools.partial(train_step, process, tx, 0.999))
+  key = jax.random.key(1)
+  flops = _train_step_flops(step, state, batch_arrays, key)
+
+  def run_steps():
+    s = state
+    for _ in range(steps):
+      s, metrics = step(s, batch_arrays, key)
+    return metrics["loss"]
+
+  seconds = time_call(run_steps, repeats=1) / steps
+  peak, _ = _peak_flops()
+  row = {"model": name, "params": num_params(state.params), "batch": batch,
+         "steps/s": 1.0 / seconds, "examples/s": batch / seconds}
+  if flops:
+    row["GFLOP/step"] = flops / 1e9
+    row["TFLOP/s"] = flops / seconds / 1e12
+    if peak:
+      row["fraction of peak"] = flops / seconds / peak
+  return row
+
+
+def bench_diffusion(quick: bool = False) -> list[dict]:
+  """UNet training steps/s and DDIM sampling images/s on digits (8x8), batch 256."""
+  from ardiff import zoo
+  from ardiff.data import load_dataset
+  from ardiff.data.base import levels_to_unit
+  from ardiff.diffusion.config import diffusion_section
+
+  data = load_dataset("digits")
+  process = zoo.image_diffusion(zoo.unet_section(), diffusion_section(), data)
+  batch = 64 if quick else 256
+  x = levels_to_unit(data.x_train, data.num_levels)
+  row = _bench_training("UNet (digits 8x8)", process, x, data.y_train, batch, 3 if quick else 10)
+  params = process.init_params(jax.random.key(0), {"x": jnp.asarray(x[:1]),
+                                                   "y": jnp.asarray(data.y_train[:1])})
+  rows = [row]
+  for steps in ((10,) if quick else (10, 50)):
+    t = time_call(lambda: process.sample(params, jax.random.key(0), batch, data.shape,
+                                         sampler="ddim", num_steps=steps), repeats=2)
+    rows.append({"model": f"UNet DDIM {steps} steps (sampling)", "batch": batch,
+                 "images/s": batch / t})
+  return rows
+
+
+def bench_train(quick: bool = False) -> list[dict]:
+  """Training throughput at MNIST size (28x28 = 784 tokens / pixels), random data."""
+  import numpy as np
+
+  from ardiff import zoo
+  from ardiff.data.base import Dataset
+  from ardiff.diffusion.config import diffusion_section
+
+  rng = np.random.default_rng(0)
+  side = 8 if quick else 28
+  x = rng.integers(0, 256, (64, side, side, 1)).astype(np.uint8)
+  y = rng.integers(0, 10, 64).astype(np.int32)
+  data = Dataset("mnist-like", "image", x, y, x[:2], y[:2], num_classes=10, num_levels=256)
+  batch, steps = (8, 2) if quick else (32, 3)
+  rows = []
+  for kind in ("raster", "ardm"):
+    process = (zoo.raster_ar if kind == "raster" else zoo.order_agnostic_ar)(
+        zoo.transformer_section(width=128, depth=4), data)
+    rows.append(_bench_training(f"transformer {kind} ({side * side} tokens)", process,
+                                zoo.tokens(x), y, batch, steps))
+  process = zoo.image_diffusion(zoo.unet_section(base_channels=32), diffusion_section(), data)
+  xs = (x.astype(np.float32) / 127.5 - 1.0)
+  rows.append(_bench_training(f"UNet ({side}x{side})", process, xs, y, batch, steps))
+  return rows
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[bool], list[dict]]]] = {
     "samplers": ("Diffusion sampling: lax.scan vs Python loop (spiral MLP)", bench_samplers),
+    "diffusion": ("Image diffusion on digits: training and DDIM sampling", bench_diffusion),
+    "train": ("Training throughput at MNIST size (random data)", bench_train),
 }
-
-
-def _register_optional():
-  """Benchmarks whose modules belong to other parts of the library."""
-  try:
-    from ardiff.bench_ar import bench_kv_cache
-
-    BENCHMARKS["ar"] = ("Autoregressive sampling: KV cache vs recompute", bench_kv_cache_rows)
-  except ImportError:
-    pass
 
 
 def bench_kv_cache_rows(quick: bool = False) -> list[dict]:
@@ -80,10 +177,12 @@ def bench_kv_cache_rows(quick: bool = False) -> list[dict]:
   return bench_kv_cache(seq_lens=(64,) if quick else (64, 784))
 
 
+BENCHMARKS["ar"] = ("Autoregressive sampling: KV cache vs recompute", bench_kv_cache_rows)
+
+
 def run(what: str, quick: bool = False, out: str | None = None) -> str:
-  _register_optional()
   names = list(BENCHMARKS) if what == "all" else [what]
-  text = [f"Device: {device_description()}\n"]
+  text = [f"Device: {device_description()}; peak used: {_peak_flops()[1]}\n"]
   for name in names:
     if name not in BENCHMARKS:
       raise SystemExit(f"ardiff bench: {name!r} is not available; choose from {sorted(BENCHMARKS)}")

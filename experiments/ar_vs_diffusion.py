@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from ardiff import plots, zoo
-from ardiff.ar_eval import ardm_step_losses
+from ardiff.ar_eval import budget_losses
 from ardiff.autoregressive.budget import optimal_budget
 from ardiff.autoregressive.orders import chunk_plan
 from ardiff.config import require, require_choice
@@ -116,10 +116,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                ardm_params, k=k)
     if k in (4, 16):
       grids.append((f"ARDM random k={k}, {L // k} NFE", x[:10]))
-  losses = ardm_step_losses(ardm, ardm_params, zoo.tokens(data.x_test), data.y_test,
-                            jax.random.key(7))
+  fit, _ = budget_losses(ardm, ardm_params, data, jax.random.key(7))
   for k in c.ks:
-    sizes, _ = optimal_budget(losses, L // k)
+    sizes, _ = optimal_budget(fit, L // k)
     record("ARDM, random, DP budget", L // k,
            [zoo.untokens(ardm.sample(ardm_params, key, null, step_sizes=sizes), data)
             for key in keys], ardm_params, k=k)

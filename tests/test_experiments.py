@@ -31,3 +31,13 @@ def test_experiment_runs_at_tiny_scale(path, tmp_path):
   table = (tmp_path / "results.md").read_text()
   assert table.count("\n|") >= 3  # header, separator, at least one row
   assert (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.parametrize("what", ["samplers", "diffusion", "train"])
+def test_bench_quick_prints_a_table(what, capsys):
+  from ardiff import bench
+
+  text = bench.run(what, quick=True)
+  assert "| " in text and "Device:" in text
+  rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+  assert len(rows) >= 2  # header and at least one measured row
