@@ -123,14 +123,15 @@ def bench_diffusion(quick: bool = False) -> list[dict]:
   from ardiff.diffusion.config import diffusion_section
 
   data = load_dataset("digits")
-  process = zoo.image_diffusion(zoo.unet_section(), diffusion_section(), data)
+  unet = zoo.unet_section(base_channels=8) if quick else zoo.unet_section()
+  process = zoo.image_diffusion(unet, diffusion_section(), data)
   batch = 64 if quick else 256
   x = levels_to_unit(data.x_train, data.num_levels)
   row = _bench_training("UNet (digits 8x8)", process, x, data.y_train, batch, 3 if quick else 10)
   params = process.init_params(jax.random.key(0), {"x": jnp.asarray(x[:1]),
                                                    "y": jnp.asarray(data.y_train[:1])})
   rows = [row]
-  for steps in ((10,) if quick else (10, 50)):
+  for steps in ((2,) if quick else (10, 50)):
     t = time_call(lambda: process.sample(params, jax.random.key(0), batch, data.shape,
                                          sampler="ddim", num_steps=steps), repeats=2)
     rows.append({"model": f"UNet DDIM {steps} steps (sampling)", "batch": batch,
@@ -152,13 +153,15 @@ def bench_train(quick: bool = False) -> list[dict]:
   y = rng.integers(0, 10, 64).astype(np.int32)
   data = Dataset("mnist-like", "image", x, y, x[:2], y[:2], num_classes=10, num_levels=256)
   batch, steps = (8, 2) if quick else (32, 3)
+  width, depth = (32, 1) if quick else (128, 4)
   rows = []
   for kind in ("raster", "ardm"):
     process = (zoo.raster_ar if kind == "raster" else zoo.order_agnostic_ar)(
-        zoo.transformer_section(width=128, depth=4), data)
+        zoo.transformer_section(width=width, depth=depth), data)
     rows.append(_bench_training(f"transformer {kind} ({side * side} tokens)", process,
                                 zoo.tokens(x), y, batch, steps))
-  process = zoo.image_diffusion(zoo.unet_section(base_channels=32), diffusion_section(), data)
+  process = zoo.image_diffusion(zoo.unet_section(base_channels=8 if quick else 32),
+                                diffusion_section(), data)
   xs = (x.astype(np.float32) / 127.5 - 1.0)
   rows.append(_bench_training(f"UNet ({side}x{side})", process, xs, y, batch, steps))
   return rows

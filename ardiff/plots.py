@@ -108,7 +108,7 @@ def line_plot(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], pa
   """Lines of (label, xs, ys); optional horizontal reference lines (label, y)."""
   fig, ax = plt.subplots(figsize=(7.0, 4.6))
   for label, xs, ys in series:
-    ax.plot(xs, ys, marker="o", ms=4, label=label, **(styles or {}).get(label, {}))
+    ax.plot(xs, ys, label=label, **{"marker": "o", "ms": 4, **(styles or {}).get(label, {})})
   for label, y in hlines:
     ax.axhline(y, ls="--", c="gray", lw=1)
     ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=8, color="gray",

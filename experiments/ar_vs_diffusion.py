@@ -36,7 +36,7 @@ from ardiff.train import num_params
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
                    "unet.base_channels=8", "diffusion.num_timesteps=8", "num_samples=70",
-                   "ks=[8, 64]", "nfes=[2, 8]", "seeds=[0]", "classifier_steps=20"]
+                   "ks=[64]", "nfes=[2]", "seeds=[0]", "classifier_steps=20"]
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:

@@ -6,8 +6,11 @@ One UNet per target, each with digits_diffusion.py's `unet`, `diffusion` and `tr
 except `diffusion.target` (so the eps model is digits_diffusion's cached model). Every
 prediction is converted to the implied noise and sampled with the same DDIM and DDPM loops at
 a range of network evaluations (NFE); quality is the Fréchet distance on the digit classifier's
-features. Training losses of different targets are in different units and are not compared.
-Writes targets.png, grids.png, results.md/.csv.
+features. Training losses of different targets are in different units and are not compared;
+instead, where in sampling each target errs is measured in one common unit: the RMS error of
+the x0 and eps each network implies (exactly what the samplers see) on the test split, at a
+range of timesteps t (sampling runs from t=T down to 1, so "early in sampling" is large t).
+Writes targets.png, x0_error.png, grids.png, results.md/.csv, errors.md/.csv.
 """
 
 from __future__ import annotations
@@ -15,21 +18,22 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from ardiff import plots, zoo
 from ardiff.config import require, require_choice
 from ardiff.data import load_dataset
-from ardiff.data.base import unit_to_levels
+from ardiff.data.base import levels_to_unit, unit_to_levels
 from ardiff.diffusion.config import diffusion_section
-from ardiff.diffusion.targets import TARGETS
+from ardiff.diffusion.targets import TARGETS, eps_to_x0
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.report import write_results
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
                    "diffusion.num_timesteps=10", "num_samples=40", "nfes=[2]",
-                   "targets=['next_step', 'eps']", "classifier_steps=20"]
+                   "targets=['next_step', 'eps']", "error_ts=[1, 5, 10]", "classifier_steps=20"]
 
 SAMPLERS = ("ddim", "ddpm")
 COLORS = {"eps": "#1f77b4", "x0": "#d62728", "v": "#2ca02c", "next_step": "#ff7f0e"}
@@ -49,6 +53,7 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c.targets = ["next_step", "x0", "v", "eps"]  # eps last: digits_diffusion may be training it
   c.num_samples = 300
   c.nfes = [2, 4, 8, 16, 64, 256]
+  c.error_ts = [1, 3, 10, 30, 100, 250, 500, 750, 900, 970, 1000]
   if scale == "paper":
     c.unet = zoo.unet_section(base_channels=64, channel_mult=(1, 2), num_res_blocks=2)
     c.train = zoo.train_section(steps=50_000, batch_size=256)
@@ -70,6 +75,29 @@ def validate(c: ml_collections.ConfigDict) -> None:
   require(all(1 <= n <= c.diffusion.num_timesteps for n in c.nfes), "nfes",
           f"each must be in 1..diffusion.num_timesteps={c.diffusion.num_timesteps}")
   require(c.num_samples >= 2, "num_samples", "must be >= 2")
+  require(all(1 <= t <= c.diffusion.num_timesteps for t in c.error_ts), "error_ts",
+          f"each must be in 1..diffusion.num_timesteps={c.diffusion.num_timesteps}")
+
+
+def implied_errors(process, params, x0: np.ndarray, ts, key) -> list[dict]:
+  """RMS error of the x0 and eps the network implies (via the sampler's eps_fn, with its x0
+  clipping) on clean images x0 noised to each t; the same noise for every process (paired)."""
+  x0 = jnp.asarray(x0)
+  n = x0.shape[0]
+  null = jnp.full((n,), process.null_label, jnp.int32)
+  out = []
+  for t in ts:
+    tt = jnp.full((n,), t, jnp.int32)
+    eps = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
+    ab = process.schedule.alpha_bars[t]
+    x_t = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
+    eps_hat = process.eps_fn(params, x_t, tt, null)
+    x0_hat = eps_to_x0(process.schedule, eps_hat, x_t, tt)
+    if process.clip_x0 is not None:  # undo float32 round-trip overshoot at alpha_bar ~ 1e-9
+      x0_hat = jnp.clip(x0_hat, -process.clip_x0, process.clip_x0)
+    out.append({"t": int(t), "x0_rmse": float(jnp.sqrt(jnp.mean((x0_hat - x0) ** 2))),
+                "eps_rmse": float(jnp.sqrt(jnp.mean((eps_hat - eps) ** 2)))})
+  return out
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -81,12 +109,18 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   key = jax.random.key(c.seed)
   floor = quality.floor(n)
   rows = [{"target": "data (train split vs test: floor)", "sampler": "", "NFE": 0, "fd": floor}]
-  series, styles, grids = [], {}, []
-  nfes = sorted(c.nfes)
+  series, styles, grids, error_rows, error_series = [], {}, [], [], []
+  nfes, error_ts = sorted(c.nfes), sorted(c.error_ts)
+  x_test = levels_to_unit(data.x_test, levels)
+  # What x0 prediction from pure noise can do at best: the mean image (see blurry_mean.py).
+  mean_rmse = float(np.sqrt(np.mean((x_test - levels_to_unit(data.x_train, levels).mean(0)) ** 2)))
   for target in c.targets:
     cfg = ml_collections.ConfigDict(c.diffusion.to_dict())
     cfg.target = target
     process, params = zoo.train_diffusion(c, workdir, data, c.unet, cfg, c.train)
+    errors = implied_errors(process, params, x_test, error_ts, jax.random.fold_in(key, 1))
+    error_rows += [{"target": target, **e} for e in errors]
+    error_series.append((target, error_ts, [e["x0_rmse"] for e in errors]))
     for sampler in SAMPLERS:
       fds = []
       for nfe in nfes:
@@ -100,15 +134,24 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       series.append((label, nfes, fds))
       styles[label] = dict(c=COLORS[target], ls="-" if sampler == "ddim" else "--")
 
-  plots.line_plot(series, os.path.join(workdir, "targets.png"),
+  # The floor as a legend entry (an annotated hline would hide behind the legend).
+  floor_label = "floor: train split vs test"
+  styles[floor_label] = dict(c="gray", ls=":")
+  plots.line_plot(series + [(floor_label, [nfes[0], nfes[-1]], [floor, floor])],
+                  os.path.join(workdir, "targets.png"),
                   xlabel="network evaluations per image (NFE)",
                   ylabel="Fréchet distance (classifier features), lower is better",
-                  logx=True, logy=True, hlines=[("floor: train split vs test", floor)],
-                  styles=styles,
+                  logx=True, logy=True, styles=styles,
                   title="Diffusion targets: quality vs NFE (solid DDIM, dashed DDPM)")
+  plots.line_plot(error_series, os.path.join(workdir, "x0_error.png"),
+                  xlabel="timestep t (sampling runs from t=T on the right down to t=1)",
+                  ylabel="RMS error of the implied x0 on the test split", logx=True,
+                  hlines=[("predicting the train-split mean image", mean_rmse)],
+                  styles={t: dict(c=COLORS[t]) for t in c.targets},
+                  title="Where each target errs: implied x0, unconditional")
   plots.image_grid(np.concatenate([g for _, g in grids]), os.path.join(workdir, "grids.png"),
                    nrow=12, row_labels=[name for name, _ in grids], vmax=levels - 1,
-                   title="Unconditional DDIM samples per target, fewest and most NFE")
+                   title=f"DDIM samples, {nfes[0]} and {nfes[-1]} NFE")
 
   notes = (f"Digits 8x8, 17 levels, split 1500/297. One UNet per target (base "
            f"{c.unet.base_channels}, mult {tuple(c.unet.channel_mult)}), {c.diffusion.schedule} "
@@ -121,6 +164,15 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            "coefficients. fd: Fréchet distance of "
            f"{n} unconditional samples (one sampling seed) to the test split on the digit "
            f"classifier's features; floor (train split vs test, same n): {floor:.3g}. Training "
-           "losses are in each target's own units and not comparable, so they are not shown.")
+           "losses are in each target's own units and not comparable, so they are not shown; "
+           "errors.md / x0_error.png compare the targets in one unit per timestep instead.")
   write_results(workdir, rows, "Diffusion targets: quality against network evaluations", notes)
+  write_results(workdir, error_rows, "Diffusion targets: error of the implied x0 and eps by t",
+                f"The {len(x_test)} test images noised to x_t with the same noise for every "
+                "target; the network's prediction converted to eps (x0 clipped to "
+                f"[-{c.diffusion.clip_x0}, {c.diffusion.clip_x0}] as in sampling) and to x0; "
+                "null label. RMS errors in the [-1, 1] pixel units (x0) and in noise units "
+                "(eps). Sampling visits t from T down to 1: large t is early in sampling. "
+                f"Reference: the train-split mean image has x0 RMS error {mean_rmse:.3g}.",
+                name="errors")
   return rows

@@ -1,0 +1,300 @@
+"""The one sample-quality metric for every image model in the project.
+
+A small CNN (``ardiff.models.classifier.Classifier``) is trained deterministically on the
+train split of a ``Dataset``; its penultimate layer is the feature space. For a set of samples
+(uint8 integer levels, like the data) ``SampleQuality`` reports:
+
+* ``frechet``: Fréchet distance between the Gaussians fitted to the features of the samples
+  and of the test split ("FID" with a dataset-specific network);
+* ``accuracy``: the fraction of class-conditional samples classified as their requested class;
+* ``floor``: the Fréchet distance of real held-out-from-test data (a random subset of the train
+  split) against the test split, with as many images as the samples compared. FD is biased
+  upwards by finite sample size, so a score means something only beside the floor for the same
+  number of samples; ``report`` computes both together.
+
+``sharpness`` and ``pixel_entropy`` are cheap pixel statistics for the "blurry mean" experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ardiff.data.base import Dataset, batch_indices, levels_to_unit
+from ardiff.metrics.frechet import frechet_distance_from_stats, gaussian_stats
+from ardiff.models.classifier import Classifier
+
+Params = Any
+
+# Bump when the classifier architecture or training recipe changes, to invalidate caches.
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierTraining:
+  """Everything that determines the trained classifier besides the dataset."""
+
+  seed: int = 0
+  steps: int = 1500
+  batch_size: int = 128
+  learning_rate: float = 2e-3
+  weight_decay: float = 1e-4
+  widths: tuple[int, int] = (32, 64)
+  feature_dim: int = 64
+
+  def __post_init__(self):
+    object.__setattr__(self, "widths", tuple(self.widths))  # hashable: a static jit argument
+
+  def model(self, dataset: Dataset) -> Classifier:
+    return Classifier(dataset.num_classes, widths=self.widths, feature_dim=self.feature_dim)
+
+
+def _check_image_dataset(dataset: Dataset) -> None:
+  if dataset.kind != "image":
+    raise ValueError(f"dataset {dataset.name!r}: sample quality needs kind 'image', "
+                     f"got {dataset.kind!r}")
+
+
+def train_classifier(dataset: Dataset, seed: int = 0, steps: int = 1500,
+                     **settings) -> Params:
+  """Train the feature classifier on dataset's train split; a function of its arguments alone.
+
+  The batch for step s is ``batch_indices(seed, s, batch_size, n_train)``; the init key is
+  ``jax.random.key(seed)``. The whole run is one jitted ``lax.scan`` (AdamW, cosine decay).
+  ``settings`` overrides the other fields of ``ClassifierTraining``.
+  """
+  cfg = ClassifierTraining(seed=seed, steps=steps, **settings)
+  _check_image_dataset(dataset)
+  if cfg.steps < 1:
+    raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+  n = len(dataset.x_train)
+  order = np.stack([batch_indices(cfg.seed, s, cfg.batch_size, n) for s in range(cfg.steps)])
+  return _train(cfg, dataset.num_levels, dataset.num_classes, jnp.asarray(dataset.x_train),
+                jnp.asarray(dataset.y_train, jnp.int32), jnp.asarray(order, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _train(cfg: ClassifierTraining, num_levels: int, num_classes: int, x_levels: jax.Array,
+           y: jax.Array, order: jax.Array) -> Params:
+  model = Classifier(num_classes, widths=tuple(cfg.widths), feature_dim=cfg.feature_dim)
+  params = model.init(jax.random.key(cfg.seed), levels_to_unit(x_levels[:1], num_levels))
+  tx = optax.adamw(optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps),
+                   weight_decay=cfg.weight_decay)
+
+  def loss_fn(p, idx):
+    logits, _ = model.apply(p, levels_to_unit(x_levels[idx], num_levels))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean()
+
+  def step(carry, idx):
+    p, opt_state = carry
+    grads = jax.grad(loss_fn)(p, idx)
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return (optax.apply_updates(p, updates), opt_state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), order)
+  return params
+
+
+def cache_path(dataset: Dataset, cache_dir: str, seed: int = 0, steps: int = 1500,
+               **settings) -> str:
+  """The cache file for a classifier: named by a hash of the dataset and training settings.
+
+  The hash covers the dataset's name, shape, levels, classes and a digest of its train split,
+  so a changed dataset never reuses a stale classifier.
+  """
+  cfg = ClassifierTraining(seed=seed, steps=steps, **settings)
+  data = hashlib.sha256()
+  data.update(np.ascontiguousarray(dataset.x_train).tobytes())
+  data.update(np.ascontiguousarray(dataset.y_train).tobytes())
+  key = json.dumps({
+      "version": _CACHE_VERSION, "dataset": dataset.name, "shape": list(dataset.shape),
+      "num_levels": dataset.num_levels, "num_classes": dataset.num_classes,
+      "train_sha256": data.hexdigest(), "training": dataclasses.asdict(cfg),
+  }, sort_keys=True)
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  return os.path.join(cache_dir, f"classifier_{dataset.name}_{digest}.msgpack")
+
+
+def load_or_train_classifier(dataset: Dataset, cache_dir: str, seed: int = 0,
+                             steps: int = 1500, **settings) -> Params:
+  """Load the classifier from ``cache_path(...)``, or train it and write that file atomically."""
+  path = cache_path(dataset, cache_dir, seed=seed, steps=steps, **settings)
+  cfg = ClassifierTraining(seed=seed, steps=steps, **settings)
+  template = jax.eval_shape(
+      cfg.model(dataset).init, jax.random.key(0), jnp.zeros((1, *dataset.shape), jnp.float32))
+  if os.path.exists(path):
+    with open(path, "rb") as f:
+      params = flax.serialization.from_bytes(template, f.read())
+    got = jax.tree.map(lambda a: (a.shape, a.dtype), params)
+    want = jax.tree.map(lambda a: (a.shape, a.dtype), template)
+    if got != want:
+      raise ValueError(f"cached classifier {path!r} does not match the model; delete it")
+    return jax.tree.map(jnp.asarray, params)
+  params = train_classifier(dataset, seed=seed, steps=steps, **settings)
+  os.makedirs(cache_dir, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".classifier_", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(flax.serialization.to_bytes(params))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return params
+
+
+class SampleQuality:
+  """Classifier-feature metrics of uint8 level images against a dataset's test split."""
+
+  def __init__(self, dataset: Dataset, params: Params, batch_size: int = 500, **settings):
+    """``settings`` (widths, feature_dim) must match those the params were trained with."""
+    _check_image_dataset(dataset)
+    self.dataset = dataset
+    self.params = params
+    self.batch_size = batch_size
+    model = ClassifierTraining(**settings).model(dataset)
+    self._apply = jax.jit(
+        lambda p, x: model.apply(p, levels_to_unit(x, dataset.num_levels)))
+    self.test_logits, self.test_features = self._logits_and_features(dataset.x_test, "x_test")
+    self._test_stats = gaussian_stats(self.test_features, "test features")
+    self._train_features = None
+
+  @classmethod
+  def create(cls, dataset: Dataset, cache_dir: str | None = None, seed: int = 0,
+             steps: int = 1500, **settings) -> SampleQuality:
+    """Train (or, with cache_dir, load or train and cache) the classifier; wrap it."""
+    if cache_dir is None:
+      params = train_classifier(dataset, seed=seed, steps=steps, **settings)
+    else:
+      params = load_or_train_classifier(dataset, cache_dir, seed=seed, steps=steps, **settings)
+    model_settings = {k: v for k, v in settings.items() if k in ("widths", "feature_dim")}
+    return cls(dataset, params, **model_settings)
+
+  def _check_levels(self, levels: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(levels)
+    if not np.issubdtype(x.dtype, np.integer):
+      raise ValueError(f"{name} must hold integer levels (e.g. uint8), got dtype {x.dtype}")
+    if x.ndim != 4 or x.shape[1:] != self.dataset.shape:
+      raise ValueError(f"{name} must have shape [N, {', '.join(map(str, self.dataset.shape))}] "
+                       f"for dataset {self.dataset.name!r}, got {x.shape}")
+    if x.size and (x.min() < 0 or x.max() >= self.dataset.num_levels):
+      raise ValueError(f"{name} values must lie in 0..{self.dataset.num_levels - 1}, "
+                       f"got range {x.min()}..{x.max()}")
+    return x.astype(np.uint8)
+
+  def _logits_and_features(self, levels: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Classifier logits and features, in fixed-size (padded) chunks so jit compiles once."""
+    x = self._check_levels(levels, name)
+    n, bs = len(x), self.batch_size
+    logits, feats = [], []
+    for start in range(0, n, bs):
+      chunk = x[start:start + bs]
+      pad = bs - len(chunk)
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+      lg, ft = self._apply(self.params, jnp.asarray(chunk))
+      logits.append(np.asarray(lg)[:bs - pad])
+      feats.append(np.asarray(ft)[:bs - pad])
+    return np.concatenate(logits), np.concatenate(feats)
+
+  def features(self, levels: np.ndarray) -> np.ndarray:
+    """Penultimate-layer features [N, feature_dim] of uint8 level images [N, H, W, C]."""
+    return self._logits_and_features(levels, "levels")[1]
+
+  def predict(self, levels: np.ndarray) -> np.ndarray:
+    """The classifier's class for each image."""
+    return self._logits_and_features(levels, "levels")[0].argmax(-1)
+
+  def frechet(self, samples_levels: np.ndarray) -> float:
+    """Fréchet distance between the classifier features of the samples and of the test split."""
+    mu, cov = gaussian_stats(self._logits_and_features(samples_levels, "samples_levels")[1],
+                             "sample features")
+    return frechet_distance_from_stats(mu, cov, *self._test_stats)
+
+  def accuracy(self, samples_levels: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples the classifier assigns to their requested class."""
+    labels = np.asarray(labels)
+    if labels.shape != (len(samples_levels),):
+      raise ValueError(f"labels must have shape ({len(samples_levels)},), got {labels.shape}")
+    pred = self._logits_and_features(samples_levels, "samples_levels")[0].argmax(-1)
+    return float(np.mean(pred == labels))
+
+  def test_accuracy(self) -> float:
+    """The classifier's accuracy on the test split."""
+    return float(np.mean(self.test_logits.argmax(-1) == self.dataset.y_test))
+
+  def floor(self, num_samples: int | None = None, seed: int = 0) -> float:
+    """FD of `num_samples` real train images (default: as many as the test split) vs the test split.
+
+    The train subset is drawn without replacement from `seed`; num_samples is capped at the
+    train split's size. This is what a perfect sampler scores with that many samples (slightly
+    pessimistic: the classifier has seen the train images).
+    """
+    n_train = len(self.dataset.x_train)
+    n = len(self.dataset.x_test) if num_samples is None else int(num_samples)
+    if n < 2:
+      raise ValueError(f"num_samples must be >= 2, got {num_samples}")
+    if self._train_features is None:
+      self._train_features = self._logits_and_features(self.dataset.x_train, "x_train")[1]
+    sel = np.random.default_rng(seed).choice(n_train, size=min(n, n_train), replace=False)
+    mu, cov = gaussian_stats(self._train_features[sel], "train features")
+    return frechet_distance_from_stats(mu, cov, *self._test_stats)
+
+  def report(self, samples_levels: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """Every metric for one set of samples, with the floor for the same number of samples."""
+    x = self._check_levels(samples_levels, "samples_levels")
+    out = {
+        "num_samples": len(x),
+        "frechet": self.frechet(x),
+        "frechet_floor": self.floor(len(x)),
+        "sharpness": sharpness(levels_to_unit(x, self.dataset.num_levels)),
+        "data_sharpness": sharpness(levels_to_unit(self.dataset.x_test, self.dataset.num_levels)),
+        "pixel_entropy": pixel_entropy(x, self.dataset.num_levels),
+        "data_pixel_entropy": pixel_entropy(self.dataset.x_test, self.dataset.num_levels),
+    }
+    if labels is not None:
+      out["accuracy"] = self.accuracy(x, labels)
+    return out
+
+
+def sharpness(images: np.ndarray) -> float:
+  """Mean absolute 4-neighbour Laplacian of float images [N, H, W, C] in [-1, 1].
+
+  Evaluated on interior pixels only (no padding); blurry images score low, a constant image 0.
+  """
+  x = np.asarray(images, dtype=np.float64)
+  if x.ndim != 4 or x.shape[1] < 3 or x.shape[2] < 3:
+    raise ValueError(f"images must be [N, H, W, C] with H, W >= 3, got shape {x.shape}")
+  lap = (4.0 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1]
+         - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
+  return float(np.mean(np.abs(lap)))
+
+
+def pixel_entropy(levels: np.ndarray, num_levels: int) -> float:
+  """Entropy in bits of the histogram of grey levels over all pixels of all images.
+
+  Crisp digits use mostly the extreme levels (low entropy); a blurry mean spreads mass over
+  intermediate levels (higher entropy). At most log2(num_levels).
+  """
+  x = np.asarray(levels)
+  if not np.issubdtype(x.dtype, np.integer) or x.size == 0:
+    raise ValueError(f"levels must be a non-empty integer array, got dtype {x.dtype}")
+  if x.min() < 0 or x.max() >= num_levels:
+    raise ValueError(f"levels must lie in 0..{num_levels - 1}, got range {x.min()}..{x.max()}")
+  p = np.bincount(x.ravel(), minlength=num_levels) / x.size
+  p = p[p > 0]
+  return float(-np.sum(p * np.log2(p)))
