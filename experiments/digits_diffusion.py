@@ -121,7 +121,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                "fd": quality.frechet(x),
                f"share_of_class_{neg}": float(np.mean(quality.predict(x) == neg)),
                f"share_without": float(np.mean(quality.predict(base) == neg))})
-  stacked = np.stack(guide_grids, 1).reshape(-1, *shape)  # rows: classes; blocks: scales
+  # Rows: classes; within a row, one block of 10 samples per guidance scale.
+  stacked = np.stack([g.reshape(10, 10, *shape) for g in guide_grids], 1).reshape(-1, *shape)
   plots.image_grid(stacked, os.path.join(workdir, "guidance.png"),
                    nrow=10 * len(guide_grids), row_labels=[str(i) for i in range(10)],
                    vmax=levels - 1,
