@@ -72,10 +72,10 @@ def _peak_flops() -> tuple[float | None, str]:
   return None, "no known peak for this device"
 
 
-def _train_step_flops(step_fn, *args) -> float | None:
-  """FLOPs of one compiled step from XLA's cost analysis (None if the backend gives none)."""
+def _flops(compiled) -> float | None:
+  """FLOPs of a compiled program from XLA's cost analysis (None if the backend gives none)."""
   try:
-    cost = step_fn.lower(*args).compile().cost_analysis()
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", 0.0)) or None
   except Exception:  # noqa: BLE001 - cost analysis is optional on some backends
@@ -93,9 +93,11 @@ def _bench_training(name: str, process, x, y, batch: int, steps: int) -> dict:
   tx = make_optimizer(TrainConfig(steps=1000, batch_size=batch))
   batch_arrays = parallel.put_global_batch({"x": x[:batch], "y": y[:batch]}, mesh)
   state = init_state(process, tx, batch_arrays, jax.random.key(0))
-  step = jax.jit(functools.partial(train_step, process, tx, 0.999))
   key = jax.random.key(1)
-  flops = _train_step_flops(step, state, batch_arrays, key)
+  # Compile once, ahead of time: the same executable gives the FLOPs and runs the steps.
+  step = jax.jit(functools.partial(train_step, process, tx, 0.999)).lower(
+      state, batch_arrays, key).compile()
+  flops = _flops(step)
 
   def run_steps():
     s = state

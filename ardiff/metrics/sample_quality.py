@@ -7,8 +7,8 @@ train split of a ``Dataset``; its penultimate layer is the feature space. For a 
 * ``frechet``: Fréchet distance between the Gaussians fitted to the features of the samples
   and of the test split ("FID" with a dataset-specific network);
 * ``accuracy``: the fraction of class-conditional samples classified as their requested class;
-* ``floor``: the Fréchet distance of real held-out-from-test data (a random subset of the train
-  split) against the test split, with as many images as the samples compared. FD is biased
+* ``floor``: the Fréchet distance of real images outside the test split (a random subset of
+  the train split) against the test split, with as many images as the samples compared. FD is biased
   upwards by finite sample size, so a score means something only beside the floor for the same
   number of samples; ``report`` computes both together.
 
@@ -37,6 +37,8 @@ from ardiff.models.classifier import Classifier
 
 Params = Any
 
+# 500 steps of batch 128 (~43 epochs of the digits train split) reach ~98.7% test accuracy.
+DEFAULT_STEPS = 500
 # Bump when the classifier architecture or training recipe changes, to invalidate caches.
 _CACHE_VERSION = 1
 
@@ -46,7 +48,7 @@ class ClassifierTraining:
   """Everything that determines the trained classifier besides the dataset."""
 
   seed: int = 0
-  steps: int = 1500
+  steps: int = DEFAULT_STEPS
   batch_size: int = 128
   learning_rate: float = 2e-3
   weight_decay: float = 1e-4
@@ -56,8 +58,8 @@ class ClassifierTraining:
   def __post_init__(self):
     object.__setattr__(self, "widths", tuple(self.widths))  # hashable: a static jit argument
 
-  def model(self, dataset: Dataset) -> Classifier:
-    return Classifier(dataset.num_classes, widths=self.widths, feature_dim=self.feature_dim)
+  def model(self, num_classes: int) -> Classifier:
+    return Classifier(num_classes, widths=self.widths, feature_dim=self.feature_dim)
 
 
 def _check_image_dataset(dataset: Dataset) -> None:
@@ -66,47 +68,58 @@ def _check_image_dataset(dataset: Dataset) -> None:
                      f"got {dataset.kind!r}")
 
 
-def train_classifier(dataset: Dataset, seed: int = 0, steps: int = 1500,
+def train_classifier(dataset: Dataset, seed: int = 0, steps: int = DEFAULT_STEPS,
                      **settings) -> Params:
   """Train the feature classifier on dataset's train split; a function of its arguments alone.
 
   The batch for step s is ``batch_indices(seed, s, batch_size, n_train)``; the init key is
-  ``jax.random.key(seed)``. The whole run is one jitted ``lax.scan`` (AdamW, cosine decay).
+  ``jax.random.key(seed)``; AdamW with cosine decay and a jitted train step. (A Python loop, not
+  ``lax.scan``: XLA on CPU ran these convolutions ~30x slower inside the scan's while loop.)
   ``settings`` overrides the other fields of ``ClassifierTraining``.
   """
   cfg = ClassifierTraining(seed=seed, steps=steps, **settings)
   _check_image_dataset(dataset)
   if cfg.steps < 1:
     raise ValueError(f"steps must be >= 1, got {cfg.steps}")
-  n = len(dataset.x_train)
-  order = np.stack([batch_indices(cfg.seed, s, cfg.batch_size, n) for s in range(cfg.steps)])
-  return _train(cfg, dataset.num_levels, dataset.num_classes, jnp.asarray(dataset.x_train),
-                jnp.asarray(dataset.y_train, jnp.int32), jnp.asarray(order, jnp.int32))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _train(cfg: ClassifierTraining, num_levels: int, num_classes: int, x_levels: jax.Array,
-           y: jax.Array, order: jax.Array) -> Params:
-  model = Classifier(num_classes, widths=tuple(cfg.widths), feature_dim=cfg.feature_dim)
-  params = model.init(jax.random.key(cfg.seed), levels_to_unit(x_levels[:1], num_levels))
-  tx = optax.adamw(optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps),
-                   weight_decay=cfg.weight_decay)
-
-  def loss_fn(p, idx):
-    logits, _ = model.apply(p, levels_to_unit(x_levels[idx], num_levels))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean()
-
-  def step(carry, idx):
-    p, opt_state = carry
-    grads = jax.grad(loss_fn)(p, idx)
-    updates, opt_state = tx.update(grads, opt_state, p)
-    return (optax.apply_updates(p, updates), opt_state), None
-
-  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), order)
+  x_train, y_train, levels = dataset.x_train, dataset.y_train.astype(np.int32), dataset.num_levels
+  model = cfg.model(dataset.num_classes)
+  params = _init(model, jax.random.key(cfg.seed), levels_to_unit(x_train[:1], levels))
+  # Everything the step depends on but the seed: another seed reuses the compiled step.
+  step_settings = (model, cfg.learning_rate, cfg.steps, cfg.weight_decay)
+  opt_state = _optimizer(*step_settings[1:]).init(params)
+  for step in range(cfg.steps):
+    idx = batch_indices(cfg.seed, step, cfg.batch_size, len(x_train))
+    params, opt_state = _train_step(step_settings, params, opt_state,
+                                    levels_to_unit(x_train[idx], levels), y_train[idx])
   return params
 
 
-def cache_path(dataset: Dataset, cache_dir: str, seed: int = 0, steps: int = 1500,
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: Classifier, key: jax.Array, x: jax.Array) -> Params:
+  return model.init(key, x)
+
+
+def _optimizer(learning_rate: float, steps: int,
+               weight_decay: float) -> optax.GradientTransformation:
+  return optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=weight_decay)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _train_step(settings: tuple[Classifier, float, int, float], params: Params, opt_state,
+                x: jax.Array, y: jax.Array):
+  """One AdamW step on the cross-entropy; settings = (model, learning_rate, steps, weight_decay)."""
+  model = settings[0]
+
+  def loss_fn(p):
+    logits, _ = model.apply(p, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  tx = _optimizer(*settings[1:])
+  updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def cache_path(dataset: Dataset, cache_dir: str, seed: int = 0, steps: int = DEFAULT_STEPS,
                **settings) -> str:
   """The cache file for a classifier: named by a hash of the dataset and training settings.
 
@@ -127,12 +140,13 @@ def cache_path(dataset: Dataset, cache_dir: str, seed: int = 0, steps: int = 150
 
 
 def load_or_train_classifier(dataset: Dataset, cache_dir: str, seed: int = 0,
-                             steps: int = 1500, **settings) -> Params:
+                             steps: int = DEFAULT_STEPS, **settings) -> Params:
   """Load the classifier from ``cache_path(...)``, or train it and write that file atomically."""
   path = cache_path(dataset, cache_dir, seed=seed, steps=steps, **settings)
   cfg = ClassifierTraining(seed=seed, steps=steps, **settings)
   template = jax.eval_shape(
-      cfg.model(dataset).init, jax.random.key(0), jnp.zeros((1, *dataset.shape), jnp.float32))
+      cfg.model(dataset.num_classes).init, jax.random.key(0),
+      jnp.zeros((1, *dataset.shape), jnp.float32))
   if os.path.exists(path):
     with open(path, "rb") as f:
       params = flax.serialization.from_bytes(template, f.read())
@@ -149,6 +163,7 @@ def load_or_train_classifier(dataset: Dataset, cache_dir: str, seed: int = 0,
       f.write(flax.serialization.to_bytes(params))
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -161,12 +176,13 @@ class SampleQuality:
   """Classifier-feature metrics of uint8 level images against a dataset's test split."""
 
   def __init__(self, dataset: Dataset, params: Params, batch_size: int = 500, **settings):
-    """``settings`` (widths, feature_dim) must match those the params were trained with."""
+    """``settings``: the ``ClassifierTraining`` fields the params were trained with (only the
+    architecture ones, widths and feature_dim, matter here)."""
     _check_image_dataset(dataset)
     self.dataset = dataset
     self.params = params
     self.batch_size = batch_size
-    model = ClassifierTraining(**settings).model(dataset)
+    model = ClassifierTraining(**settings).model(dataset.num_classes)
     self._apply = jax.jit(
         lambda p, x: model.apply(p, levels_to_unit(x, dataset.num_levels)))
     self.test_logits, self.test_features = self._logits_and_features(dataset.x_test, "x_test")
@@ -175,14 +191,13 @@ class SampleQuality:
 
   @classmethod
   def create(cls, dataset: Dataset, cache_dir: str | None = None, seed: int = 0,
-             steps: int = 1500, **settings) -> SampleQuality:
+             steps: int = DEFAULT_STEPS, **settings) -> SampleQuality:
     """Train (or, with cache_dir, load or train and cache) the classifier; wrap it."""
     if cache_dir is None:
       params = train_classifier(dataset, seed=seed, steps=steps, **settings)
     else:
       params = load_or_train_classifier(dataset, cache_dir, seed=seed, steps=steps, **settings)
-    model_settings = {k: v for k, v in settings.items() if k in ("widths", "feature_dim")}
-    return cls(dataset, params, **model_settings)
+    return cls(dataset, params, **settings)
 
   def _check_levels(self, levels: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(levels)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -23,7 +25,8 @@ class LabelEmbedding(nn.Module):
 
   num_classes: int
   features: int
+  dtype: Any = jnp.float32  # compute dtype of the looked-up rows; the table stays float32
 
   @nn.compact
   def __call__(self, y: jnp.ndarray) -> jnp.ndarray:
-    return nn.Embed(self.num_classes + 1, self.features, name="table")(y)
+    return nn.Embed(self.num_classes + 1, self.features, dtype=self.dtype, name="table")(y)
