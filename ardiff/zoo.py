@@ -10,9 +10,9 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from ardiff.config import require, require_positive
+from ardiff.config import require, require_choice, require_positive
 from ardiff.data.base import Dataset, levels_to_unit
-from ardiff.diffusion.config import make_diffusion, validate_diffusion
+from ardiff.diffusion.config import diffusion_section, make_diffusion, validate_diffusion
 from ardiff.experiment import model_dir, train_cached
 
 
@@ -34,6 +34,44 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
               keep_checkpoints=2)
   base.update(overrides)
   return ml_collections.ConfigDict(base)
+
+
+SCALES = ("small", "paper")
+
+
+def digits_config(scale: str, *, ar: bool = False, diffusion: bool = False) -> ml_collections.ConfigDict:
+  """The fields every digits experiment shares, plus the model sections it trains.
+
+  One definition of each scale's sections: experiments that train the same model get the
+  same sections, hence the same config hash and the same cached model.
+  """
+  if scale not in SCALES:
+    raise ValueError(f"config key 'scale': unknown value {scale!r}; choose from small, paper")
+  paper = scale == "paper"
+  c = ml_collections.ConfigDict()
+  c.scale = scale
+  c.seed = 0
+  c.dataset = "digits"
+  c.model_cache = "../models"  # relative to the work dir: runs/models, shared
+  c.classifier_steps = 1500
+  if ar:
+    c.ar = transformer_section(width=256, depth=8, heads=8) if paper else transformer_section()
+  if diffusion:
+    c.unet = (unet_section(base_channels=64, channel_mult=(1, 2), num_res_blocks=2) if paper
+              else unet_section())
+    c.diffusion = diffusion_section(clip_x0=1.0)
+  c.train = train_section(steps=50_000, batch_size=256) if paper else train_section()
+  return c
+
+
+def validate_digits_config(c: ml_collections.ConfigDict) -> None:
+  """Checks for the sections `digits_config` made."""
+  require_choice(c.scale, "scale", SCALES)
+  if "ar" in c:
+    validate_transformer(c.ar, "ar")
+  if "diffusion" in c:
+    validate_diffusion(c.diffusion)
+  validate_train(c.train, "train")
 
 
 def validate_transformer(cfg, prefix: str) -> None:

@@ -26,10 +26,9 @@ from ardiff import plots, zoo
 from ardiff.ar_eval import budget_losses
 from ardiff.autoregressive.budget import optimal_budget
 from ardiff.autoregressive.orders import chunk_plan
-from ardiff.config import require, require_choice
+from ardiff.config import require
 from ardiff.data import load_dataset
 from ardiff.data.base import unit_to_levels
-from ardiff.diffusion.config import diffusion_section
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.report import write_results
 from ardiff.train import num_params
@@ -40,16 +39,8 @@ SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.dept
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.scale = scale
-  c.dataset = "digits"
-  c.model_cache = "../models"
-  c.classifier_steps = 1500
   # The same sections as digits_ar.py and digits_diffusion.py, so their models are reused.
-  c.ar = zoo.transformer_section()
-  c.unet = zoo.unet_section()
-  c.diffusion = diffusion_section(clip_x0=1.0)
-  c.train = zoo.train_section()
+  c = zoo.digits_config(scale, ar=True, diffusion=True)
   c.num_samples = 300
   c.seeds = [0, 1, 2]
   c.ks = [1, 2, 4, 8, 16, 32, 64]
@@ -58,19 +49,12 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c.nfes = [2, 4, 8, 16, 32, 64, 128, 256]
   if scale == "paper":
     c.nfes = [2, 4, 8, 16, 32, 64, 128, 256, 1000]
-    c.ar = zoo.transformer_section(width=256, depth=8, heads=8)
-    c.unet = zoo.unet_section(base_channels=64, channel_mult=(1, 2), num_res_blocks=2)
-    c.train = zoo.train_section(steps=50_000, batch_size=256)
     c.num_samples = 2000
-  elif scale != "small":
-    raise ValueError(f"config key 'scale': unknown value {scale!r}; choose from small, paper")
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  require_choice(c.scale, "scale", ["small", "paper"])
-  zoo.validate_transformer(c.ar, "ar")
-  zoo.validate_train(c.train, "train")
+  zoo.validate_digits_config(c)
   require(len(c.seeds) >= 1, "seeds", "needs at least one sampling seed")
   require(all(1 <= n <= c.diffusion.num_timesteps for n in c.nfes), "nfes",
           f"each must be in 1..diffusion.num_timesteps={c.diffusion.num_timesteps}")

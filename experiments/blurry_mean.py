@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from ardiff import plots, zoo
-from ardiff.config import require, require_choice
+from ardiff.config import require
 from ardiff.data import load_dataset
 from ardiff.data.base import levels_to_unit, unit_to_levels
 from ardiff.experiment import model_dir, train_cached
@@ -33,31 +33,18 @@ SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.dept
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.scale = scale
-  c.seed = 0
-  c.dataset = "digits"
-  c.model_cache = "../models"  # shared with digits_ar.py: its raster AR model is reused
-  c.classifier_steps = 1500
-  c.ar = zoo.transformer_section()
-  c.train = zoo.train_section()
+  c = zoo.digits_config(scale, ar=True)  # digits_ar.py's raster AR model is reused
   c.oneshot = dict(width=128, depth=2, p_uncond=0.1)
   # Same steps and batch as the AR model; a shorter EMA so the average forgets the init.
   c.oneshot_train = zoo.train_section(ema_decay=0.99)
   c.sample = dict(num_samples=500, guidance=1.0, per_class=6)
   if scale == "paper":
-    c.ar = zoo.transformer_section(width=256, depth=8, heads=8)
-    c.train = zoo.train_section(steps=50_000, batch_size=256)
     c.oneshot_train = zoo.train_section(steps=50_000, batch_size=256, ema_decay=0.99)
-  elif scale != "small":
-    raise ValueError(f"config key 'scale': unknown value {scale!r}; choose from small, paper")
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  require_choice(c.scale, "scale", ["small", "paper"])
-  zoo.validate_transformer(c.ar, "ar")
-  zoo.validate_train(c.train, "train")
+  zoo.validate_digits_config(c)
   zoo.validate_train(c.oneshot_train, "oneshot_train")
   require(c.oneshot.width >= 1, "oneshot.width", f"must be >= 1, got {c.oneshot.width}")
   require(c.oneshot.depth >= 0, "oneshot.depth", f"must be >= 0, got {c.oneshot.depth}")

@@ -23,7 +23,7 @@ from ardiff import plots, zoo
 from ardiff.ar_eval import budget_losses
 from ardiff.autoregressive.budget import budget_cost, optimal_budget
 from ardiff.autoregressive.orders import uniform_step_sizes
-from ardiff.config import require, require_choice
+from ardiff.config import require
 from ardiff.data import load_dataset
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.report import write_results
@@ -33,29 +33,14 @@ SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.dept
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.scale = scale
-  c.seed = 0
-  c.dataset = "digits"
-  c.model_cache = "../models"
-  c.classifier_steps = 1500
-  c.ar = zoo.transformer_section()
-  c.train = zoo.train_section()
-  c.num_samples = 300
+  c = zoo.digits_config(scale, ar=True)
+  c.num_samples = 2000 if scale == "paper" else 300
   c.steps = [1, 2, 3, 4, 6, 8, 12, 16, 32, 64]
-  if scale == "paper":
-    c.ar = zoo.transformer_section(width=256, depth=8, heads=8)
-    c.train = zoo.train_section(steps=50_000, batch_size=256)
-    c.num_samples = 2000
-  elif scale != "small":
-    raise ValueError(f"config key 'scale': unknown value {scale!r}; choose from small, paper")
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  require_choice(c.scale, "scale", ["small", "paper"])
-  zoo.validate_transformer(c.ar, "ar")
-  zoo.validate_train(c.train, "train")
+  zoo.validate_digits_config(c)
   require(all(s >= 1 for s in c.steps), "steps", "each number of steps must be >= 1")
   require(c.num_samples >= 2, "num_samples", "must be >= 2")
 

@@ -23,7 +23,7 @@ from ardiff import plots, zoo
 from ardiff.ar_eval import ardm_test_bpd, budget_losses, raster_test_bpd
 from ardiff.autoregressive.budget import budget_cost, optimal_budget
 from ardiff.autoregressive.orders import uniform_step_sizes
-from ardiff.config import require, require_choice
+from ardiff.config import require
 from ardiff.data import load_dataset
 from ardiff.experiment import timed
 from ardiff.metrics.sample_quality import SampleQuality
@@ -36,27 +36,13 @@ LN2 = np.log(2.0)
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.scale = scale
-  c.seed = 0
-  c.dataset = "digits"
-  c.model_cache = "../models"  # relative to the work dir: shared by the digits experiments
-  c.classifier_steps = 1500
-  c.ar = zoo.transformer_section()
-  c.train = zoo.train_section()
+  c = zoo.digits_config(scale, ar=True)
   c.sample = dict(num_samples=500, guidance=1.0, budget_steps=[1, 2, 4, 8, 16, 32, 64])
-  if scale == "paper":
-    c.ar = zoo.transformer_section(width=256, depth=8, heads=8)
-    c.train = zoo.train_section(steps=50_000, batch_size=256)
-  elif scale != "small":
-    raise ValueError(f"config key 'scale': unknown value {scale!r}; choose from small, paper")
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  require_choice(c.scale, "scale", ["small", "paper"])
-  zoo.validate_transformer(c.ar, "ar")
-  zoo.validate_train(c.train, "train")
+  zoo.validate_digits_config(c)
   require(c.sample.num_samples >= 2, "sample.num_samples", "must be >= 2")
   require(all(s >= 1 for s in c.sample.budget_steps), "sample.budget_steps", "must be >= 1")
 

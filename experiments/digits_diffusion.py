@@ -16,10 +16,10 @@ import ml_collections
 import numpy as np
 
 from ardiff import plots, zoo
-from ardiff.config import require, require_choice
+from ardiff.config import require
 from ardiff.data import load_dataset
 from ardiff.data.base import levels_to_unit, unit_to_levels
-from ardiff.diffusion.config import diffusion_section, parse_sampler_runs
+from ardiff.diffusion.config import parse_sampler_runs
 from ardiff.diffusion.inpaint import inpaint
 from ardiff.diffusion.likelihood import bpd as diffusion_bpd
 from ardiff.experiment import block, timed
@@ -34,30 +34,17 @@ SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.scale = scale
-  c.seed = 0
-  c.dataset = "digits"
-  c.model_cache = "../models"
-  c.classifier_steps = 1500
-  c.unet = zoo.unet_section()
-  c.diffusion = diffusion_section(clip_x0=1.0)
-  c.train = zoo.train_section()
+  c = zoo.digits_config(scale, diffusion=True)
   c.sample = dict(num_samples=500, runs=["ddpm:1000", "ddpm:100", "ddim:50", "ddim:10"],
                   guidance_sampler="ddim:50", guidance_scales=[0.0, 1.0, 2.0, 4.0],
                   negative_class=3, bpd_t_samples=100, completion_steps=100)
   if scale == "paper":
-    c.unet = zoo.unet_section(base_channels=64, channel_mult=(1, 2), num_res_blocks=2)
-    c.train = zoo.train_section(steps=50_000, batch_size=256)
     c.sample.bpd_t_samples = 1000
-  elif scale != "small":
-    raise ValueError(f"config key 'scale': unknown value {scale!r}; choose from small, paper")
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  require_choice(c.scale, "scale", ["small", "paper"])
-  zoo.validate_train(c.train, "train")
+  zoo.validate_digits_config(c)
   T = c.diffusion.num_timesteps
   parse_sampler_runs(c.sample.runs, T)
   parse_sampler_runs([c.sample.guidance_sampler], T, "sample.guidance_sampler")
@@ -120,7 +107,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   rows.append({"setting": f"unconditional, away from class {neg}, w=2", "NFE": 2 * spec.num_steps,
                "fd": quality.frechet(x),
                f"share_of_class_{neg}": float(np.mean(quality.predict(x) == neg)),
-               f"share_without": float(np.mean(quality.predict(base) == neg))})
+               "share_without": float(np.mean(quality.predict(base) == neg))})
   # Rows: classes; within a row, one block of 10 samples per guidance scale.
   stacked = np.stack([g.reshape(10, 10, *shape) for g in guide_grids], 1).reshape(-1, *shape)
   plots.image_grid(stacked, os.path.join(workdir, "guidance.png"),

@@ -26,7 +26,6 @@ from ardiff import plots, zoo
 from ardiff.config import require, require_choice
 from ardiff.data import load_dataset
 from ardiff.data.base import levels_to_unit, unit_to_levels
-from ardiff.diffusion.config import diffusion_section
 from ardiff.diffusion.targets import TARGETS, eps_to_x0
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.report import write_results
@@ -40,33 +39,20 @@ COLORS = {"eps": "#1f77b4", "x0": "#d62728", "v": "#2ca02c", "next_step": "#ff7f
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.scale = scale
-  c.seed = 0
-  c.dataset = "digits"
-  c.model_cache = "../models"
-  c.classifier_steps = 1500
   # digits_diffusion.py's sections; diffusion.target is replaced by each entry of `targets`.
-  c.unet = zoo.unet_section()
-  c.diffusion = diffusion_section(clip_x0=1.0)
-  c.train = zoo.train_section()
+  c = zoo.digits_config(scale, diffusion=True)
   c.targets = ["next_step", "x0", "v", "eps"]  # eps last: digits_diffusion may be training it
   c.num_samples = 300
   c.nfes = [2, 4, 8, 16, 64, 256]
   c.error_ts = [1, 3, 10, 30, 100, 250, 500, 750, 900, 970, 1000]
   if scale == "paper":
-    c.unet = zoo.unet_section(base_channels=64, channel_mult=(1, 2), num_res_blocks=2)
-    c.train = zoo.train_section(steps=50_000, batch_size=256)
     c.num_samples = 2000
     c.nfes = [2, 4, 8, 16, 32, 64, 256, 1000]
-  elif scale != "small":
-    raise ValueError(f"config key 'scale': unknown value {scale!r}; choose from small, paper")
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  require_choice(c.scale, "scale", ["small", "paper"])
-  zoo.validate_train(c.train, "train")
+  zoo.validate_digits_config(c)
   require(len(c.targets) >= 1, "targets", "needs at least one target")
   for t in c.targets:
     require_choice(t, "targets", TARGETS)
