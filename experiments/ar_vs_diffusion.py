@@ -15,6 +15,7 @@ spread over sampling seeds. Writes quality_vs_nfe.png, grids_by_nfe.png, results
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -29,6 +30,7 @@ from ardiff.autoregressive.orders import chunk_plan
 from ardiff.config import require
 from ardiff.data import load_dataset
 from ardiff.data.base import unit_to_levels
+from ardiff.experiment import in_batches
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.report import write_results
 from ardiff.train import num_params
@@ -40,25 +42,33 @@ SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.dept
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   # The same sections as digits_ar.py and digits_diffusion.py, so their models are reused.
-  c = zoo.digits_config(scale, ar=True, diffusion=True)
+  c = zoo.image_config(scale, ar=True, diffusion=True)
   c.num_samples = 300
   c.seeds = [0, 1, 2]
   c.ks = [1, 2, 4, 8, 16, 32, 64]
   # 1000 NFE x 3 seeds costs ~10 CPU minutes at this size: it is in the paper scale (and
   # digits_diffusion.py reports DDPM 1000 once).
   c.nfes = [2, 4, 8, 16, 32, 64, 128, 256]
-  if scale == "paper":
+  if scale != "small":  # paper and mnist
     c.nfes = [2, 4, 8, 16, 32, 64, 128, 256, 1000]
     c.num_samples = 2000
+  c.sample_batch = 0  # samples per network call; 0: all num_samples at once
+  c.budget_examples = 512  # train images the step-budget DP is fitted on (L calls each)
+  if scale == "mnist":  # each k must divide the 784 pixels: NFE 784, 392, ..., 4, 2
+    c.ks = [1, 2, 4, 7, 14, 28, 49, 98, 196, 392]
+    c.sample_batch = 250  # 2000 x [8 heads, 785, 785] attention maps at once: ~40 GB
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  zoo.validate_digits_config(c)
+  zoo.validate_image_config(c)
   require(len(c.seeds) >= 1, "seeds", "needs at least one sampling seed")
   require(all(1 <= n <= c.diffusion.num_timesteps for n in c.nfes), "nfes",
           f"each must be in 1..diffusion.num_timesteps={c.diffusion.num_timesteps}")
   require(c.num_samples >= 2, "num_samples", "must be >= 2")
+  require(c.budget_examples >= 1, "budget_examples", f"must be >= 1, got {c.budget_examples}")
+  require(c.sample_batch >= 0, "sample_batch", f"must be >= 0 (0: all at once), got "
+          f"{c.sample_batch}")
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -77,7 +87,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   floor = quality.floor(n)
   rows, series, grids = [], {}, []
 
-  def record(method: str, nfe: int, images: list[np.ndarray], params, **extra):
+  def record(method: str, nfe: int, sample, params, **extra) -> np.ndarray:
+    """sample(key, labels) -> uint8 images, once per seed, c.sample_batch labels at a time."""
+    images = [in_batches(sample, key, null, c.sample_batch) for key in keys]
     stats = _stats([quality.frechet(x) for x in images])
     rows.append({"method": method, "NFE": nfe, **stats, "params": num_params(params), **extra})
     series.setdefault(method, ([], []))
@@ -85,39 +97,45 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     series[method][1].append(stats["fd"])
     return images[0]
 
+  # Sample grids at the k whose NFE is nearest 16 and 4 (k = 4, 16 on digits; 49, 196 on MNIST).
+  grid_ks = {min(c.ks, key=lambda k: abs(math.log(L / k / nfe))) for nfe in (16, 4)}
+
   raster, raster_params = zoo.train_ar("raster", c, workdir, data, c.ar, c.train)
   x = record("raster AR (1 pixel/step)", L,
-             [zoo.untokens(raster.sample(raster_params, k, null), data) for k in keys], raster_params)
+             lambda key, y: zoo.untokens(raster.sample(raster_params, key, y), data),
+             raster_params)
   grids.append((f"raster AR, {L} NFE", x[:10]))
 
   ardm, ardm_params = zoo.train_ar("ardm", c, workdir, data, c.ar, c.train)
   for k in c.ks:
     plan = chunk_plan(L, k)
     x = record("ARDM, k contiguous pixels/step", L // k,
-               [zoo.untokens(ardm.sample(ardm_params, key, null, plan=plan), data) for key in keys],
+               lambda key, y: zoo.untokens(ardm.sample(ardm_params, key, y, plan=plan), data),
                ardm_params, k=k)
-    if k in (4, 16):
+    if k in grid_ks:
       grids.append((f"ARDM contiguous k={k}, {L // k} NFE", x[:10]))
     x = record("ARDM, k random pixels/step", L // k,
-               [zoo.untokens(ardm.sample(ardm_params, key, null, k=k), data) for key in keys],
+               lambda key, y: zoo.untokens(ardm.sample(ardm_params, key, y, k=k), data),
                ardm_params, k=k)
-    if k in (4, 16):
+    if k in grid_ks:
       grids.append((f"ARDM random k={k}, {L // k} NFE", x[:10]))
-  fit, _ = budget_losses(ardm, ardm_params, data, jax.random.key(7))
+  fit, _ = budget_losses(ardm, ardm_params, data, jax.random.key(7),
+                         num_fit=c.budget_examples, num_eval=0)
   for k in c.ks:
     sizes, _ = optimal_budget(fit, L // k)
     record("ARDM, random, DP budget", L // k,
-           [zoo.untokens(ardm.sample(ardm_params, key, null, step_sizes=sizes), data)
-            for key in keys], ardm_params, k=k)
+           lambda key, y: zoo.untokens(ardm.sample(ardm_params, key, y, step_sizes=sizes), data),
+           ardm_params, k=k)
 
   diffusion, diff_params = zoo.train_diffusion(c, workdir, data, c.unet, c.diffusion, c.train)
   for sampler in ("ddpm", "ddim"):
     for nfe in c.nfes:
-      x = record(f"diffusion {sampler.upper()}", nfe,
-                 [np.asarray(unit_to_levels(diffusion.sample(diff_params, key, n, data.shape,
-                                                             sampler=sampler, num_steps=nfe),
-                                            data.num_levels)).astype(np.uint8) for key in keys],
-                 diff_params)
+      def sample_diffusion(key, y):
+        x = diffusion.sample(diff_params, key, len(y), data.shape, sampler=sampler,
+                             num_steps=nfe)
+        return np.asarray(unit_to_levels(x, data.num_levels)).astype(np.uint8)
+
+      x = record(f"diffusion {sampler.upper()}", nfe, sample_diffusion, diff_params)
       if sampler == "ddim" and nfe in (8, 64):
         grids.append((f"DDIM, {nfe} NFE", x[:10]))
 
@@ -131,11 +149,11 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                   xlabel="network evaluations per image (NFE)",
                   ylabel="Fréchet distance (classifier features), lower is better",
                   logx=True, logy=True, hlines=[("floor: train split vs test", floor)],
-                  styles=styles, title="Digits: quality vs network evaluations")
+                  styles=styles, title=f"{data.name}: quality vs network evaluations")
   plots.image_grid(np.concatenate([g for _, g in grids]), os.path.join(workdir, "grids_by_nfe.png"),
                    nrow=10, row_labels=[name for name, _ in grids], vmax=data.num_levels - 1,
                    title="Samples at a few budgets")
-  notes = (f"Digits 8x8 (1500 train / 297 test), {n} unconditional samples per point, "
+  notes = (f"{data.description}, {n} unconditional samples per point, "
            f"{len(c.seeds)} sampling seeds (fd = mean, fd_std = spread); one training seed. "
            f"Floor (train split vs test, n={n}): {floor:.3g}. Budgets matched: every network "
            f"trains {c.train.steps} steps of batch {c.train.batch_size} on the same split; "

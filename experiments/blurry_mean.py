@@ -33,18 +33,18 @@ SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.dept
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = zoo.digits_config(scale, ar=True)  # digits_ar.py's raster AR model is reused
+  c = zoo.image_config(scale, ar=True)  # digits_ar.py's raster AR model is reused
   c.oneshot = dict(width=128, depth=2, p_uncond=0.1)
   # Same steps and batch as the AR model; a shorter EMA so the average forgets the init.
   c.oneshot_train = zoo.train_section(ema_decay=0.99)
   c.sample = dict(num_samples=500, guidance=1.0, per_class=6)
-  if scale == "paper":
+  if scale != "small":  # paper and mnist
     c.oneshot_train = zoo.train_section(steps=50_000, batch_size=256, ema_decay=0.99)
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  zoo.validate_digits_config(c)
+  zoo.validate_image_config(c)
   zoo.validate_train(c.oneshot_train, "oneshot_train")
   require(c.oneshot.width >= 1, "oneshot.width", f"must be >= 1, got {c.oneshot.width}")
   require(c.oneshot.depth >= 0, "oneshot.depth", f"must be >= 0, got {c.oneshot.depth}")
@@ -132,7 +132,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                    title=f"Per class, {k} each: data | one-shot from nothing | "
                          "one-shot from the class | raster AR (1 pixel/step)")
 
-  notes = (f"Digits 8x8, 17 levels, split 1500/297. One-shot: an MLP (width {c.oneshot.width}, "
+  notes = (f"{data.description}. One-shot: an MLP (width {c.oneshot.width}, "
            f"depth {c.oneshot.depth}) from a label embedding to all {L} pixels at once, "
            f"trained with MSE for {c.oneshot_train.steps} steps of batch "
            f"{c.oneshot_train.batch_size}; labels dropped to the null label with probability "

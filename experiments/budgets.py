@@ -33,14 +33,14 @@ SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.dept
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = zoo.digits_config(scale, ar=True)
-  c.num_samples = 2000 if scale == "paper" else 300
+  c = zoo.image_config(scale, ar=True)
+  c.num_samples = 300 if scale == "small" else 2000
   c.steps = [1, 2, 3, 4, 6, 8, 12, 16, 32, 64]
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  zoo.validate_digits_config(c)
+  zoo.validate_image_config(c)
   require(all(s >= 1 for s in c.steps), "steps", "each number of steps must be >= 1")
   require(c.num_samples >= 2, "num_samples", "must be >= 2")
 

@@ -36,13 +36,13 @@ LN2 = np.log(2.0)
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = zoo.digits_config(scale, ar=True)
+  c = zoo.image_config(scale, ar=True)
   c.sample = dict(num_samples=500, guidance=1.0, budget_steps=[1, 2, 4, 8, 16, 32, 64])
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  zoo.validate_digits_config(c)
+  zoo.validate_image_config(c)
   require(c.sample.num_samples >= 2, "sample.num_samples", "must be >= 2")
   require(all(s >= 1 for s in c.sample.budget_steps), "sample.budget_steps", "must be >= 1")
 
@@ -118,7 +118,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                   hlines=[("1 pixel / step (full ARDM bound)", float(losses.sum() / (L * LN2)))],
                   title="ARDM parallel decoding: step budgets")
 
-  notes = (f"Digits 8x8, 17 levels, split 1500/297. Both transformers: width {c.ar.width}, "
+  notes = (f"{data.description}. Both transformers: width {c.ar.width}, "
            f"depth {c.ar.depth}, {c.train.steps} steps of batch {c.train.batch_size}. "
            "test_bpd: bits per pixel on the test split (raster: exact NLL; ARDM: chain rule "
            "along one random order per example, an unbiased estimate of the ARDM bound). "
@@ -128,5 +128,5 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            "classifier test accuracy). Budget rows: the bound (bpd) of decoding in S parallel "
            "steps, computed from per-step losses L_t on the test split; the DP picks the step "
            "sizes from L_t measured on 512 train images. seconds: wall time to draw the unconditional samples (compiled).")
-  write_results(workdir, rows, "Digits: autoregressive models", notes)
+  write_results(workdir, rows, f"{data.name}: autoregressive models", notes)
   return rows

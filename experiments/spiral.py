@@ -25,6 +25,7 @@ from ardiff.diffusion.targets import eps_to_x0
 from ardiff.experiment import block, model_dir, timed, train_cached
 from ardiff.metrics.points import nearest_label, point_metrics
 from ardiff.models.mlp import MLPDenoiser
+from ardiff.precision import COMPUTE_DTYPES, compute_dtype
 from ardiff.report import write_results
 
 
@@ -39,6 +40,7 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c.scale = scale
   c.seed = 0
   c.model_cache = ""
+  c.dtype = "float32"  # compute dtype: bfloat16 runs matmuls in bf16, params stay float32
   c.data = dict(num_classes=3, noise=0.03, num_train=20_000, num_test=4_000)
   c.model = dict(width=192, depth=4)
   c.diffusion = diffusion_section(clip_x0=1.5, p_uncond=0.3)
@@ -59,6 +61,7 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   require_choice(c.scale, "scale", ["small", "paper"])
+  require_choice(c.dtype, "dtype", COMPUTE_DTYPES)
   require_positive(c.data, "data", "num_classes", "num_train", "num_test")
   require(c.data.noise >= 0, "data.noise", f"must be >= 0, got {c.data.noise}")
   require_positive(c.model, "model", "width", "depth")
@@ -78,7 +81,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = spiral_dataset(c.data.num_train, c.data.num_test, c.data.num_classes, c.data.noise,
                         seed=c.seed)
-  model = MLPDenoiser(c.data.num_classes, width=c.model.width, depth=c.model.depth)
+  model = MLPDenoiser(c.data.num_classes, width=c.model.width, depth=c.model.depth,
+                      dtype=compute_dtype(c.dtype))
   process = make_diffusion(c.diffusion, model, c.data.num_classes)
   directory = model_dir(c, workdir, "spiral-diffusion", c.data, c.model, c.diffusion, c.train)
   params = train_cached(process, data.x_train, data.y_train, c.train, directory).ema_params

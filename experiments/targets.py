@@ -40,19 +40,19 @@ COLORS = {"eps": "#1f77b4", "x0": "#d62728", "v": "#2ca02c", "next_step": "#ff7f
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   # digits_diffusion.py's sections; diffusion.target is replaced by each entry of `targets`.
-  c = zoo.digits_config(scale, diffusion=True)
+  c = zoo.image_config(scale, diffusion=True)
   c.targets = ["next_step", "x0", "v", "eps"]  # eps last: digits_diffusion may be training it
   c.num_samples = 300
   c.nfes = [2, 4, 8, 16, 64, 256]
   c.error_ts = [1, 3, 10, 30, 100, 250, 500, 750, 900, 970, 1000]
-  if scale == "paper":
+  if scale != "small":  # paper and mnist
     c.num_samples = 2000
     c.nfes = [2, 4, 8, 16, 32, 64, 256, 1000]
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  zoo.validate_digits_config(c)
+  zoo.validate_image_config(c)
   require(len(c.targets) >= 1, "targets", "needs at least one target")
   for t in c.targets:
     require_choice(t, "targets", TARGETS)
@@ -139,7 +139,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                    nrow=12, row_labels=[name for name, _ in grids], vmax=levels - 1,
                    title=f"DDIM samples, {nfes[0]} and {nfes[-1]} NFE")
 
-  notes = (f"Digits 8x8, 17 levels, split 1500/297. One UNet per target (base "
+  notes = (f"{data.description}. One UNet per target (base "
            f"{c.unet.base_channels}, mult {tuple(c.unet.channel_mult)}), {c.diffusion.schedule} "
            f"schedule, T={c.diffusion.num_timesteps}, {c.train.steps} steps of batch "
            f"{c.train.batch_size}: the same budget, only diffusion.target differs. Every "

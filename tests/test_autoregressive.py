@@ -144,6 +144,11 @@ def test_monte_carlo_bound_and_per_step_losses_are_unbiased():
     se = math.sqrt(per_pos.var(axis=1).mean() / len(x) + 1e-12)
     assert abs(per_step[t] - mean) < 5 * se + 1e-5, (t, per_step[t], mean, se)
   np.testing.assert_allclose(per_step.sum(), exact.mean(), rtol=0.05)
+  # In chunks (7 does not divide the 2700 rows: a remainder chunk), the same orders and losses.
+  chunked = np.asarray(jax.jit(lambda k: objectives.per_step_losses(fn, x, y, k, V,
+                                                                    batch_size=7))(
+      jax.random.key(1)))
+  np.testing.assert_allclose(chunked, per_step, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- orders

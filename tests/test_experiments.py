@@ -33,6 +33,42 @@ def test_experiment_runs_at_tiny_scale(path, tmp_path):
   assert (tmp_path / "results.csv").exists()
 
 
+# The MNIST comparison's own config (scale=mnist: bfloat16 compute, remat, batched sampling, k
+# dividing 784) with tiny models, on tfds' mock MNIST (random 28x28 images, no download).
+MNIST_SMOKE = ["ks=[392]", "unet.channel_mult=[1, 2]", "train.batch_size=8", "ar.heads=2",
+               "num_samples=64", "sample_batch=32", "budget_examples=4"]
+
+
+def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
+  module, _ = get_experiment_config(path, [])
+  _, config = get_experiment_config(path, ["scale=mnist", *module.SMOKE_OVERRIDES, *MNIST_SMOKE])
+  assert (config.dataset, config.dtype, config.ar.remat) == ("mnist", "bfloat16", True)
+  with tfds.testing.mock_data(num_examples=80):
+    rows = module.run(config, str(tmp_path))
+  methods = {r["method"] for r in rows}
+  assert len(methods) == 6 and all(r["fd"] > 0 for r in rows)
+  assert {r["NFE"] for r in rows if r["method"].startswith("ARDM")} == {2}
+  assert next(r for r in rows if r["method"].startswith("raster"))["NFE"] == 28 * 28
+  assert "mnist 28x28x1, 256 levels, split 80/80" in (tmp_path / "results.md").read_text()
+  for name in ("quality_vs_nfe.png", "grids_by_nfe.png"):
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mnist_config_is_paper_sized():
+  from ardiff import zoo
+
+  c = zoo.image_config("mnist", ar=True, diffusion=True)
+  zoo.validate_image_config(c)
+  assert (c.ar.width, c.ar.depth, c.unet.base_channels, c.train.steps) == (256, 8, 64, 50_000)
+  # 28 -> 14 -> 7: every halving keeps the side even until the lowest level.
+  assert 28 % 2 ** (len(c.unet.channel_mult) - 1) == 0
+  path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
+  _, config = get_experiment_config(path, ["scale=mnist"])
+  assert all(784 % k == 0 for k in config.ks)
+
+
 @pytest.mark.parametrize("what", ["diffusion", "train"])
 def test_bench_quick_prints_a_table(what, capsys):
   from ardiff import bench
@@ -41,3 +77,22 @@ def test_bench_quick_prints_a_table(what, capsys):
   assert "| " in text and "Device:" in text
   rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
   assert len(rows) >= 2  # header and at least one measured row
+
+
+def test_in_batches_splits_labels_and_folds_keys():
+  import jax
+  import numpy as np
+
+  from ardiff.experiment import in_batches
+
+  def sample(key, labels):  # deterministic in (key, labels): a key-dependent offset per call
+    return np.asarray(labels) * 10 + int(jax.random.randint(key, (), 0, 5))
+
+  key, labels = jax.random.key(0), np.arange(7)
+  np.testing.assert_array_equal(in_batches(sample, key, labels, 0), sample(key, labels))
+  np.testing.assert_array_equal(in_batches(sample, key, labels, 7), sample(key, labels))
+  out = in_batches(sample, key, labels, 3)  # 3 + 3 + 1
+  expect = np.concatenate([sample(jax.random.fold_in(key, i), labels[s:s + 3])
+                           for i, s in enumerate((0, 3, 6))])
+  np.testing.assert_array_equal(out, expect)
+  assert out.shape == (7,)

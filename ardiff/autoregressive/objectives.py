@@ -124,21 +124,31 @@ def order_nll(
 
 
 def per_step_losses(
-    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, mask_id: int
+    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, mask_id: int,
+    batch_size: int | None = None,
 ) -> jax.Array:
   """L_t for t = 0..L-1: mean -log p of one hidden position given t revealed. float32 [L].
 
   For each t a fresh random order per example reveals t positions; the loss is averaged over
   the L - t hidden positions and the batch. sum_t L_t estimates the ARDM bound in nats; these
   are the per-step costs for :func:`ardiff.autoregressive.budget.optimal_budget`.
+  batch_size: run the network on at most this many examples at a time (the orders are drawn
+  for the whole set first, so the result does not depend on it); None runs them all at once.
   """
   b, length = x.shape
+
+  def one(args):  # one example; lax.map vmaps it over batch_size examples at a time
+    xi, yi, revealed_i = args
+    return ardm_loss_given(logits_fn, xi[None], yi[None], revealed_i[None], mask_id)[0]
 
   def body(_, t):
     ranks = jnp.argsort(random_orders(jax.random.fold_in(key, t), b, length), axis=-1)
     revealed = ranks < t
-    per_example = ardm_loss_given(logits_fn, x, y, revealed, mask_id) / length
-    return None, per_example.mean()
+    if batch_size is None or batch_size >= b:
+      per_example = ardm_loss_given(logits_fn, x, y, revealed, mask_id)
+    else:
+      per_example = jax.lax.map(one, (x, y, revealed), batch_size=batch_size)
+    return None, (per_example / length).mean()
 
   _, losses = jax.lax.scan(body, None, jnp.arange(length))
   return losses

@@ -11,7 +11,7 @@ metrics report bits per dimension, ``bpd = NLL / (L ln 2)``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ class _TransformerProcess:
   def __init__(
       self, vocab_size: int, seq_len: int, num_classes: int, width: int = 128, depth: int = 4,
       heads: int = 4, dropout: float = 0.0, p_uncond: float = 0.1, mlp_ratio: int = 4,
+      dtype: Any = jnp.float32, remat: bool = False,
   ):
     if not 0.0 <= p_uncond <= 1.0:
       raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}")
@@ -42,7 +43,8 @@ class _TransformerProcess:
     self.p_uncond = p_uncond
     self.model = Transformer(
         vocab_size=vocab_size, seq_len=seq_len, num_classes=num_classes, width=width,
-        depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, causal=self.causal)
+        depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, causal=self.causal,
+        dtype=dtype, remat=remat)
 
   def _inputs(self, batch: Batch) -> tuple[jax.Array, jax.Array]:
     x, y = batch["x"], batch["y"]

@@ -52,6 +52,13 @@ class Dataset:
     return tuple(self.x_train.shape[1:])
 
   @property
+  def description(self) -> str:
+    """One line for result notes, e.g. 'digits 8x8x1, 17 levels, split 1500/297'."""
+    size = "x".join(str(d) for d in self.shape)
+    levels = f", {self.num_levels} levels" if self.num_levels else ""
+    return f"{self.name} {size}{levels}, split {len(self.x_train)}/{len(self.x_test)}"
+
+  @property
   def num_tokens(self) -> int:
     """Number of scalar positions per example (pixels x channels for images)."""
     return int(np.prod(self.shape))

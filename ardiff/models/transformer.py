@@ -15,9 +15,16 @@ filled one position at a time by :meth:`Transformer.decode_step` (causal mode on
 
 Labels ``y`` are ``0..num_classes-1``, or ``num_classes`` for the null label
 (classifier-free guidance).
+
+Mixed precision (``dtype=jnp.bfloat16``): matmuls, layer norms and activations run in ``dtype``;
+parameters stay float32, attention softmax and the returned logits are float32 (so losses and
+sampling probabilities are computed in float32), and the KV cache is held in ``dtype``.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,16 +41,18 @@ class Block(nn.Module):
   heads: int
   mlp_ratio: int
   dropout: float
+  dtype: Any = jnp.float32
 
   def setup(self):
     if self.width % self.heads:
       raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
-    self.ln1 = nn.LayerNorm()
-    self.qkv = nn.Dense(3 * self.width)
-    self.proj = nn.Dense(self.width)
-    self.ln2 = nn.LayerNorm()
-    self.fc1 = nn.Dense(self.mlp_ratio * self.width)
-    self.fc2 = nn.Dense(self.width)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    self.ln1 = nn.LayerNorm(dtype=self.dtype)
+    self.qkv = dense(3 * self.width)
+    self.proj = dense(self.width)
+    self.ln2 = nn.LayerNorm(dtype=self.dtype)
+    self.fc1 = dense(self.mlp_ratio * self.width)
+    self.fc2 = dense(self.width)
     self.drop = nn.Dropout(self.dropout)
 
   def _qkv(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -56,7 +65,10 @@ class Block(nn.Module):
   def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
     """Softmax attention; allowed broadcasts to [B, heads, Tq, Tk]. Returns [B, Tq, W]."""
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    weights = jax.nn.softmax(jnp.where(allowed, scores, _NEG), axis=-1)
+    # Softmax in float32 whatever the compute dtype: a bf16 exp-sum over hundreds of positions
+    # loses the small weights, and -1e30 is out of float16's range.
+    scores = jnp.where(allowed, scores.astype(jnp.float32), _NEG)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
     b, _, t, _ = out.shape
     return out.transpose(0, 2, 1, 3).reshape(b, t, self.width)
@@ -92,6 +104,10 @@ class Transformer(nn.Module):
     width, depth, heads, mlp_ratio: model size.
     dropout: dropout rate on embeddings and residual branches (active when train=True).
     causal: True for raster AR (shifted, causal attention), False for bidirectional ARDM.
+    dtype: compute dtype (see ``ardiff.precision``); parameters and logits stay float32.
+    remat: recompute each block's activations in the backward pass instead of storing them
+      (``nn.remat``): the [B, heads, L, L] attention of every layer is then never held at once,
+      which is what lets L = 784 train at batch 256 on one accelerator. Same gradients.
   """
 
   vocab_size: int
@@ -103,6 +119,8 @@ class Transformer(nn.Module):
   mlp_ratio: int = 4
   dropout: float = 0.0
   causal: bool = True
+  dtype: Any = jnp.float32
+  remat: bool = False
 
   @property
   def mask_id(self) -> int:
@@ -113,15 +131,18 @@ class Transformer(nn.Module):
     init = nn.initializers.normal(0.02)
     n_tok = self.vocab_size if self.causal else self.vocab_size + 1
     n_pos = self.seq_len if self.causal else self.seq_len + 1
-    self.tok_emb = nn.Embed(n_tok, self.width, embedding_init=init)
-    self.cls_emb = nn.Embed(self.num_classes + 1, self.width, embedding_init=init)
+    self.tok_emb = nn.Embed(n_tok, self.width, embedding_init=init, dtype=self.dtype)
+    self.cls_emb = nn.Embed(self.num_classes + 1, self.width, embedding_init=init,
+                            dtype=self.dtype)
     self.pos_emb = self.param("pos_emb", init, (n_pos, self.width))
+    # `train` (argument 3, counting self) is a Python bool that selects dropout: static.
+    block = nn.remat(Block, static_argnums=(3,)) if self.remat else Block
     self.blocks = [
-        Block(self.width, self.heads, self.mlp_ratio, self.dropout, name=f"block_{i}")
+        block(self.width, self.heads, self.mlp_ratio, self.dropout, self.dtype, name=f"block_{i}")
         for i in range(self.depth)
     ]
-    self.ln_f = nn.LayerNorm()
-    self.head = nn.Dense(self.vocab_size)
+    self.ln_f = nn.LayerNorm(dtype=self.dtype)
+    self.head = nn.Dense(self.vocab_size, dtype=self.dtype)
     self.drop = nn.Dropout(self.dropout)
 
   def __call__(self, tokens: jax.Array, y: jax.Array, train: bool = False) -> jax.Array:
@@ -136,10 +157,10 @@ class Transformer(nn.Module):
     else:
       h = jnp.concatenate([cls, self.tok_emb(tokens)], axis=1)
       allowed = jnp.ones((), bool)
-    h = self.drop(h + self.pos_emb[None], deterministic=not train)
+    h = self.drop(h + self.pos_emb[None].astype(self.dtype), deterministic=not train)
     for block in self.blocks:
       h = block(h, allowed, train)
-    logits = self.head(self.ln_f(h))
+    logits = self.head(self.ln_f(h)).astype(jnp.float32)
     return logits if self.causal else logits[:, 1:]
 
   def decode_step(
@@ -162,17 +183,20 @@ class Transformer(nn.Module):
     pos = jnp.asarray(pos, jnp.int32)
     tok = self.tok_emb(jnp.clip(prev_tokens, 0, self.vocab_size - 1))
     h = jnp.where(pos == 0, self.cls_emb(y), tok)
-    h = (h + jax.lax.dynamic_index_in_dim(self.pos_emb, pos, keepdims=False))[:, None, :]
+    pos_emb = jax.lax.dynamic_index_in_dim(self.pos_emb, pos, keepdims=False).astype(self.dtype)
+    h = (h + pos_emb)[:, None, :]
     ks, vs = [], []
     for block, k_cache, v_cache in zip(self.blocks, cache["k"], cache["v"]):
       h, k_cache, v_cache = block.decode(h, pos, k_cache, v_cache)
       ks.append(k_cache)
       vs.append(v_cache)
-    return self.head(self.ln_f(h))[:, 0], {"k": tuple(ks), "v": tuple(vs)}
+    logits = self.head(self.ln_f(h))[:, 0].astype(jnp.float32)
+    return logits, {"k": tuple(ks), "v": tuple(vs)}
 
 
-def init_cache(model: Transformer, batch_size: int, dtype=jnp.float32) -> Cache:
-  """Zero KV cache {"k": (depth arrays), "v": (depth arrays)}, each [batch, heads, L, head_dim].
+def init_cache(model: Transformer, batch_size: int, dtype=None) -> Cache:
+  """Zero KV cache {"k": (depth arrays), "v": (depth arrays)}, each [batch, heads, L, head_dim],
+  in ``dtype`` (default: the model's compute dtype, which is what the keys and values are).
 
   One array per layer rather than one stacked [depth, ...] array: slicing a layer out of a
   stacked carry makes XLA copy it every step (measured 2-3x slower decoding at L = 784 on CPU);
@@ -181,5 +205,5 @@ def init_cache(model: Transformer, batch_size: int, dtype=jnp.float32) -> Cache:
   if model.width % model.heads:
     raise ValueError(f"width {model.width} must be divisible by heads {model.heads}")
   shape = (batch_size, model.heads, model.seq_len, model.width // model.heads)
-  zeros = tuple(jnp.zeros(shape, dtype) for _ in range(model.depth))
+  zeros = tuple(jnp.zeros(shape, dtype or model.dtype) for _ in range(model.depth))
   return {"k": zeros, "v": zeros}

@@ -10,11 +10,17 @@ levels; a middle block (res, attention, res) at the lowest resolution; the mirro
 upsampling path with skip connections; GroupNorm, SiLU and a 3x3 output conv.
 The time embedding (sinusoidal -> MLP) plus a learned class embedding is added inside every
 residual block. Self-attention runs at the lowest resolution when ``attn_at_lowest``.
+
+Mixed precision (``dtype=jnp.bfloat16``): convolutions, norms, attention and activations run in
+``dtype``; parameters stay float32, the sinusoidal time features are computed in float32 and the
+output is cast to float32, so the loss and the sampler's arithmetic stay float32.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -53,16 +59,18 @@ class ResBlock(nn.Module):
 
   channels: int
   dropout: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
-    h = nn.GroupNorm(num_groups=num_groups(x.shape[-1]))(x)
-    h = nn.Conv(self.channels, (3, 3))(nn.silu(h))
-    h = h + nn.Dense(self.channels)(nn.silu(emb))[:, None, None, :]
-    h = nn.GroupNorm(num_groups=num_groups(self.channels))(h)
+    conv = functools.partial(nn.Conv, dtype=self.dtype)
+    h = nn.GroupNorm(num_groups=num_groups(x.shape[-1]), dtype=self.dtype)(x)
+    h = conv(self.channels, (3, 3))(nn.silu(h))
+    h = h + nn.Dense(self.channels, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
+    h = nn.GroupNorm(num_groups=num_groups(self.channels), dtype=self.dtype)(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-    h = nn.Conv(self.channels, (3, 3))(h)
-    skip = x if x.shape[-1] == self.channels else nn.Conv(self.channels, (1, 1))(x)
+    h = conv(self.channels, (3, 3))(h)
+    skip = x if x.shape[-1] == self.channels else conv(self.channels, (1, 1))(x)
     return skip + h
 
 
@@ -70,12 +78,16 @@ class AttnBlock(nn.Module):
   """Pre-norm multi-head self-attention over all spatial positions, with a residual."""
 
   num_heads: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    tokens = nn.GroupNorm(num_groups=num_groups(c))(x).reshape(b, h * w, c)
-    out = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=c)(tokens)
+    tokens = nn.GroupNorm(num_groups=num_groups(c), dtype=self.dtype)(x).reshape(b, h * w, c)
+    # Softmax in self.dtype too: it spans the lowest resolution only (<= 64 keys at 8x8), where
+    # bf16's rounding of the sum is harmless (unlike the transformer's 785 keys).
+    out = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=c,
+                                          dtype=self.dtype)(tokens)
     return x + out.reshape(b, h, w, c)
 
 
@@ -90,6 +102,7 @@ class UNet(nn.Module):
   dropout: float = 0.0
   num_classes: int = 10
   out_channels: int | None = None
+  dtype: Any = jnp.float32  # compute dtype (see ardiff.precision); parameters stay float32
 
   def _check_inputs(self, x: jax.Array, t: jax.Array, y: jax.Array) -> None:
     if x.ndim != 4:
@@ -116,45 +129,51 @@ class UNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False) -> jax.Array:
     self._check_inputs(x, t, y)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, dtype=self.dtype)
+    res = functools.partial(ResBlock, dropout=self.dropout, dtype=self.dtype)
+    attn = functools.partial(AttnBlock, self.num_heads, dtype=self.dtype)
     emb_dim = 4 * self.base_channels
     emb = timestep_embedding(t, self.base_channels)
-    emb = nn.Dense(emb_dim)(nn.silu(nn.Dense(emb_dim)(emb)))
-    emb = emb + nn.Embed(self.num_classes + 1, emb_dim, name="class_embed")(y.astype(jnp.int32))
+    emb = dense(emb_dim)(nn.silu(dense(emb_dim)(emb)))
+    emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype,
+                         name="class_embed")(y.astype(jnp.int32))
 
     last = len(self.channel_mult) - 1
-    h = nn.Conv(self.base_channels, (3, 3))(x)
+    h = conv(self.base_channels, (3, 3))(x)
     skips = [h]
     for level, mult in enumerate(self.channel_mult):
       for _ in range(self.num_res_blocks):
-        h = ResBlock(self.base_channels * mult, self.dropout)(h, emb, train)
+        h = res(self.base_channels * mult)(h, emb, train)
         if level == last and self.attn_at_lowest:
-          h = AttnBlock(self.num_heads)(h)
+          h = attn()(h)
         skips.append(h)
       if level != last:
-        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h)
+        h = conv(h.shape[-1], (3, 3), strides=(2, 2))(h)
         skips.append(h)
 
-    h = ResBlock(h.shape[-1], self.dropout)(h, emb, train)
+    h = res(h.shape[-1])(h, emb, train)
     if self.attn_at_lowest:
-      h = AttnBlock(self.num_heads)(h)
-    h = ResBlock(h.shape[-1], self.dropout)(h, emb, train)
+      h = attn()(h)
+    h = res(h.shape[-1])(h, emb, train)
 
     for level in reversed(range(len(self.channel_mult))):
       for _ in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = ResBlock(self.base_channels * self.channel_mult[level], self.dropout)(h, emb, train)
+        h = res(self.base_channels * self.channel_mult[level])(h, emb, train)
         if level == last and self.attn_at_lowest:
-          h = AttnBlock(self.num_heads)(h)
+          h = attn()(h)
       if level != 0:
         b, height, width, c = h.shape
         h = jax.image.resize(h, (b, 2 * height, 2 * width, c), method="nearest")
-        h = nn.Conv(c, (3, 3))(h)
+        h = conv(c, (3, 3))(h)
 
-    h = nn.silu(nn.GroupNorm(num_groups=num_groups(h.shape[-1]))(h))
+    h = nn.silu(nn.GroupNorm(num_groups=num_groups(h.shape[-1]), dtype=self.dtype)(h))
     # The output conv starts at zero (as in DDPM/ADM), so the untrained denoiser predicts 0 and
     # early training is stable. Only this last layer is zeroed: every residual block keeps a
     # normal init, so the time and class embeddings already shape the features feeding it and
     # reach the output as soon as this layer moves off zero (one optimiser step). The tests
     # check exactly that by perturbing this layer alone.
     out_channels = self.out_channels or x.shape[-1]
-    return nn.Conv(out_channels, (3, 3), kernel_init=nn.initializers.zeros, name="out_conv")(h)
+    out = conv(out_channels, (3, 3), kernel_init=nn.initializers.zeros, name="out_conv")(h)
+    return out.astype(jnp.float32)
