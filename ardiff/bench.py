@@ -156,16 +156,19 @@ def bench_train(quick: bool = False) -> list[dict]:
   data = Dataset("mnist-like", "image", x, y, x[:2], y[:2], num_classes=10, num_levels=256)
   batch, steps = (8, 2) if quick else (32, 3)
   width, depth = (32, 1) if quick else (128, 4)
-  rows = []
-  for kind in ("raster", "ardm"):
-    process = (zoo.raster_ar if kind == "raster" else zoo.order_agnostic_ar)(
-        zoo.transformer_section(width=width, depth=depth), data)
-    rows.append(_bench_training(f"transformer {kind} ({side * side} tokens)", process,
-                                zoo.tokens(x), y, batch, steps))
-  process = zoo.image_diffusion(zoo.unet_section(base_channels=8 if quick else 32),
-                                diffusion_section(), data)
+  # bfloat16 rows on accelerators only: XLA:CPU emulates bf16 matmuls, so there it only slows.
+  dtypes = ("float32",) if quick or jax.default_backend() == "cpu" else ("float32", "bfloat16")
   xs = (x.astype(np.float32) / 127.5 - 1.0)
-  rows.append(_bench_training(f"UNet ({side}x{side})", process, xs, y, batch, steps))
+  rows = []
+  for dtype in dtypes:
+    for kind in ("raster", "ardm"):
+      process = (zoo.raster_ar if kind == "raster" else zoo.order_agnostic_ar)(
+          zoo.transformer_section(width=width, depth=depth), data, dtype)
+      rows.append(_bench_training(f"transformer {kind} ({side * side} tokens, {dtype})", process,
+                                  zoo.tokens(x), y, batch, steps))
+    process = zoo.image_diffusion(zoo.unet_section(base_channels=8 if quick else 32),
+                                  diffusion_section(), data, dtype)
+    rows.append(_bench_training(f"UNet ({side}x{side}, {dtype})", process, xs, y, batch, steps))
   return rows
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: bash launch/tpu_vm.sh [--dry-run] [OPTIONS] create|setup|run|copy|delete [ARGS...]
+# Usage: bash launch/tpu_vm.sh [--dry-run] [OPTIONS] create|setup|data|run|copy|delete [ARGS...]
 #
 # A Cloud TPU VM, single host or multi-host pod slice, driven by `gcloud compute tpus tpu-vm`:
 #   create [GCLOUD_FLAGS...]     create it (extra flags go to gcloud, e.g. --spot)
@@ -7,9 +7,13 @@
 #                                does not ignore) to every worker (--worker=all), then on each:
 #                                apt-get python3.11 if no Python >= 3.11 is there, source
 #                                launch/env.sh (project into .venv) and pip install -U "jax[tpu]"
+#   data DATASET                 on every worker: prepare a tfds dataset (mnist, cifar10) in the
+#                                ArrayRecord format under the data dir (TensorFlow is installed
+#                                into .venv for this build only; training reads without it)
 #   run [EXPERIMENT] [ARGS...]   on every worker at once (--worker=all):
 #                                ardiff run experiments/EXPERIMENT.py --workdir=runs/EXPERIMENT ARGS
-#                                (default spiral) with JAX_PLATFORMS=tpu unless set there. Each
+#                                (default spiral) with JAX_PLATFORMS=tpu unless set there and
+#                                TFDS_DATA_DIR set to the data dir. Each
 #                                worker is one JAX process; the code calls
 #                                jax.distributed.initialize() itself.
 #                                It runs over ssh in the foreground: a dropped connection stops it.
@@ -25,6 +29,8 @@
 #   --remote-dir DIR             the checkout on each worker, under its home (default ardiff)
 #   --workdir DIR                for run and copy (default runs/EXPERIMENT inside the checkout);
 #                                multi-host checkpoints may need a folder all workers share
+#   --data-dir DIR               tfds data folder on the workers, for data and run
+#                                ($TFDS_DATA_DIR, default tensorflow_datasets in the checkout)
 #   --dry-run                    print the commands instead of running them
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
@@ -38,6 +44,7 @@ RUNTIME_VERSION=${TPU_RUNTIME_VERSION:-v2-alpha-tpuv5}
 PROJECT=${TPU_PROJECT:-}
 REMOTE_DIR=ardiff
 WORKDIR=""
+DATA_DIR=${TFDS_DATA_DIR:-tensorflow_datasets}
 while (( $# )); do
   NSHIFT=1
   case $1 in
@@ -49,13 +56,14 @@ while (( $# )); do
     --project|--project=*) opt_value "$@"; PROJECT=$VAL ;;
     --remote-dir|--remote-dir=*) opt_value "$@"; REMOTE_DIR=$VAL ;;
     --workdir|--workdir=*) opt_value "$@"; WORKDIR=$VAL ;;
+    --data-dir|--data-dir=*) opt_value "$@"; DATA_DIR=$VAL ;;
     -h|--help) usage; exit 0 ;;
     -*) die "unknown option $1 (options go before the subcommand; see --help)" ;;
     *) break ;;
   esac
   shift "$NSHIFT"
 done
-(( $# )) || die "missing subcommand: create, setup, run, copy or delete (see --help)"
+(( $# )) || die "missing subcommand: create, setup, data, run, copy or delete (see --help)"
 CMD=$1
 shift
 [[ $NAME =~ ^[a-z][-a-z0-9]*$ ]] || die "bad TPU name '$NAME' (lowercase letters, digits, -)"
@@ -101,11 +109,19 @@ case $CMD in
 && python -m pip install --disable-pip-version-check -q -U 'jax[tpu]' \
 && python -c 'import jax; print(\"worker\", jax.process_index(), \"devices\", jax.device_count())'"
     ;;
+  data)
+    (( $# == 1 )) || die "data takes one dataset name (mnist or cifar10), got: ${*:-nothing}"
+    [[ $1 == mnist || $1 == cifar10 ]] || die "data: unknown dataset '$1' (mnist or cifar10)"
+    on_all_workers "cd $(quote_cmd "$REMOTE_DIR") && source launch/env.sh \
+&& python -m pip install --disable-pip-version-check -q tensorflow-cpu \
+&& $(quote_cmd tfds build "$1" --file_format=array_record "--data_dir=$DATA_DIR")"
+    ;;
   run)
     experiment_args "$@"
     if (( $# )) && [[ $1 != -* ]]; then shift; fi
     on_all_workers "cd $(quote_cmd "$REMOTE_DIR") && source launch/env.sh \
 && export JAX_PLATFORMS=\"\${JAX_PLATFORMS:-tpu}\" \
+&& export $(quote_cmd "TFDS_DATA_DIR=$DATA_DIR") \
 && $(quote_cmd ardiff run "experiments/$EXP.py" "--workdir=${WORKDIR:-runs/$EXP}" "$@")"
     ;;
   copy)
@@ -121,6 +137,6 @@ case $CMD in
     tpu_vm delete "$NAME" "$@"
     ;;
   *)
-    die "unknown subcommand '$CMD': use create, setup, run, copy or delete (see --help)"
+    die "unknown subcommand '$CMD': use create, setup, data, run, copy or delete (see --help)"
     ;;
 esac

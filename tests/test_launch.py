@@ -157,6 +157,25 @@ def test_tpu_run_and_copy_dry_run(repo):
                        f"runs/tpu/my-tpu/ --worker=0 {GCLOUD_TAIL}")
 
 
+def test_tpu_data_dry_run_and_the_data_dir_reaching_run(repo):
+  (data,) = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "--data-dir=gs://b/tfds", "data", "mnist")
+  assert data.startswith("gcloud compute tpus tpu-vm ssh my-tpu --worker=all '--command=cd ardiff")
+  assert "pip install --disable-pip-version-check -q tensorflow-cpu" in data
+  assert "tfds build mnist --file_format=array_record --data_dir=gs://b/tfds" in data
+  (run,) = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "--data-dir=gs://b/tfds", "run", "ar_vs_diffusion",
+                "--config.scale=mnist")
+  assert "export TFDS_DATA_DIR=gs://b/tfds" in run
+  assert "ardiff run experiments/ar_vs_diffusion.py" in run and "--config.scale=mnist" in run
+  # Without the option, $TFDS_DATA_DIR of the caller's environment is what the workers get.
+  (run,) = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "run", extra_env={"TFDS_DATA_DIR": "/data/tfds"})
+  assert "export TFDS_DATA_DIR=/data/tfds" in run
+  root, env, _ = repo
+  for args, message in ((("data",), "data takes one dataset name"),
+                        (("data", "imagenet"), "unknown dataset 'imagenet'")):
+    out = _bash(root, env, "launch/tpu_vm.sh", "--dry-run", *TPU_FLAGS, *args)
+    assert out.returncode != 0 and message in out.stderr
+
+
 def test_tpu_bad_usage(repo):
   root, env, _ = repo
   for args, message in [((), "missing subcommand"), (("boot",), "unknown subcommand"),
