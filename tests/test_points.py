@@ -16,6 +16,16 @@ def test_sliced_wasserstein_of_a_shift_equals_projected_shift():
                              rtol=0.03)
 
 
+def test_column_quantiles_match_numpy():
+  from ardiff.metrics.points import _column_quantiles
+
+  rng = np.random.default_rng(3)
+  for n, m in ((7, 7), (5, 9), (300, 1000)):
+    x, q = rng.standard_normal((n, 4)), (np.arange(m) + 0.5) / m
+    np.testing.assert_allclose(_column_quantiles(x, q), np.quantile(x, q, axis=0), rtol=1e-12,
+                               atol=1e-12)
+
+
 def test_mmd_matches_gaussian_closed_form():
   """For N(0, I) vs N(m, I) in d dims and kernel bandwidth s:
   MMD^2 = 2 c (1 - exp(-|m|^2 / (2 (s^2 + 2)))), c = (s^2 / (s^2 + 2))^(d/2)."""

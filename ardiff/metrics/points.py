@@ -17,9 +17,20 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_projections: int = 256,
   dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
   n = max(len(a), len(b))
   q = (np.arange(n) + 0.5) / n
-  pa = np.quantile(a @ dirs, q, axis=0)
-  pb = np.quantile(b @ dirs, q, axis=0)
+  pa = _column_quantiles(a @ dirs, q)
+  pb = _column_quantiles(b @ dirs, q)
   return float(np.mean(np.abs(pa - pb)))
+
+
+def _column_quantiles(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+  """np.quantile(x, q, axis=0) with its default linear interpolation, by one sort per column:
+  np.quantile with thousands of q values partitions once per value (about 1000x slower)."""
+  s = np.sort(x, axis=0)
+  pos = q * (len(x) - 1)
+  lo = np.floor(pos).astype(int)
+  hi = np.minimum(lo + 1, len(x) - 1)
+  frac = (pos - lo)[:, None]
+  return s[lo] + frac * (s[hi] - s[lo])
 
 
 def mmd_rbf(a: np.ndarray, b: np.ndarray, bandwidth: float = 0.1, max_points: int = 2000) -> float:
