@@ -76,13 +76,15 @@ def image_config(scale: str, *, ar: bool = False, diffusion: bool = False) -> ml
     else:
       c.unet = unet_section()
     c.diffusion = diffusion_section(clip_x0=1.0)
-  c.train = train_section(steps=50_000, batch_size=256) if big else train_section()
   if scale == "mnist":
     # XLA's estimate of one bf16 transformer step at L = 784 (compiled, not run, on CPU): 41 GiB
     # of temporaries at batch 64, 161 GiB at 256 (the [B, 8, 785, 785] attention maps of 8
     # layers), so batch 64 for one 80 GB GPU: 50k steps are still 53 epochs of MNIST.
-    c.train.batch_size = 64
-    c.train.checkpoint_every = 5000
+    c.train = train_section(steps=50_000, batch_size=64, checkpoint_every=5000)
+  elif big:
+    c.train = train_section(steps=50_000, batch_size=256)
+  else:
+    c.train = train_section()
   return c
 
 

@@ -94,40 +94,41 @@ def _matmul_input_dtypes(fn, *args) -> list[str]:
 
 
 def _transformer_case(causal):
+  """A model, its inputs, an init key, and random parameters filled from numpy (no compile)."""
   from ardiff.models.transformer import Transformer
+  from tests.test_transformer import rough_params
 
   model = Transformer(17, 64, 10, width=32, depth=2, heads=4, causal=causal)
   k = jax.random.split(jax.random.key(0), 2)
   tokens = jax.random.randint(k[0], (8, 64), 0, 17)
   y = jnp.arange(8) % 11  # includes the null label 10
-  return model, (tokens, y), k[1]
+  return model, (tokens, y), k[1], rough_params(model, scale=0.1)
 
 
 def _unet_case(_):
   from ardiff.models.unet import UNet
+  from tests.test_unet import _numpy_params
 
   model = UNet(8, channel_mult=(1, 2), num_res_blocks=1, num_classes=10)
   k = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(k[0], (4, 8, 8, 1))
   t = jax.random.uniform(k[1], (4,), minval=0.01)
-  return model, (x, t, jnp.arange(4)), k[2]
+  y = jnp.arange(4)
+  # _numpy_params fills the zero-initialised output conv too, so the output is not all 0.
+  return model, (x, t, y), k[2], _numpy_params(model, x, t, y)
 
 
 @pytest.mark.parametrize("case,arg", [(_transformer_case, True), (_transformer_case, False),
                                       (_unet_case, None)],
                          ids=["causal-transformer", "bidirectional-transformer", "unet"])
 def test_bfloat16_image_models_compute_in_bf16_with_float32_params(case, arg):
-  f32, inputs, key = case(arg)
+  f32, inputs, key, params = case(arg)
   bf16 = f32.clone(dtype=jnp.bfloat16)
   # Shapes and dtypes from eval_shape (compiling a UNet's init costs ~15 s on CPU); the values
   # are random: the dtype changes the arithmetic, not the parameters.
   shapes = jax.eval_shape(f32.init, key, *inputs)
   assert jax.eval_shape(bf16.init, key, *inputs) == shapes
   assert _float_dtypes(shapes) == {"float32"}
-  leaves, treedef = jax.tree.flatten(shapes)
-  rng = np.random.default_rng(0)
-  params = treedef.unflatten([jnp.asarray(0.1 * rng.standard_normal(s.shape), jnp.float32)
-                              for s in leaves])
 
   dtypes32 = _matmul_input_dtypes(lambda p: f32.apply(p, *inputs), params)
   dtypes16 = _matmul_input_dtypes(lambda p: bf16.apply(p, *inputs), params)
@@ -144,7 +145,7 @@ def test_bfloat16_image_models_compute_in_bf16_with_float32_params(case, arg):
 def test_bfloat16_kv_cache_decoding_matches_the_bf16_forward_pass():
   from ardiff.models.transformer import init_cache
 
-  f32, (tokens, y), key = _transformer_case(True)
+  f32, (tokens, y), key, _ = _transformer_case(True)
   model = f32.clone(dtype=jnp.bfloat16)
   params = jax.jit(model.init)(key, tokens, y)
   cache = init_cache(model, tokens.shape[0])
