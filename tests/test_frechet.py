@@ -115,3 +115,17 @@ def test_bad_inputs_raise():
     frechet_distance(f, bad)
   with pytest.raises(ValueError, match="cov2"):
     frechet_distance_from_stats(np.zeros(3), np.eye(3), np.zeros(3), np.eye(2))
+
+
+def test_non_commuting_2x2_covariances_closed_form():
+  """For 2x2 matrices, tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)) (the two eigenvalues of M = S1 S2
+  are real and non-negative), an independent closed form for covariances that do not commute,
+  where formulas that are right only for commuting (e.g. diagonal) covariances go wrong."""
+  s1 = np.array([[2.0, 0.9], [0.9, 0.7]])
+  s2 = np.array([[0.4, -0.3], [-0.3, 1.5]])
+  assert not np.allclose(s1 @ s2, s2 @ s1)
+  m1, m2 = np.array([0.3, -1.0]), np.array([1.0, 0.5])
+  product = s1 @ s2
+  cross = np.sqrt(np.trace(product) + 2.0 * np.sqrt(np.linalg.det(product)))
+  expected = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * cross
+  np.testing.assert_allclose(frechet_distance_from_stats(m1, s1, m2, s2), expected, rtol=1e-12)

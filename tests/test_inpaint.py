@@ -113,7 +113,8 @@ def test_correlated_gaussian_completion_matches_exact_replacement_moments(sample
 def test_replacement_bias_against_the_true_conditional():
   """Replacement vs the true conditional N(RHO KNOWN, VAR (1 - RHO^2)) = N(0.72, 0.218^2).
 
-  Exact (propagated) output moments, the numbers quoted in inpaint.py's docstring. The bias
+  Exact (propagated) output moments, the numbers quoted in inpaint.py's docstring, and the
+  moments of inpaint()'s own samples against both. The bias
   is real and toward the prior: bound it loosely but meaningfully. The completion conditions
   clearly (at least 45% of the way from the prior mean 0 to the conditional mean; ignoring
   the known pixel would give 0) but never overshoots, and it is wider than the conditional
@@ -121,8 +122,20 @@ def test_replacement_bias_against_the_true_conditional():
   """
   cond_mean, cond_std = RHO * KNOWN, np.sqrt(VAR * (1 - RHO**2))
   documented = {("ddpm", 200): (0.497, 0.273), ("ddim", 50): (0.362, 0.316)}
+  n = 20_000
+  x_known = jnp.zeros((n, 1, 2, 1)).at[:, 0, 0, 0].set(KNOWN)
+  mask = np.array([True, False]).reshape(1, 2, 1)
   for (sampler, num_steps), (doc_mean, doc_std) in documented.items():
     mean, std = replacement_moments(sampler, num_steps)
     assert (round(mean, 3), round(std, 3)) == (doc_mean, doc_std), (sampler, mean, std)
     assert 0.45 * cond_mean < mean < cond_mean
     assert cond_std < std < 1.5 * cond_std
+    # The library's inpaint() itself: its samples have the pinned (biased) moments, within
+    # 4 standard errors, and are many standard errors away from the true conditional.
+    out = np.asarray(inpaint(correlated_eps, None, SCHEDULE, x_known, mask, jax.random.key(7),
+                             sampler=sampler, num_steps=num_steps), np.float64)[:, 0, 1, 0]
+    se_mean, se_std = doc_std / np.sqrt(n), doc_std / np.sqrt(2 * n)
+    assert abs(out.mean() - doc_mean) < 4 * se_mean + 5e-4, (sampler, out.mean(), doc_mean)
+    assert abs(out.std() - doc_std) < 4 * se_std + 5e-4, (sampler, out.std(), doc_std)
+    assert cond_mean - out.mean() > 20 * se_mean  # the bias is real, not sampling noise
+    assert out.std() - cond_std > 20 * se_std
