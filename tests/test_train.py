@@ -1,5 +1,7 @@
-"""Training: resume equals uninterrupted, SIGTERM saves, 1 device equals 8 devices."""
+"""Training: EMA follows its recursion, resume equals uninterrupted, SIGTERM saves, 1 device
+equals 8 devices."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,6 +11,7 @@ import textwrap
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from ardiff.data.base import batch_indices
@@ -31,19 +34,113 @@ def test_batch_indices_depend_on_seed_and_step_only():
   np.testing.assert_array_equal(np.sort(epoch), np.arange(50))
 
 
-def test_resume_gives_identical_params(tmp_path):
-  process, data, cfg = tiny_setup(steps=8)
-  straight = train(process, data.x_train, data.y_train, cfg, tmp_path / "a", log=lambda m: None)
-  half = train(process, data.x_train, data.y_train, cfg, tmp_path / "b", stop_at=4,
+# EMA: a small decay so that e_k = d e_{k-1} + (1 - d) p_k is far from both p_k and e_{k-1}; a
+# swapped decay, or an EMA of the pre-update params, then misses the recursion by ~1e-3, while
+# float32 rounding stays ~1e-7.
+EMA_DECAY = 0.9
+EMA_STEPS = 6
+EMA_RTOL, EMA_ATOL = 1e-6, 1e-7
+
+
+def _named_leaves(tree):
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _assert_trees_equal(a, b, what):
+  a, b = _named_leaves(a), _named_leaves(b)
+  assert a.keys() == b.keys(), what
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=f"{what}{name}")
+
+
+def _ema_setup():
+  process, data, cfg = tiny_setup(steps=EMA_STEPS, ema_decay=EMA_DECAY)
+  # A checkpoint after every step, all kept: one run yields the whole parameter trajectory.
+  cfg = dataclasses.replace(cfg, checkpoint_every=1, keep_checkpoints=EMA_STEPS + 1)
+  return process, data, cfg
+
+
+def _trajectory(workdir):
+  """[(params, ema_params)] after steps 1..EMA_STEPS, read back from the run's checkpoints."""
+  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints")) as manager:
+    assert list(manager.all_steps()) == list(range(1, EMA_STEPS + 1))
+    out = []
+    for k in range(1, EMA_STEPS + 1):
+      saved = manager.restore(k, args=ocp.args.StandardRestore())
+      assert int(saved["step"]) == k
+      out.append((saved["params"], saved["ema_params"]))
+  return out
+
+
+def _assert_ema_recursion(p0, trajectory, decay):
+  """ema_k == d ema_{k-1} + (1 - d) params_k from ema_0 = params_0, in float64, every leaf."""
+  expected = {name: x.astype(np.float64) for name, x in _named_leaves(p0).items()}
+  for k, (params, ema) in enumerate(trajectory, 1):
+    params, ema = _named_leaves(params), _named_leaves(ema)
+    assert ema.keys() == expected.keys()
+    for name in expected:
+      expected[name] = decay * expected[name] + (1.0 - decay) * params[name].astype(np.float64)
+      np.testing.assert_allclose(ema[name], expected[name], rtol=EMA_RTOL, atol=EMA_ATOL,
+                                 err_msg=f"ema_params{name} after step {k}")
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+  """An uninterrupted EMA_STEPS run, plus its initial state (stop_at=0) and its trajectory."""
+  process, data, cfg = _ema_setup()
+  workdir = tmp_path_factory.mktemp("ema") / "straight"
+  initial = train(process, data.x_train, data.y_train, cfg, workdir, stop_at=0,
+                  log=lambda m: None)
+  final = train(process, data.x_train, data.y_train, cfg, workdir, log=lambda m: None)
+  return dict(initial=initial, final=final, trajectory=_trajectory(workdir))
+
+
+def test_ema_follows_decay_recursion(ema_run):
+  initial, final, trajectory = ema_run["initial"], ema_run["final"], ema_run["trajectory"]
+  # stop_at=0 runs no step and returns the initial state, whose EMA is its params.
+  assert int(initial.step) == 0
+  _assert_trees_equal(initial.ema_params, initial.params, "initial ema_params vs params")
+  # The returned state is the last step's.
+  assert int(final.step) == EMA_STEPS
+  _assert_trees_equal(final.params, trajectory[-1][0], "final params vs checkpoint")
+  _assert_trees_equal(final.ema_params, trajectory[-1][1], "final ema_params vs checkpoint")
+
+  _assert_ema_recursion(initial.params, trajectory, EMA_DECAY)
+
+  # Not vacuous: the params move, and the EMA lags them by far more than the tolerance.
+  def max_gap(a, b):
+    a, b = _named_leaves(a), _named_leaves(b)
+    return max(float(np.max(np.abs(a[n] - b[n]))) for n in a)
+
+  assert max_gap(trajectory[-1][0], trajectory[-2][0]) > 1e-3  # last step's update
+  assert max_gap(final.ema_params, final.params) > 1e-3
+
+
+def test_resume_gives_identical_state_and_ema(ema_run, tmp_path):
+  """Stop half-way and resume: every leaf of the state (params, EMA, optimiser) and every step
+  of the trajectory equal the uninterrupted run's, bit for bit."""
+  process, data, cfg = _ema_setup()
+  half = train(process, data.x_train, data.y_train, cfg, tmp_path, stop_at=EMA_STEPS // 2,
                log=lambda m: None)
-  assert int(half.step) == 4
-  resumed = train(process, data.x_train, data.y_train, cfg, tmp_path / "b", log=lambda m: None)
-  assert int(resumed.step) == 8
-  for x, y in zip(_leaves(straight), _leaves(resumed)):
+  assert int(half.step) == EMA_STEPS // 2
+  straight = ema_run["trajectory"]
+  _assert_trees_equal(half.ema_params, straight[EMA_STEPS // 2 - 1][1], "half ema_params")
+  resumed = train(process, data.x_train, data.y_train, cfg, tmp_path, log=lambda m: None)
+  assert int(resumed.step) == EMA_STEPS
+  _assert_trees_equal(resumed.ema_params, ema_run["final"].ema_params, "resumed ema_params")
+  _assert_trees_equal(resumed.params, ema_run["final"].params, "resumed params")
+  for x, y in zip(_leaves(ema_run["final"]), _leaves(resumed)):  # opt_state and step too
     np.testing.assert_array_equal(x, y)
   # metrics.jsonl holds one line per step across both runs.
-  steps = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")]
-  assert steps == list(range(1, 9))
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+  assert steps == list(range(1, EMA_STEPS + 1))
+  # Step by step, across the resume boundary: the same trajectory, and the recursion holds.
+  trajectory = _trajectory(tmp_path)
+  for k, ((p, e), (p_straight, e_straight)) in enumerate(zip(trajectory, straight), 1):
+    _assert_trees_equal(p, p_straight, f"params after step {k}")
+    _assert_trees_equal(e, e_straight, f"ema_params after step {k}")
+  _assert_ema_recursion(ema_run["initial"].params, trajectory, EMA_DECAY)
 
 
 def test_finished_run_is_restored_not_retrained(tmp_path):
