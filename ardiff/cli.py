@@ -1,39 +1,38 @@
-"""Command line: `ardiff run <experiment.py> --workdir=DIR [--config.key=value ...]`,
-`ardiff bench <what>`."""
+"""Command line.
+
+  ardiff run EXPERIMENT.py [--workdir=DIR] [--config.KEY=VALUE ...]   run an experiment
+  ardiff config EXPERIMENT.py [--config.KEY=VALUE ...]                print its resolved config
+  ardiff sample WORKDIR_OR_MODEL_DIR --spec=ddim:50 [--num=64] [--label=3] [--guidance=2]
+                [--negative=1] [--seed=0] --out=FILE.npz                sample a trained model
+  ardiff bench WHAT                                                    print a speed table
+
+Config overrides: every key of the experiment's config (list them with `ardiff config
+EXPERIMENT.py`) can be set with --config.KEY=VALUE, nested keys with dots
+(--config.train.steps=2000), lists as Python literals (--config.ks="[1, 4]"); the value must
+have the key's type. --config.scale=paper|mnist selects a scale's defaults first, and the other
+overrides apply on top. Bad keys and values stop with one line naming the key (exit 2).
+"""
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import time
 
-from ardiff.config import ConfigError, apply_overrides, load_experiment, to_json
+from ardiff.configs import ConfigError, get_experiment_config, to_json
 
-BENCHES = ("samplers", "ar", "diffusion", "train")
+from ardiff.bench import BENCHES  # names only: each bench imports its code when it runs
 
 
 def _split_overrides(extra: list[str]) -> list[str]:
   out = []
   for item in extra:
     if not item.startswith("--config."):
-      raise ConfigError(f"unexpected argument {item!r}; config overrides look like --config.key=value")
+      raise ConfigError(f"unexpected argument {item!r}; config overrides look like "
+                        "--config.key=value")
     out.append(item[len("--config."):])
   return out
-
-
-def get_experiment_config(path: str, overrides: list[str]):
-  """The experiment's config with overrides. `scale=...` is passed to get_config(scale) first,
-  so that a scale's defaults apply and explicit overrides still win."""
-  module = load_experiment(path)
-  scale = [o.split("=", 1)[1] for o in overrides if o.startswith("scale=")]
-  params = inspect.signature(module.get_config).parameters
-  config = module.get_config(scale[-1]) if scale and "scale" in params else module.get_config()
-  config = apply_overrides(config, [o for o in overrides if not o.startswith("scale=")])
-  if hasattr(module, "validate"):
-    module.validate(config)
-  return module, config
 
 
 def cmd_run(args, extra) -> int:
@@ -52,6 +51,20 @@ def cmd_run(args, extra) -> int:
   return 0
 
 
+def cmd_config(args, extra) -> int:
+  _, config = get_experiment_config(args.experiment, _split_overrides(extra))
+  print(to_json(config))
+  return 0
+
+
+def cmd_sample(args, extra) -> int:
+  if extra:
+    raise ConfigError(f"unexpected arguments {extra}; see ardiff sample --help")
+  from ardiff import sampling_cli
+
+  return sampling_cli.sample_command(args)
+
+
 def cmd_bench(args, extra) -> int:
   if extra:
     raise ConfigError(f"unexpected arguments {extra}")
@@ -62,12 +75,32 @@ def cmd_bench(args, extra) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="ardiff", description=__doc__)
+  parser = argparse.ArgumentParser(prog="ardiff", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
-  p_run = sub.add_parser("run", help="run an experiment file")
+  p_run = sub.add_parser(
+      "run", help="run an experiment file", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Example: ardiff run experiments/spiral.py --config.train.steps=2000")
   p_run.add_argument("experiment", help="path to an experiment file, e.g. experiments/spiral.py")
   p_run.add_argument("--workdir", default=None, help="output directory (default runs/<name>)")
   p_run.set_defaults(fn=cmd_run)
+  p_config = sub.add_parser("config", help="print an experiment's resolved config (JSON)")
+  p_config.add_argument("experiment", help="path to an experiment file")
+  p_config.set_defaults(fn=cmd_config)
+  p_sample = sub.add_parser("sample", help="draw samples from a trained model")
+  p_sample.add_argument("path", help="a model directory (with model.json) or a work dir")
+  p_sample.add_argument("--spec", required=True,
+                        help="sampling spec, e.g. ddim:50, ddpm:1000, raster, ardm:k=4, oneshot")
+  p_sample.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+  p_sample.add_argument("--label", type=int, default=None,
+                        help="class of every sample (default: unconditional)")
+  p_sample.add_argument("--guidance", type=float, default=None, help="guidance weight w")
+  p_sample.add_argument("--negative", type=int, default=None,
+                        help="negative label to steer away from (needs --guidance)")
+  p_sample.add_argument("--seed", type=int, default=0)
+  p_sample.add_argument("--out", required=True, help="output .npz (a PNG is written beside it)")
+  p_sample.set_defaults(fn=cmd_sample)
   p_bench = sub.add_parser("bench", help="print a benchmark table")
   p_bench.add_argument("what", choices=BENCHES + ("all",))
   p_bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")

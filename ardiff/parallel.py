@@ -50,3 +50,22 @@ def put_global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]
   """Assemble each process's local slice into one global array sharded on the data axis."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def run_sharded(fn, params, keys: jax.Array, labels: jax.Array, mesh=None):
+  """fn(params, keys [B], labels [B]) with the batch sharded over `mesh` (default: every local
+  device) and params replicated; returns fn's output for the B examples.
+
+  B is padded up to a multiple of the device count by repeating the last example (the
+  padding's outputs are dropped). fn must treat examples independently with per-example keys,
+  so the result does not depend on the number of devices.
+  """
+  mesh = mesh or data_mesh(jax.local_devices())
+  n, d = labels.shape[0], mesh.devices.size
+  pad = -n % d
+  if pad:
+    keys = jax.numpy.concatenate([keys, jax.numpy.repeat(keys[-1:], pad, axis=0)])
+    labels = jax.numpy.concatenate([labels, jax.numpy.repeat(labels[-1:], pad, axis=0)])
+  keys, labels = jax.device_put((keys, labels), batch_sharding(mesh))
+  out = fn(jax.device_put(params, replicated(mesh)), keys, labels)
+  return jax.tree.map(lambda a: a[:n], out) if pad else out

@@ -26,8 +26,9 @@ import optax
 import orbax.checkpoint as ocp
 
 from ardiff import parallel
+from ardiff.configs.validation import ConfigError
 from ardiff.data.base import batch_indices
-from ardiff.process import Process
+from ardiff.processes.base import Process
 
 
 class Preempted(Exception):
@@ -46,15 +47,17 @@ class TrainState:
 class TrainConfig:
   """Plain values (built from the `train` section of an experiment's config)."""
 
-  steps: int = 1000
-  batch_size: int = 256
+  # The one set of training defaults: configs' train sections are built from these
+  # (`ardiff.configs.sections.train_section`).
+  steps: int = 3000
+  batch_size: int = 64
   learning_rate: float = 1e-3
-  warmup_steps: int = 100
+  warmup_steps: int = 200
   weight_decay: float = 0.0
   grad_clip: float = 1.0
   ema_decay: float = 0.999
   seed: int = 0
-  log_every: int = 100
+  log_every: int = 250
   checkpoint_every: int = 1000
   keep_checkpoints: int = 2
 
@@ -62,15 +65,15 @@ class TrainConfig:
     positive = ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
     for name in positive:
       if getattr(self, name) <= 0:
-        raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        raise ConfigError(f"config key 'train.{name}': must be positive, got {getattr(self, name)}")
     if self.learning_rate <= 0:
-      raise ValueError(f"train.learning_rate must be positive, got {self.learning_rate}")
+      raise ConfigError(f"config key 'train.learning_rate': must be positive, got {self.learning_rate}")
     if self.warmup_steps < 0:
-      raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+      raise ConfigError(f"config key 'train.warmup_steps': must be >= 0, got {self.warmup_steps}")
     if not 0.0 <= self.ema_decay < 1.0:
-      raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
+      raise ConfigError(f"config key 'train.ema_decay': must lie in [0, 1), got {self.ema_decay}")
     if self.grad_clip <= 0:
-      raise ValueError(f"train.grad_clip must be positive, got {self.grad_clip}")
+      raise ConfigError(f"config key 'train.grad_clip': must be positive, got {self.grad_clip}")
 
   @classmethod
   def from_config(cls, cfg) -> "TrainConfig":

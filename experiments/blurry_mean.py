@@ -18,14 +18,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import plots, zoo
-from ardiff.config import require
-from ardiff.data import load_dataset
-from ardiff.data.base import levels_to_unit, unit_to_levels
-from ardiff.experiment import model_dir, train_cached
+from ardiff import runs
+from ardiff.configs import require
+from ardiff.configs.sections import (image_config, oneshot_section, train_section,
+                                     validate_image_config, validate_train)
+from ardiff.data import data_spec, load_dataset
+from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality, pixel_entropy, sharpness
-from ardiff.oneshot import OneShotRegression
-from ardiff.report import write_results
+from ardiff.processes.guidance import Guidance
+from ardiff.report import plots, write_results
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
                    "oneshot.width=16", "oneshot_train.steps=4", "oneshot_train.log_every=2",
@@ -33,19 +34,23 @@ SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.dept
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = zoo.image_config(scale, ar=True)  # digits_ar.py's raster AR model is reused
-  c.oneshot = dict(width=128, depth=2, p_uncond=0.1)
+  c = image_config(scale, ar=True)  # digits_ar.py's raster AR model is reused
+  c.oneshot = oneshot_section()
   # Same steps and batch as the AR model; a shorter EMA so the average forgets the init.
-  c.oneshot_train = zoo.train_section(ema_decay=0.99)
-  c.sample = dict(num_samples=500, guidance=1.0, per_class=6)
+  c.oneshot_train = train_section(ema_decay=0.99)
+  # Specs of the two models (each spec's NFE is counted by its process).
+  c.sample = dict(num_samples=500, guidance=1.0, per_class=6, oneshot="oneshot",
+                  raster="raster")
   if scale != "small":  # paper and mnist
-    c.oneshot_train = zoo.train_section(steps=50_000, batch_size=256, ema_decay=0.99)
+    c.oneshot_train = train_section(steps=50_000, batch_size=256, ema_decay=0.99)
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  zoo.validate_image_config(c)
-  zoo.validate_train(c.oneshot_train, "oneshot_train")
+  from ardiff import build
+
+  validate_image_config(c)
+  validate_train(c.oneshot_train, "oneshot_train")
   require(c.oneshot.width >= 1, "oneshot.width", f"must be >= 1, got {c.oneshot.width}")
   require(c.oneshot.depth >= 0, "oneshot.depth", f"must be >= 0, got {c.oneshot.depth}")
   require(0 <= c.oneshot.p_uncond <= 1, "oneshot.p_uncond",
@@ -54,16 +59,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "must be > 0: the null label ('from nothing') is only trained through label dropout")
   require(c.sample.num_samples >= 2, "sample.num_samples", "must be >= 2")
   require(c.sample.per_class >= 1, "sample.per_class", "must be >= 1")
-
-
-def train_oneshot(c: ml_collections.ConfigDict, workdir: str, data):
-  process = OneShotRegression(data.num_classes, data.shape, width=c.oneshot.width,
-                              depth=c.oneshot.depth, p_uncond=c.oneshot.p_uncond)
-  directory = model_dir(c, workdir, f"{data.name}-oneshot", data.name, c.oneshot,
-                        c.oneshot_train)
-  x = levels_to_unit(data.x_train, data.num_levels)
-  state = train_cached(process, x, data.y_train, c.oneshot_train, directory)
-  return process, state.ema_params
+  data = data_spec(c.dataset)
+  runs.check_specs(build.build("oneshot", c.oneshot, data), [c.sample.oneshot], "sample.oneshot")
+  runs.check_specs(build.build("raster", c.ar, data, c.dtype), [c.sample.raster], "sample.raster",
+                   guidance=Guidance(c.sample.guidance))
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -76,7 +75,6 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   key = jax.random.key(c.seed)
   labels = np.arange(n) % C
   null = np.full((n,), C, np.int32)
-  to_levels = lambda x: np.asarray(unit_to_levels(x, levels)).astype(np.uint8)  # noqa: E731
 
   # Closed-form MSE optima on the train split (float, [-1, 1]): what the one-shot net can learn.
   x_unit = np.asarray(levels_to_unit(data.x_train, levels), np.float64)
@@ -100,37 +98,44 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            "sharpness": sharpness(levels_to_unit(data.x_test, levels)),
            "pixel_entropy": pixel_entropy(data.x_test, levels)}]
 
-  oneshot, os_params = train_oneshot(c, workdir, data)
-  pred_null = np.asarray(oneshot.sample(os_params, n))
-  pred_cond = np.asarray(oneshot.sample(os_params, n, labels=labels))
-  row = measure("one-shot MSE, from nothing (null label)", 1, to_levels(pred_null), None)
+  oneshot, os_params = runs.train_model(
+      "oneshot", c, workdir, data, c.oneshot, c.oneshot_train)
+  nfe_oneshot = oneshot.nfe(c.sample.oneshot)
+  pred_null = np.asarray(oneshot.predict(os_params, null))  # [-1, 1], before rounding
+  pred_cond = np.asarray(oneshot.predict(os_params, labels))
+  row = measure("one-shot MSE, from nothing (null label)", nfe_oneshot,
+                np.asarray(oneshot.sample(os_params, key, null, c.sample.oneshot)), None)
   row["rmse_to_closed_form_mean"] = float(np.sqrt(np.mean((pred_null[0] - data_mean) ** 2)))
   rows.append(row)
-  row = measure("one-shot MSE, from the class label", 1, None, to_levels(pred_cond))
+  row = measure("one-shot MSE, from the class label", nfe_oneshot, None,
+                np.asarray(oneshot.sample(os_params, key, labels, c.sample.oneshot)))
   row["rmse_to_closed_form_mean"] = float(np.sqrt(np.mean((pred_cond - class_means[labels]) ** 2)))
   rows.append(row)
 
-  raster, raster_params = zoo.train_ar("raster", c, workdir, data, c.ar, c.train)
-  sample_ar = lambda y: zoo.untokens(  # noqa: E731
-      raster.sample(raster_params, key, np.asarray(y, np.int32), guidance=c.sample.guidance), data)
-  ar_uncond = zoo.untokens(raster.sample(raster_params, key, null), data)
-  rows.append(measure("raster AR, unconditional", L, ar_uncond, None))
-  rows.append(measure(f"raster AR, from the class label (w={c.sample.guidance:g})", L, None,
-                      sample_ar(labels)))
+  raster, raster_params = runs.train_model("raster", c, workdir, data, c.ar, c.train)
+  guidance = Guidance(c.sample.guidance)
+  sample_ar = lambda y: np.asarray(raster.sample(  # noqa: E731
+      raster_params, key, np.asarray(y, np.int32), c.sample.raster, guidance=guidance))
+  ar_uncond = np.asarray(raster.sample(raster_params, key, null, c.sample.raster))
+  rows.append(measure("raster AR, unconditional", raster.nfe(c.sample.raster), ar_uncond, None))
+  rows.append(measure(f"raster AR, from the class label (w={c.sample.guidance:g})",
+                      raster.nfe(c.sample.raster, guidance=guidance), None, sample_ar(labels)))
 
   # One row per class: k test digits | k from nothing | k from the class | k raster AR samples.
   per = np.repeat(np.arange(C), k)
   real = np.stack([data.x_test[data.y_test == i][:k] for i in range(C)])
   blocks = [real,
-            to_levels(oneshot.sample(os_params, C * k)).reshape(C, k, *data.shape),
-            to_levels(oneshot.sample(os_params, C * k, labels=per)).reshape(C, k, *data.shape),
+            np.asarray(oneshot.sample(os_params, key, np.full(C * k, C), c.sample.oneshot))
+            .reshape(C, k, *data.shape),
+            np.asarray(oneshot.sample(os_params, key, per, c.sample.oneshot))
+            .reshape(C, k, *data.shape),
             sample_ar(per).reshape(C, k, *data.shape)]
   gap = np.zeros((C, 1, *data.shape), np.uint8)
   grid = np.concatenate([b for block in blocks for b in (block, gap)][:-1], axis=1)
   plots.image_grid(grid.reshape(-1, *data.shape), os.path.join(workdir, "samples.png"),
                    nrow=grid.shape[1], row_labels=[str(i) for i in range(C)], vmax=levels - 1,
                    title=f"Per class, {k} each: data | one-shot from nothing | "
-                         "one-shot from the class | raster AR (1 pixel/step)")
+                         "one-shot from the class | raster AR (1 pixel/step)", close=True)
 
   notes = (f"{data.description}. One-shot: an MLP (width {c.oneshot.width}, "
            f"depth {c.oneshot.depth}) from a label embedding to all {L} pixels at once, "

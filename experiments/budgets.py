@@ -15,32 +15,32 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import plots, zoo
-from ardiff.ar_eval import budget_losses
-from ardiff.autoregressive.budget import budget_cost, optimal_budget
-from ardiff.autoregressive.orders import uniform_step_sizes
-from ardiff.config import require
+from ardiff import runs
+from ardiff.configs import require
+from ardiff.configs.sections import image_config, validate_image_config
 from ardiff.data import load_dataset
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.report import write_results
+from ardiff.processes.autoregressive.budget import budget_cost, resolve_dp
+from ardiff.processes.autoregressive.evaluate import budget_losses
+from ardiff.processes.spec import parse_spec
+from ardiff.report import plots, write_results
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
                    "num_samples=70", "steps=[1, 8]", "classifier_steps=20"]
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = zoo.image_config(scale, ar=True)
+  c = image_config(scale, ar=True)
   c.num_samples = 300 if scale == "small" else 2000
   c.steps = [1, 2, 3, 4, 6, 8, 12, 16, 32, 64]
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  zoo.validate_image_config(c)
+  validate_image_config(c)
   require(all(s >= 1 for s in c.steps), "steps", "each number of steps must be >= 1")
   require(c.num_samples >= 2, "num_samples", "must be >= 2")
 
@@ -52,21 +52,24 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   require(all(s <= L for s in c.steps), "steps", f"each must be <= the {L} pixels")
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
                                  steps=c.classifier_steps)
-  ardm, params = zoo.train_ar("ardm", c, workdir, data, c.ar, c.train)
+  ardm, params = runs.train_model("ardm", c, workdir, data, c.ar, c.train)
   key = jax.random.key(c.seed)
   fit, losses = budget_losses(ardm, params, data, jax.random.fold_in(key, 7))
   to_bpd = 1.0 / (L * np.log(2.0))
-  null = jnp.full((n,), data.num_classes, jnp.int32)
+  null = np.full((n,), data.num_classes, np.int32)
   rows, curves = [], {"uniform": ([], []), "dynamic programming": ([], [])}
   fds = {"uniform": [], "dynamic programming": []}
   for steps in c.steps:
-    uniform = uniform_step_sizes(L, -(-L // steps))
-    dp, _ = optimal_budget(fit, steps)  # fitted on train-split losses, scored on test
-    for name, sizes in (("uniform", uniform), ("dynamic programming", dp)):
-      x = zoo.untokens(ardm.sample(params, key, null, step_sizes=sizes), data)
+    # The same number of steps two ways: k = ceil(L / S) per step, or the DP's sizes (fitted
+    # on train-split losses, scored on test).
+    uniform = parse_spec(f"ardm:k={-(-L // steps)}")
+    dp = resolve_dp(f"ardm:dp={steps}", fit)
+    for name, spec in (("uniform", uniform), ("dynamic programming", dp)):
+      sizes = ardm.step_sizes(spec)
+      x = np.asarray(ardm.sample(params, key, null, spec))
       bound = budget_cost(losses, sizes) * to_bpd
       fd = quality.frechet(x)
-      curves[name][0].append(len(sizes))
+      curves[name][0].append(ardm.nfe(spec))
       curves[name][1].append(bound)
       fds[name].append(fd)
       rows.append({"budget": name, "steps": len(sizes), "bound_bpd": bound, "fd": fd,
@@ -75,16 +78,16 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                   os.path.join(workdir, "budgets.png"), xlabel="parallel decoding steps (NFE)",
                   ylabel="bound on test NLL (bits per pixel)", logx=True,
                   hlines=[("one pixel per step", float(losses.sum() * to_bpd))],
-                  title="ARDM step budgets: uniform vs dynamic programming")
+                  title="ARDM step budgets: uniform vs dynamic programming", close=True)
   plots.line_plot([(f"{name}: FD", curves[name][0], fds[name]) for name in curves],
                   os.path.join(workdir, "budgets_fd.png"), xlabel="parallel decoding steps (NFE)",
                   ylabel="Fréchet distance (lower is better)", logx=True, logy=True,
                   hlines=[("floor: train split vs test", quality.floor(n))],
-                  title="ARDM step budgets: sample quality")
+                  title="ARDM step budgets: sample quality", close=True)
   plots.line_plot([("L_t (nats)", list(range(L)), list(losses))],
                   os.path.join(workdir, "step_losses.png"), xlabel="pixels already revealed (t)",
                   ylabel="loss of one more pixel (nats)",
-                  title="Per-step losses that the dynamic program uses")
+                  title="Per-step losses that the dynamic program uses", close=True)
   notes = (f"The ARDM transformer of digits_ar.py. The DP is fitted on per-step losses L_t "
            "measured on 512 train images; every bound is scored with L_t from the test split; "
            f"{n} unconditional samples per row (random order). bound_bpd = sum_s k_s L(t_s) "

@@ -15,19 +15,21 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import plots, zoo
-from ardiff.ar_eval import ardm_test_bpd, budget_losses, raster_test_bpd
-from ardiff.autoregressive.budget import budget_cost, optimal_budget
-from ardiff.autoregressive.orders import uniform_step_sizes
-from ardiff.config import require
-from ardiff.data import load_dataset
-from ardiff.experiment import timed
+from ardiff import runs
+from ardiff.configs import require
+from ardiff.configs.sections import image_config, validate_image_config
+from ardiff.data import data_spec, load_dataset
+from ardiff.data.levels import to_tokens
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.report import write_results
+from ardiff.processes.autoregressive.budget import budget_cost, optimal_budget
+from ardiff.processes.autoregressive.evaluate import ardm_test_bpd, budget_losses, raster_test_bpd
+from ardiff.processes.autoregressive.orders import uniform_step_sizes
+from ardiff.processes.guidance import Guidance
+from ardiff.processes.spec import parse_spec
+from ardiff.report import plots, write_results
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
                    "sample.num_samples=40", "sample.budget_steps=[1, 4]", "classifier_steps=20"]
@@ -36,70 +38,77 @@ LN2 = np.log(2.0)
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-  c = zoo.image_config(scale, ar=True)
-  c.sample = dict(num_samples=500, guidance=1.0, budget_steps=[1, 2, 4, 8, 16, 32, 64])
+  c = image_config(scale, ar=True)
+  c.sample = ml_collections.ConfigDict(dict(
+      num_samples=500, guidance=1.0, budget_steps=[1, 2, 4, 8, 16, 32, 64],
+      runs={"raster": ["raster"], "ardm": ["ardm"]}))
   return c
 
 
+TITLES = {"raster": "raster AR (KV cache)", "ardm": "ARDM (random order)"}
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
-  zoo.validate_image_config(c)
+  from ardiff import build
+
+  validate_image_config(c)
   require(c.sample.num_samples >= 2, "sample.num_samples", "must be >= 2")
   require(all(s >= 1 for s in c.sample.budget_steps), "sample.budget_steps", "must be >= 1")
+  require(set(c.sample.runs) == set(TITLES), "sample.runs", f"needs spec lists for {list(TITLES)}")
+  data = data_spec(c.dataset)
+  require(all(s <= data.num_tokens for s in c.sample.budget_steps), "sample.budget_steps",
+          f"steps must be <= the number of pixels ({data.num_tokens})")
+  for kind in TITLES:
+    runs.check_specs(build.build(kind, c.ar, data, c.dtype), c.sample.runs[kind],
+                     f"sample.runs.{kind}", guidance=Guidance(c.sample.guidance))
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = load_dataset(c.dataset)
   L = data.num_tokens
-  require(all(s <= L for s in c.sample.budget_steps), "sample.budget_steps",
-          f"steps must be <= the number of pixels ({L})")
-  x_test, y_test = zoo.tokens(data.x_test), data.y_test
+  x_test, y_test = to_tokens(data.x_test), data.y_test
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
                                  steps=c.classifier_steps)
   n = c.sample.num_samples
   key = jax.random.key(c.seed)
-  null = jnp.full((n,), data.num_classes, jnp.int32)
-  labels = jnp.arange(n) % data.num_classes
+  null = np.full((n,), data.num_classes, np.int32)
+  labels = np.arange(n) % data.num_classes
+  per = np.arange(100) // 10  # per-class grid: one row per class, 10 samples each
+  guidance = Guidance(c.sample.guidance)
   rows = [{"model": "data (train split)", "NFE": 0, "fd": quality.floor(n),
            "accuracy": quality.test_accuracy()}]
-
-  raster, raster_params = zoo.train_ar("raster", c, workdir, data, c.ar, c.train)
-  row = {"model": "raster AR (KV cache)", "NFE": L,
-         "test_bpd": raster_test_bpd(raster, raster_params, x_test, y_test)}
-  raster.sample(raster_params, key, null)  # compile
-  with timed(row):
-    uncond = np.asarray(jax.block_until_ready(raster.sample(raster_params, key, null)))
-  cond = np.asarray(raster.sample(raster_params, key, labels, guidance=c.sample.guidance))
-  row.update(fd=quality.frechet(zoo.untokens(uncond, data)),
-             accuracy=quality.accuracy(zoo.untokens(cond, data), np.asarray(labels)))
-  rows.append(row)
-  plots.image_grid(zoo.untokens(uncond[:100], data), os.path.join(workdir, "samples_raster.png"),
-                   nrow=10, title="Raster AR, unconditional", vmax=data.num_levels - 1)
-
-  ardm, ardm_params = zoo.train_ar("ardm", c, workdir, data, c.ar, c.train)
-  row = {"model": "ARDM (random order, 1 pixel/step)", "NFE": L,
-         "test_bpd": ardm_test_bpd(ardm, ardm_params, x_test, y_test, key)}
-  ardm.sample(ardm_params, key, null, k=1)
-  with timed(row):
-    a_uncond = np.asarray(jax.block_until_ready(ardm.sample(ardm_params, key, null, k=1)))
-  a_cond = np.asarray(ardm.sample(ardm_params, key, labels, k=1, guidance=c.sample.guidance))
-  row.update(fd=quality.frechet(zoo.untokens(a_uncond, data)),
-             accuracy=quality.accuracy(zoo.untokens(a_cond, data), np.asarray(labels)))
-  rows.append(row)
-  plots.image_grid(zoo.untokens(a_uncond[:100], data), os.path.join(workdir, "samples_ardm.png"),
-                   nrow=10, title="ARDM (random order), unconditional", vmax=data.num_levels - 1)
-
-  # Per-class grid: one row per class, 10 samples each, both models.
-  per = np.arange(100) // 10
-  grid_r = np.asarray(raster.sample(raster_params, key, per, guidance=c.sample.guidance))
-  grid_a = np.asarray(ardm.sample(ardm_params, key, per, k=1, guidance=c.sample.guidance))
-  both = np.concatenate([zoo.untokens(grid_r, data).reshape(10, 10, *data.shape),
-                         zoo.untokens(grid_a, data).reshape(10, 10, *data.shape)], axis=1)
-  plots.image_grid(both.reshape(200, *data.shape), os.path.join(workdir, "per_class.png"),
-                   nrow=20, row_labels=[str(i) for i in range(10)], vmax=data.num_levels - 1,
-                   title=f"Per class (guidance w={c.sample.guidance:g}): raster AR | ARDM")
+  models, per_class = {}, []
+  for kind in TITLES:
+    process, params = runs.train_model(kind, c, workdir, data, c.ar, c.train)
+    models[kind] = (process, params)
+    if kind == "raster":
+      test_bpd = raster_test_bpd(process, params, x_test, y_test)
+    else:
+      test_bpd = ardm_test_bpd(process, params, x_test, y_test, key)
+    for spec in map(parse_spec, c.sample.runs[kind]):
+      row = {"model": f"{TITLES[kind]}, {spec}", "NFE": process.nfe(spec), "test_bpd": test_bpd}
+      process.sample(params, key, null, spec)  # compile outside the timed block
+      with runs.timed(row):
+        uncond = np.asarray(runs.block(process.sample(params, key, null, spec)))
+      cond = np.asarray(process.sample(params, key, labels, spec, guidance=guidance))
+      row.update(fd=quality.frechet(uncond), accuracy=quality.accuracy(cond, labels))
+      rows.append(row)
+    spec = parse_spec(c.sample.runs[kind][0])
+    plots.image_grid(uncond[:100], os.path.join(workdir, f"samples_{kind}.png"), nrow=10,
+                     title=f"{TITLES[kind]}, unconditional ({spec})", vmax=data.num_levels - 1,
+                     close=True)
+    per_class.append(np.asarray(process.sample(params, key, per, spec, guidance=guidance))
+                     .reshape(10, 10, *data.shape))
+  both = np.concatenate(per_class, axis=1)
+  plots.image_grid(both.reshape(-1, *data.shape), os.path.join(workdir, "per_class.png"),
+                   nrow=10 * len(per_class), row_labels=[str(i) for i in range(10)],
+                   vmax=data.num_levels - 1, close=True,
+                   title=f"Per class (guidance w={c.sample.guidance:g}): "
+                         + " | ".join(TITLES[k] for k in TITLES))
 
   # Step budgets: the bound of parallel decoding with S steps, uniform vs dynamic programming.
+  ardm, ardm_params = models["ardm"]
   fit, losses = budget_losses(ardm, ardm_params, data, jax.random.fold_in(key, 7))
   budget_rows, uniform_bpd, dp_bpd = [], [], []
   for steps in c.sample.budget_steps:
@@ -116,7 +125,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                   os.path.join(workdir, "budgets.png"), xlabel="network evaluations (steps)",
                   ylabel="bound on test NLL (bits per pixel)", logx=True,
                   hlines=[("1 pixel / step (full ARDM bound)", float(losses.sum() / (L * LN2)))],
-                  title="ARDM parallel decoding: step budgets")
+                  title="ARDM parallel decoding: step budgets", close=True)
 
   notes = (f"{data.description}. Both transformers: width {c.ar.width}, "
            f"depth {c.ar.depth}, {c.train.steps} steps of batch {c.train.batch_size}. "

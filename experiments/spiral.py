@@ -16,17 +16,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import plots
-from ardiff.config import require, require_choice, require_positive
+from ardiff import build, runs
+from ardiff.configs import require, require_choice, require_positive
+from ardiff.configs.sections import diffusion_section, train_section, validate_diffusion
 from ardiff.data.spiral import spiral_dataset
-from ardiff.diffusion.config import (diffusion_section, make_diffusion, parse_sampler_runs,
-                                     validate_diffusion)
-from ardiff.diffusion.targets import eps_to_x0
-from ardiff.experiment import block, model_dir, timed, train_cached
 from ardiff.metrics.points import nearest_label, point_metrics
-from ardiff.models.mlp import MLPDenoiser
-from ardiff.precision import COMPUTE_DTYPES, compute_dtype
-from ardiff.report import write_results
+from ardiff.precision import COMPUTE_DTYPES
+from ardiff.processes.gaussian.targets import eps_to_x0
+from ardiff.processes.guidance import Guidance
+from ardiff.processes.spec import parse_spec
+from ardiff.report import plots, write_results
 
 
 # A few-second run used by tests/test_experiments.py so CI catches a broken experiment.
@@ -44,9 +43,8 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c.data = dict(num_classes=3, noise=0.03, num_train=20_000, num_test=4_000)
   c.model = dict(width=192, depth=4)
   c.diffusion = diffusion_section(clip_x0=1.5, p_uncond=0.3)
-  c.train = dict(steps=8_000, batch_size=512, learning_rate=2e-3, warmup_steps=200,
-                 weight_decay=0.0, grad_clip=1.0, ema_decay=0.995, seed=0, log_every=500,
-                 checkpoint_every=2_000, keep_checkpoints=2)
+  c.train = train_section(steps=8_000, batch_size=512, learning_rate=2e-3, ema_decay=0.995,
+                          log_every=500, checkpoint_every=2_000)
   c.sample = dict(num_samples=2_000, runs=["ddpm:1000", "ddim:50", "ddim:10", "ddpm:1000:noise=0"],
                   guidance_scales=[0.0, 1.0, 3.0, 7.0], guidance_sampler="ddim:50",
                   negative=[0, 1], field_times=[0.9, 0.5, 0.2, 0.05], field_grid=21)
@@ -54,8 +52,8 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
     c.train.steps = 30_000
     c.model.width = 256
     c.sample.num_samples = 10_000
-  elif scale != "small":
-    raise ValueError(f"config key 'scale': unknown value {scale!r}; choose from small, paper")
+  else:
+    require_choice(scale, "scale", ["small", "paper"])
   return c
 
 
@@ -68,44 +66,50 @@ def validate(c: ml_collections.ConfigDict) -> None:
   validate_diffusion(c.diffusion)
   require_positive(c.train, "train", "steps", "batch_size", "learning_rate")
   require_positive(c.sample, "sample", "num_samples", "field_grid")
-  T = c.diffusion.num_timesteps
-  parse_sampler_runs(c.sample.runs, T)
-  parse_sampler_runs([c.sample.guidance_sampler], T, "sample.guidance_sampler")
+  process = _process(c, _data(c, num_test=1))
+  runs.check_specs(process, c.sample.runs, "sample.runs")
+  runs.check_specs(process, [c.sample.guidance_sampler], "sample.guidance_sampler",
+                   guidance=Guidance(1.0))
   require(len(c.sample.negative) == 2 and all(0 <= a < c.data.num_classes for a in c.sample.negative),
           "sample.negative", f"must be two class ids in 0..{c.data.num_classes - 1}")
   require(all(0 < t <= 1 for t in c.sample.field_times), "sample.field_times",
           "times must lie in (0, 1]")
 
 
+def _data(c, num_test=None):
+  return spiral_dataset(c.data.num_train, num_test or c.data.num_test, c.data.num_classes,
+                        c.data.noise, seed=c.seed)
+
+
+def _process(c, data):
+  return build.build("gaussian", c.model, data, c.dtype, diffusion=c.diffusion)
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  data = spiral_dataset(c.data.num_train, c.data.num_test, c.data.num_classes, c.data.noise,
-                        seed=c.seed)
-  model = MLPDenoiser(c.data.num_classes, width=c.model.width, depth=c.model.depth,
-                      dtype=compute_dtype(c.dtype))
-  process = make_diffusion(c.diffusion, model, c.data.num_classes)
-  directory = model_dir(c, workdir, "spiral-diffusion", c.data, c.model, c.diffusion, c.train)
-  params = train_cached(process, data.x_train, data.y_train, c.train, directory).ema_params
+  data = _data(c)
+  # Keyed as before the model cache took builder versions, so trained spirals stay valid.
+  process, params = runs.train_model("gaussian", c, workdir, data, c.model, c.train,
+                                     key_sections=(c.data, c.model, c.diffusion),
+                                     name="spiral-diffusion", diffusion=c.diffusion)
 
   key = jax.random.key(c.seed + 1)
   n, T = c.sample.num_samples, c.diffusion.num_timesteps
   test = data.x_test
+  null = np.full((n,), process.null_label, np.int32)
   rows = [{"setting": "held-out data (reference)", "NFE": 0, "seconds": 0.0,
            **point_metrics(data.x_train[:n], test)}]
   panels = [("data", test[:n], None)]
-  for spec in parse_sampler_runs(c.sample.runs, T):
-    row = {"setting": spec.label, "NFE": spec.num_steps}
-    process.sample(params, key, n, (2,), sampler=spec.sampler, num_steps=spec.num_steps,
-                   **spec.options)  # compile outside the timed block
-    with timed(row):
-      x = block(process.sample(params, key, n, (2,), sampler=spec.sampler,
-                               num_steps=spec.num_steps, **spec.options))
-    x = np.asarray(x)
+  for spec in map(parse_spec, c.sample.runs):
+    row = {"setting": spec.label, "NFE": process.nfe(spec)}
+    process.sample(params, key, null, spec)  # compile outside the timed block
+    with runs.timed(row):
+      x = np.asarray(runs.block(process.sample(params, key, null, spec)))
     row.update(point_metrics(x, test))
     rows.append(row)
     panels.append((f"{spec.label}\nSW1 {row['sliced_w1']:.3f}  spread {row['spread']:.2f}", x, None))
   plots.scatter_panels(panels, os.path.join(workdir, "samplers.png"), data=test,
-                       title="Spiral: samplers (grey: held-out data)")
+                       title="Spiral: samplers (grey: held-out data)", close=True)
 
   # The learned denoising direction x0_hat(x, t) - x on a grid, unconditional.
   g = np.linspace(-1.25, 1.25, c.sample.field_grid, dtype=np.float32)
@@ -118,37 +122,39 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     x0 = eps_to_x0(process.schedule, eps, jnp.asarray(grid), t)
     field_panels.append((f"t = {tf:g}  (step {int(t[0])})", grid, np.asarray(x0) - grid))
   plots.quiver_panels(field_panels, os.path.join(workdir, "vector_field.png"), data=test,
-                      title="Learned denoising direction  x̂0(x, t) − x")
+                      title="Learned denoising direction  x̂0(x, t) − x", close=True)
 
   # Classifier-free guidance: equal numbers of each class, scale sweep, one negative panel.
-  spec = parse_sampler_runs([c.sample.guidance_sampler], T)[0]
+  spec = parse_spec(c.sample.guidance_sampler)
   labels = np.arange(n) % c.data.num_classes
   g_panels = []
   for w in c.sample.guidance_scales:
-    x = np.asarray(process.sample(params, key, n, (2,), labels=labels, guidance_scale=w,
-                                  sampler=spec.sampler, num_steps=spec.num_steps, **spec.options))
+    guidance = Guidance(w)
+    x = np.asarray(process.sample(params, key, labels, spec, guidance=guidance))
     acc = float(np.mean(nearest_label(x, test, data.y_test) == labels))
-    rows.append({"setting": f"guidance w={w:g} ({spec.label})", "NFE": 2 * spec.num_steps,
-                 **point_metrics(x, test), "class_accuracy": acc})
+    rows.append({"setting": f"guidance w={w:g} ({spec.label})",
+                 "NFE": process.nfe(spec, guidance=guidance), **point_metrics(x, test),
+                 "class_accuracy": acc})
     colors = np.array(plots.ARM_COLORS)[labels]
     g_panels.append((f"w = {w:g}\non requested arm {acc:.0%}", x, colors))
   # Negative conditioning: eps = eps(neg) + w (eps(pos) - eps(neg)), pos = arm A or null.
   pos, neg = c.sample.negative
-  for requested, name in ((pos, f"arm {pos}"), (None, "any arm")):
-    x = np.asarray(process.sample(params, key, n, (2,), labels=requested, guidance_scale=3.0,
-                                  negative_label=neg, sampler=spec.sampler,
-                                  num_steps=spec.num_steps, **spec.options))
+  guidance = Guidance(3.0, negative=neg)
+  for requested, name in ((pos, f"arm {pos}"), (process.null_label, "any arm")):
+    x = np.asarray(process.sample(params, key, np.full((n,), requested, np.int32), spec,
+                                  guidance=guidance))
     arms = nearest_label(x, test, data.y_test)
-    row = {"setting": f"{name}, away from arm {neg}, w=3", "NFE": 2 * spec.num_steps,
+    row = {"setting": f"{name}, away from arm {neg}, w=3",
+           "NFE": process.nfe(spec, guidance=guidance),
            **point_metrics(x, test), "on_negative_arm": float(np.mean(arms == neg))}
-    if requested is not None:
+    if requested != process.null_label:
       row["class_accuracy"] = float(np.mean(arms == requested))
     rows.append(row)
     g_panels.append((f"{name}, negative arm {neg} (w=3)\non arm {neg}: {np.mean(arms == neg):.1%}",
                      x, np.array(plots.ARM_COLORS)[arms]))
   plots.scatter_panels(g_panels, os.path.join(workdir, "guidance.png"), data=test, ncols=3,
                        title="Classifier-free guidance (colour: requested arm; "
-                             "negative panels: nearest arm)")
+                             "negative panels: nearest arm)", close=True)
 
   notes = (f"Spiral, {c.data.num_classes} arms, noise {c.data.noise}; {n} samples per row; "
            f"{c.train.steps} training steps. sliced_w1: sliced 1-Wasserstein to held-out data "

@@ -22,44 +22,48 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import plots, zoo
-from ardiff.config import require, require_choice
-from ardiff.data import load_dataset
-from ardiff.data.base import levels_to_unit, unit_to_levels
-from ardiff.diffusion.targets import TARGETS, eps_to_x0
+from ardiff import build, runs
+from ardiff.configs import require, require_choice
+from ardiff.configs.sections import image_config, validate_image_config
+from ardiff.data import data_spec, load_dataset
+from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.report import write_results
+from ardiff.processes.gaussian.targets import TARGETS, eps_to_x0
+from ardiff.processes.spec import parse_spec
+from ardiff.report import plots, write_results
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
-                   "diffusion.num_timesteps=10", "num_samples=40", "nfes=[2]",
+                   "diffusion.num_timesteps=10", "num_samples=40",
+                   "runs=['ddim:2', 'ddpm:2']",
                    "targets=['next_step', 'eps']", "error_ts=[1, 5, 10]", "classifier_steps=20"]
 
-SAMPLERS = ("ddim", "ddpm")
 COLORS = {"eps": "#1f77b4", "x0": "#d62728", "v": "#2ca02c", "next_step": "#ff7f0e"}
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   # digits_diffusion.py's sections; diffusion.target is replaced by each entry of `targets`.
-  c = zoo.image_config(scale, diffusion=True)
+  c = image_config(scale, diffusion=True)
   c.targets = ["next_step", "x0", "v", "eps"]  # eps last: digits_diffusion may be training it
   c.num_samples = 300
-  c.nfes = [2, 4, 8, 16, 64, 256]
+  nfes = [2, 4, 8, 16, 64, 256]
   c.error_ts = [1, 3, 10, 30, 100, 250, 500, 750, 900, 970, 1000]
   if scale != "small":  # paper and mnist
     c.num_samples = 2000
-    c.nfes = [2, 4, 8, 16, 32, 64, 256, 1000]
+    nfes = [2, 4, 8, 16, 32, 64, 256, 1000]
+  # Every target is sampled with each spec; one curve per sampler name.
+  c.runs = [f"{sampler}:{n}" for sampler in ("ddim", "ddpm") for n in nfes]
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  zoo.validate_image_config(c)
+  validate_image_config(c)
   require(len(c.targets) >= 1, "targets", "needs at least one target")
   for t in c.targets:
     require_choice(t, "targets", TARGETS)
   require(len(set(c.targets)) == len(c.targets), "targets", f"has duplicates: {list(c.targets)}")
-  require(len(c.nfes) >= 1, "nfes", "needs at least one NFE")
-  require(all(1 <= n <= c.diffusion.num_timesteps for n in c.nfes), "nfes",
-          f"each must be in 1..diffusion.num_timesteps={c.diffusion.num_timesteps}")
+  require(len(c.runs) >= 1, "runs", "needs at least one sampling spec")
+  runs.check_specs(build.build("gaussian", c.unet, data_spec(c.dataset), c.dtype,
+                               diffusion=c.diffusion), c.runs, "runs")
   require(c.num_samples >= 2, "num_samples", "must be >= 2")
   require(all(1 <= t <= c.diffusion.num_timesteps for t in c.error_ts), "error_ts",
           f"each must be in 1..diffusion.num_timesteps={c.diffusion.num_timesteps}")
@@ -96,48 +100,58 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   floor = quality.floor(n)
   rows = [{"target": "data (train split vs test: floor)", "sampler": "", "NFE": 0, "fd": floor}]
   series, styles, grids, error_rows, error_series = [], {}, [], [], []
-  nfes, error_ts = sorted(c.nfes), sorted(c.error_ts)
+  error_ts = sorted(c.error_ts)
+  specs = [parse_spec(s) for s in c.runs]
+  null = np.full((n,), data.num_classes, np.int32)
   x_test = levels_to_unit(data.x_test, levels)
   # What x0 prediction from pure noise can do at best: the mean image (see blurry_mean.py).
   mean_rmse = float(np.sqrt(np.mean((x_test - levels_to_unit(data.x_train, levels).mean(0)) ** 2)))
   for target in c.targets:
     cfg = ml_collections.ConfigDict(c.diffusion.to_dict())
     cfg.target = target
-    process, params = zoo.train_diffusion(c, workdir, data, c.unet, cfg, c.train)
+    process, params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
+                                       name=f"{data.name}-diffusion", diffusion=cfg)
     errors = implied_errors(process, params, x_test, error_ts, jax.random.fold_in(key, 1))
     error_rows += [{"target": target, **e} for e in errors]
     error_series.append((target, error_ts, [e["x0_rmse"] for e in errors]))
-    for sampler in SAMPLERS:
-      fds = []
-      for nfe in nfes:
-        x = process.sample(params, key, n, data.shape, sampler=sampler, num_steps=nfe)
-        x = np.asarray(unit_to_levels(x, levels)).astype(np.uint8)
-        fds.append(quality.frechet(x))
-        rows.append({"target": target, "sampler": sampler.upper(), "NFE": nfe, "fd": fds[-1]})
-        if sampler == "ddim" and nfe in (nfes[0], nfes[-1]):
-          grids.append((f"{target}, DDIM {nfe}", x[:12]))
-      label = f"{target}, {sampler.upper()}"
-      series.append((label, nfes, fds))
-      styles[label] = dict(c=COLORS[target], ls="-" if sampler == "ddim" else "--")
+    curves = {}
+    for spec in specs:
+      nfe = process.nfe(spec)
+      x = np.asarray(process.sample(params, key, null, spec))
+      fd = quality.frechet(x)
+      rows.append({"target": target, "sampler": spec.label, "NFE": nfe, "fd": fd})
+      nfes, fds = curves.setdefault(spec.name, ([], []))
+      nfes.append(nfe)
+      fds.append(fd)
+    ddim = [s for s in specs if s.name == "ddim"] or specs
+    for spec in (ddim[0], ddim[-1]):
+      grids.append((f"{target}, {spec.label}", np.asarray(
+          process.sample(params, key, null[:12], spec))))
+    for name, (nfes, fds) in curves.items():
+      label = f"{target}, {name.upper()}"
+      order = np.argsort(nfes)
+      series.append((label, list(np.asarray(nfes)[order]), list(np.asarray(fds)[order])))
+      styles[label] = dict(c=COLORS[target], ls="-" if name == "ddim" else "--")
 
   # The floor as a legend entry (an annotated hline would hide behind the legend).
   floor_label = "floor: train split vs test"
   styles[floor_label] = dict(c="gray", ls=":")
-  plots.line_plot(series + [(floor_label, [nfes[0], nfes[-1]], [floor, floor])],
+  all_nfes = [x for _, xs, _ in series for x in xs]
+  plots.line_plot(series + [(floor_label, [min(all_nfes), max(all_nfes)], [floor, floor])],
                   os.path.join(workdir, "targets.png"),
                   xlabel="network evaluations per image (NFE)",
                   ylabel="Fréchet distance (classifier features), lower is better",
                   logx=True, logy=True, styles=styles,
-                  title="Diffusion targets: quality vs NFE (solid DDIM, dashed DDPM)")
+                  title="Diffusion targets: quality vs NFE (solid DDIM, dashed DDPM)", close=True)
   plots.line_plot(error_series, os.path.join(workdir, "x0_error.png"),
                   xlabel="timestep t (sampling runs from t=T on the right down to t=1)",
                   ylabel="RMS error of the implied x0 on the test split", logx=True,
                   hlines=[("predicting the train-split mean image", mean_rmse)],
                   styles={t: dict(c=COLORS[t]) for t in c.targets},
-                  title="Where each target errs: implied x0, unconditional")
+                  title="Where each target errs: implied x0, unconditional", close=True)
   plots.image_grid(np.concatenate([g for _, g in grids]), os.path.join(workdir, "grids.png"),
                    nrow=12, row_labels=[name for name, _ in grids], vmax=levels - 1,
-                   title=f"DDIM samples, {nfes[0]} and {nfes[-1]} NFE")
+                   title="Samples at the fewest and the most DDIM steps", close=True)
 
   notes = (f"{data.description}. One UNet per target (base "
            f"{c.unet.base_channels}, mult {tuple(c.unet.channel_mult)}), {c.diffusion.schedule} "

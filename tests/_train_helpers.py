@@ -1,7 +1,7 @@
 """A tiny diffusion training setup shared by the training tests (and their subprocesses)."""
 
 from ardiff.data.spiral import spiral_dataset
-from ardiff.diffusion.process import GaussianDiffusion
+from ardiff.processes.gaussian.process import GaussianDiffusion
 from ardiff.models.mlp import MLPDenoiser
 from ardiff.train import TrainConfig
 

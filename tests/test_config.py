@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from ardiff.cli import get_experiment_config, main
-from ardiff.config import ConfigError
+from ardiff.cli import main
+from ardiff.configs import ConfigError, get_experiment_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPIRAL = os.path.join(ROOT, "experiments", "spiral.py")
@@ -27,8 +27,10 @@ def test_scale_selects_defaults_and_explicit_overrides_win():
     ("train.stepz=5", "unknown config key 'train.stepz'; did you mean 'train.steps'"),
     ("train.steps=abc", "'train.steps' expects int, got str"),
     ("train.steps=-5", "'train.steps': must be positive"),
-    ("sample.runs=['ddim:5000']", "'sample.runs'.*5000 steps.*num_timesteps=1000"),
-    ("sample.runs=['euler:10']", "'sample.runs'.*unknown value 'euler'.*ddim, ddpm"),
+    ("sample.runs=['ddim:5000']", "'sample.runs'.*1..T=1000, got 5000"),
+    ("sample.runs=['euler:10']", "'sample.runs'.*unknown sampler 'euler'.*known: ddim, ddpm"),
+    ("sample.runs=['ddim']", "'sample.runs'.*needs a step count"),
+    ("sample.guidance_sampler=ddim:x", "'sample.guidance_sampler'.*must be an integer"),
     ("diffusion.target=score", "'diffusion.target'.*unknown value 'score'"),
     ("diffusion.schedule=quadratic", "'diffusion.schedule'.*unknown value 'quadratic'"),
     ("train=3", "is a section"),

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ardiff.cli import get_experiment_config
+from ardiff.configs import get_experiment_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
@@ -35,7 +35,8 @@ def test_experiment_runs_at_tiny_scale(path, tmp_path):
 
 # The MNIST comparison's own config (scale=mnist: bfloat16 compute, batched sampling, k dividing
 # 784) with tiny models and remat on, on tfds' mock MNIST (random 28x28 images, no download).
-MNIST_SMOKE = ["ks=[392]", "unet.channel_mult=[1, 2]", "train.batch_size=8", "ar.heads=2",
+MNIST_SMOKE = ["sample.runs.ardm=['ardm:k=392', 'ardm:k=392:order=contiguous', 'ardm:dp=2']",
+               "unet.channel_mult=[1, 2]", "train.batch_size=8", "ar.heads=2",
                "ar.remat=True", "num_samples=64", "sample_batch=32", "budget_examples=4"]
 
 
@@ -57,34 +58,26 @@ def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
 
 
 def test_mnist_config_is_paper_sized():
-  from ardiff import zoo
+  from ardiff.configs.sections import image_config, validate_image_config
+  from ardiff.processes.spec import parse_spec
 
-  c = zoo.image_config("mnist", ar=True, diffusion=True)
-  zoo.validate_image_config(c)
+  c = image_config("mnist", ar=True, diffusion=True)
+  validate_image_config(c)
   assert (c.ar.width, c.ar.depth, c.unet.base_channels, c.train.steps) == (256, 8, 64, 50_000)
-  assert c.train.batch_size == 64  # what one 80 GB GPU holds at L = 784 (see zoo.image_config)
+  assert c.train.batch_size == 64  # what one 80 GB GPU holds at L = 784 (see image_config)
   # 28 -> 14 -> 7: every halving keeps the side even until the lowest level.
   assert 28 % 2 ** (len(c.unet.channel_mult) - 1) == 0
   path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
   _, config = get_experiment_config(path, ["scale=mnist"])
-  assert all(784 % k == 0 for k in config.ks)
-
-
-@pytest.mark.parametrize("what", ["diffusion", "train"])
-def test_bench_quick_prints_a_table(what, capsys):
-  from ardiff import bench
-
-  text = bench.run(what, quick=True)
-  assert "| " in text and "Device:" in text
-  rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-  assert len(rows) >= 2  # header and at least one measured row
+  ks = [parse_spec(s).get("k") for s in config.sample.runs.ardm]
+  assert all(784 % k == 0 for k in ks if k is not None) and len(set(ks) - {None}) == 10
 
 
 def test_in_batches_splits_labels_and_folds_keys():
   import jax
   import numpy as np
 
-  from ardiff.experiment import in_batches
+  from ardiff.runs import in_batches
 
   def sample(key, labels):  # deterministic in (key, labels): a key-dependent offset per call
     return np.asarray(labels) * 10 + int(jax.random.randint(key, (), 0, 5))

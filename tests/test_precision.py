@@ -27,7 +27,7 @@ import pytest
 
 from ardiff.data.base import batch_indices
 from ardiff.data.spiral import spiral_dataset
-from ardiff.diffusion.process import GaussianDiffusion
+from ardiff.processes.gaussian.process import GaussianDiffusion
 from ardiff.metrics.points import sliced_wasserstein
 from ardiff.models.mlp import MLPDenoiser
 from ardiff.precision import compute_dtype
@@ -96,7 +96,7 @@ def _matmul_input_dtypes(fn, *args) -> list[str]:
 def _transformer_case(causal):
   """A model, its inputs, an init key, and random parameters filled from numpy (no compile)."""
   from ardiff.models.transformer import Transformer
-  from tests.test_transformer import rough_params
+  from tests.models.test_transformer import rough_params
 
   model = Transformer(17, 64, 10, width=32, depth=2, heads=4, causal=causal)
   k = jax.random.split(jax.random.key(0), 2)
@@ -107,7 +107,7 @@ def _transformer_case(causal):
 
 def _unet_case(_):
   from ardiff.models.unet import UNet
-  from tests.test_unet import _numpy_params
+  from tests.models.test_unet import _numpy_params
 
   model = UNet(8, channel_mult=(1, 2), num_res_blocks=1, num_classes=10)
   k = jax.random.split(jax.random.key(0), 3)
@@ -209,12 +209,11 @@ def _train(process, x_train, y_train, cfg: TrainConfig):
 
 def _train_and_sample(dtype, data):
   process = GaussianDiffusion(MLPDenoiser(3, width=64, depth=2, dtype=dtype), 3,
-                              num_timesteps=1000, p_uncond=0.3, clip_x0=1.5)
+                              num_timesteps=1000, p_uncond=0.3, clip_x0=1.5, data_shape=(2,))
   cfg = TrainConfig(steps=STEPS, batch_size=BATCH, learning_rate=3e-3, warmup_steps=50,
                     ema_decay=0.99)
   state, losses = _train(process, data.x_train, data.y_train, cfg)
-  samples = jax.jit(lambda p: process.sample(p, jax.random.key(1), 1000, (2,), sampler="ddim",
-                                             num_steps=50))(state.ema_params)
+  samples = process.sample(state.ema_params, jax.random.key(1), np.full(1000, 3), "ddim:50")
   return state, losses, np.asarray(samples)
 
 
@@ -242,18 +241,19 @@ def test_bfloat16_trains_digits_to_the_same_likelihood_as_float32():
   Measured (width 32, depth 2, 400 steps of batch 64, EMA params): test NLL 1.8476 bits per
   pixel float32 vs 1.8489 bfloat16 (relative 7e-4); uniform over 17 levels is log2(17) = 4.09.
   """
-  from ardiff.ar_eval import raster_test_bpd
-  from ardiff.autoregressive.processes import RasterAR
+  from ardiff.processes.autoregressive.evaluate import raster_test_bpd
   from ardiff.data import load_dataset
-  from ardiff.zoo import tokens
+  from ardiff.data.levels import to_tokens as tokens
+  from ardiff.models.transformer import Transformer
+  from ardiff.processes.autoregressive.raster import RasterAR
 
   data = load_dataset("digits")
   cfg = TrainConfig(steps=400, batch_size=64, learning_rate=3e-3, warmup_steps=40,
                     ema_decay=0.99)
   bpd = {}
   for name in ("float32", "bfloat16"):
-    process = RasterAR(17, 64, 10, width=32, depth=2, heads=4, p_uncond=0.1,
-                       dtype=compute_dtype(name))
+    process = RasterAR(Transformer(17, 64, 10, width=32, depth=2, heads=4,
+                                   dtype=compute_dtype(name)), p_uncond=0.1)
     state, losses = _train(process, tokens(data.x_train), data.y_train, cfg)
     assert _float_dtypes((state.params, state.opt_state)) == {"float32"}
     assert np.all(np.isfinite(losses))

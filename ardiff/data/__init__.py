@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ardiff.data.base import Dataset, batch_indices, levels_to_unit, unit_to_levels
+from ardiff.data.base import DataSpec, Dataset, batch_indices
+from ardiff.data.levels import levels_to_unit, unit_to_levels
 from ardiff.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -52,5 +53,19 @@ def load_dataset(name: str, **kwargs: Any) -> Dataset:
   return DATASETS.get(name)(**kwargs)
 
 
-__all__ = ["DATASETS", "Dataset", "batch_indices", "levels_to_unit", "load_dataset",
-           "unit_to_levels"]
+def data_spec(name: str, **kwargs: Any) -> DataSpec:
+  """The shape, classes and levels of a dataset without reading it where they are known in
+  advance (digits, mnist, cifar10), so configs validate without the data being prepared;
+  other datasets are loaded."""
+  from ardiff.data.tfds_source import SPECS
+
+  if name == "digits":
+    return DataSpec("digits", "image", (8, 8, 1), 10, 17)
+  if name in SPECS:
+    spec = SPECS[name]
+    return DataSpec(name, "image", spec.shape, spec.num_classes, spec.num_levels)
+  return load_dataset(name, **kwargs).spec
+
+
+__all__ = ["DATASETS", "DataSpec", "Dataset", "batch_indices", "data_spec", "levels_to_unit",
+           "load_dataset", "unit_to_levels"]

@@ -8,6 +8,30 @@ import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What a process needs to know about its data, without the arrays (saved beside a trained
+  model, so `ardiff sample` can rebuild the process)."""
+
+  name: str
+  kind: str  # "points" or "image"
+  shape: tuple[int, ...]  # one example
+  num_classes: int
+  num_levels: int | None = None
+
+  @property
+  def num_tokens(self) -> int:
+    return int(np.prod(self.shape))
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "DataSpec":
+    return cls(d["name"], d["kind"], tuple(d["shape"]), int(d["num_classes"]),
+               None if d.get("num_levels") is None else int(d["num_levels"]))
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
   """A labelled dataset held in host memory.
 
@@ -63,6 +87,10 @@ class Dataset:
     """Number of scalar positions per example (pixels x channels for images)."""
     return int(np.prod(self.shape))
 
+  @property
+  def spec(self) -> DataSpec:
+    return DataSpec(self.name, self.kind, self.shape, self.num_classes, self.num_levels)
+
 
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
   """Indices of the examples in batch number `step`: a function of (seed, step) alone.
@@ -81,16 +109,3 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
     sel = epochs == epoch
     out[sel] = perm[offsets[sel]]
   return out
-
-
-def levels_to_unit(x: np.ndarray, num_levels: int) -> np.ndarray:
-  """Integer grey levels 0..L-1 -> float32 in [-1, 1] (the level centres)."""
-  return (x.astype(np.float32) / (num_levels - 1)) * 2.0 - 1.0
-
-
-def unit_to_levels(x, num_levels: int):
-  """Float in [-1, 1] -> nearest integer level 0..L-1 (works on numpy and jax arrays)."""
-  import jax.numpy as jnp
-
-  xp = jnp if not isinstance(x, np.ndarray) else np
-  return xp.clip(xp.round((x + 1.0) / 2.0 * (num_levels - 1)), 0, num_levels - 1).astype(xp.int32)

@@ -10,7 +10,13 @@ import jax.numpy as jnp
 
 def sinusoidal_embedding(t: jnp.ndarray, dim: int, max_period: float = 10_000.0) -> jnp.ndarray:
   """Features of a continuous time t in [0, 1] ([B] -> [B, dim]); t is scaled by 1000 first so
-  that neighbouring timesteps of a T=1000 chain get distinguishable features."""
+  that neighbouring timesteps of a T=1000 chain get distinguishable features.
+
+  With half = dim // 2 and frequencies f_i = max_period ** (-i / half), i < half:
+  ``[sin(1000 t f_0), ..., sin(1000 t f_{half-1}), cos(1000 t f_0), ..., cos(1000 t f_{half-1})]``,
+  plus a zero column when dim is odd. Computed in float32 whatever t's dtype. The one time
+  embedding of the project (the MLP and the UNet denoisers both use it).
+  """
   half = dim // 2
   freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
   args = (1000.0 * t.astype(jnp.float32))[:, None] * freqs[None, :]

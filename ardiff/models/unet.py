@@ -8,8 +8,9 @@ Layout: a 3x3 stem, then one level per entry of ``channel_mult`` with ``num_res_
 residual blocks of ``base_channels * mult`` channels each, halving the resolution between
 levels; a middle block (res, attention, res) at the lowest resolution; the mirror-image
 upsampling path with skip connections; GroupNorm, SiLU and a 3x3 output conv.
-The time embedding (sinusoidal -> MLP) plus a learned class embedding is added inside every
-residual block. Self-attention runs at the lowest resolution when ``attn_at_lowest``.
+The time embedding (``ardiff.models.embeddings.sinusoidal_embedding``, shared with the MLP
+denoiser, then an MLP) plus a learned class embedding is added inside every residual block.
+Self-attention runs at the lowest resolution when ``attn_at_lowest``.
 
 Mixed precision (``dtype=jnp.bfloat16``): convolutions, norms, attention and activations run in
 ``dtype``; parameters stay float32, the sinusoidal time features are computed in float32 and the
@@ -19,12 +20,13 @@ output is cast to float32, so the loss and the sampler's arithmetic stay float32
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ardiff.models.embeddings import sinusoidal_embedding
 
 # Largest number of GroupNorm groups; each group keeps at least this many channels when possible.
 _MAX_GROUPS = 32
@@ -41,17 +43,6 @@ def num_groups(channels: int) -> int:
     raise ValueError(f"channels must be positive, got {channels}")
   limit = max(1, min(_MAX_GROUPS, channels // _MIN_CHANNELS_PER_GROUP))
   return max(g for g in range(1, limit + 1) if channels % g == 0)
-
-
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
-  """Sinusoidal embedding [B, dim] of t in (0, 1] (scaled by 1000, as for integer timesteps)."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None, :]
-  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-  if dim % 2:
-    emb = jnp.pad(emb, ((0, 0), (0, 1)))
-  return emb
 
 
 class ResBlock(nn.Module):
@@ -134,7 +125,7 @@ class UNet(nn.Module):
     res = functools.partial(ResBlock, dropout=self.dropout, dtype=self.dtype)
     attn = functools.partial(AttnBlock, self.num_heads, dtype=self.dtype)
     emb_dim = 4 * self.base_channels
-    emb = timestep_embedding(t, self.base_channels)
+    emb = sinusoidal_embedding(t, self.base_channels)
     emb = dense(emb_dim)(nn.silu(dense(emb_dim)(emb)))
     emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype,
                          name="class_embed")(y.astype(jnp.int32))

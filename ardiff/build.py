@@ -1,0 +1,128 @@
+"""Config sections -> a removal process with its injected network: a registry of builders.
+
+    process = build("raster", model_cfg, dataset, dtype="float32")
+
+Each builder has a code version: bump it when a change to the network's maths makes an
+already-trained model wrong, and the model cache (`ardiff.runs.model_dir`) retrains instead of
+silently loading the old parameters. This module is the only reader of the compute-dtype
+switch (`config.dtype`).
+
+Adding a process: write its folder under `ardiff/processes/`, then one builder here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from ardiff.configs import sections
+from ardiff.data.base import DataSpec, Dataset
+from ardiff.precision import compute_dtype
+from ardiff.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Builder:
+  fn: Callable[..., Any]  # fn(section, dataset, dtype, **extra) -> process
+  # The code version of the network + process maths (1: as first released), or a function of
+  # the dataset where the builder picks different networks for different data.
+  version: int | Callable[[Dataset], int]
+  # A tiny working example for tests and docs: () -> (section, extra build sections, specs).
+  # tests/processes/test_contract.py runs every registered process through the sampling
+  # contract with it, so a new process is tested by registering it.
+  example: Callable[[], tuple[Any, dict, list[str]]] | None = None
+
+
+BUILDERS: Registry[Builder] = Registry("process")
+
+
+def register(name: str, version: int | Callable[[Dataset], int] = 1, example=None):
+  def add(fn):
+    BUILDERS.register(name)(Builder(fn, version, example))
+    return fn
+
+  return add
+
+
+def build(kind: str, section, dataset: "Dataset | DataSpec", dtype: str = "float32", **extra):
+  """The process `kind` (gaussian, raster, ardm, oneshot) built from a config section and the
+  data's description (a Dataset, or the DataSpec saved beside a trained model)."""
+  return BUILDERS.get(kind).fn(section, dataset, compute_dtype(dtype, "dtype"), **extra)
+
+
+def code_version(kind: str, dataset: Dataset) -> int:
+  version = BUILDERS.get(kind).version
+  return version(dataset) if callable(version) else version
+
+
+def _transformer(cfg, dataset: Dataset, dtype, causal: bool):
+  from ardiff.models.transformer import Transformer
+
+  return Transformer(vocab_size=dataset.num_levels, seq_len=dataset.num_tokens,
+                     num_classes=dataset.num_classes, width=cfg.width, depth=cfg.depth,
+                     heads=cfg.heads, dropout=cfg.dropout, causal=causal, dtype=dtype,
+                     remat=cfg.get("remat", False))
+
+
+def _tiny_transformer():
+  return sections.transformer_section(width=16, depth=1, heads=2, dropout=0.0)
+
+
+@register("raster", example=lambda: (_tiny_transformer(), {}, ["raster", "raster:temperature=0.8"]))
+def raster(cfg, dataset: Dataset, dtype):
+  from ardiff.processes.autoregressive.raster import RasterAR
+
+  return RasterAR(_transformer(cfg, dataset, dtype, True), p_uncond=cfg.p_uncond,
+                  data_shape=dataset.shape)
+
+
+@register("ardm", example=lambda: (_tiny_transformer(), {}, [
+    "ardm", "ardm:k=3", "ardm:k=4:order=contiguous", "ardm:sizes=(1,15)"]))
+def ardm(cfg, dataset: Dataset, dtype):
+  from ardiff.processes.autoregressive.order_agnostic import OrderAgnosticAR
+
+  return OrderAgnosticAR(_transformer(cfg, dataset, dtype, False), p_uncond=cfg.p_uncond,
+                         data_shape=dataset.shape)
+
+
+# UNet version 2: its time embedding became the shared `models.embeddings` one (sin and cos
+# halves in the other order), so UNets trained before it must retrain; the MLP is unchanged.
+@register("gaussian", version=lambda dataset: 2 if dataset.kind == "image" else 1,
+          example=lambda: (sections.unet_section(base_channels=8, channel_mult=(1,),
+                                                 num_res_blocks=1, num_heads=2, dropout=0.0),
+                           {"diffusion": sections.diffusion_section(num_timesteps=20)},
+                           ["ddpm:4", "ddim:3", "ddim:3:eta=0.5", "ddpm:5:noise=0"]))
+def gaussian(cfg, dataset: Dataset, dtype, diffusion=None):
+  """Diffusion with a UNet (cfg: unet section) on images, or an MLP (cfg: model section with
+  width and depth) on points; `diffusion` is the diffusion section."""
+  from ardiff.processes.gaussian.process import GaussianDiffusion
+
+  sections.validate_diffusion(diffusion)
+  if dataset.kind == "image":
+    from ardiff.models.unet import UNet
+
+    model = UNet(base_channels=cfg.base_channels, channel_mult=tuple(cfg.channel_mult),
+                 num_res_blocks=cfg.num_res_blocks, num_heads=cfg.num_heads,
+                 dropout=cfg.dropout, num_classes=dataset.num_classes, dtype=dtype)
+  else:
+    from ardiff.models.mlp import MLPDenoiser
+
+    model = MLPDenoiser(dataset.num_classes, width=cfg.width, depth=cfg.depth, dtype=dtype)
+  return GaussianDiffusion(model, dataset.num_classes, diffusion.schedule,
+                           diffusion.num_timesteps, diffusion.target, diffusion.p_uncond,
+                           diffusion.clip_x0, data_shape=dataset.shape,
+                           num_levels=dataset.num_levels if dataset.kind == "image" else None)
+
+
+@register("oneshot", example=lambda: (sections.oneshot_section(width=16, depth=1), {},
+                                     ["oneshot"]))
+def oneshot(cfg, dataset: Dataset, dtype):
+  import math
+
+  from ardiff.models.label_mlp import LabelToImageMLP
+  from ardiff.processes.oneshot import OneShotRegression
+
+  del dtype  # a small MLP: float32
+  model = LabelToImageMLP(dataset.num_classes, math.prod(dataset.shape), cfg.width, cfg.depth)
+  return OneShotRegression(model, dataset.shape, p_uncond=cfg.p_uncond,
+                           num_levels=dataset.num_levels)

@@ -1,0 +1,133 @@
+"""Every config section, its defaults, its validation, and the scales.
+
+Experiments assemble their configs from these sections; models are cached by a hash of the
+sections that define them (`ardiff.runs`), so experiments that use the same sections share one
+trained model. Scales (`image_config`):
+  small  digits 8x8, models that train in minutes on a CPU (the README's numbers);
+  paper  digits 8x8, the larger models and longer training the figures are quoted at;
+  mnist  MNIST 28x28 (256 levels) through tensorflow-datasets, paper-size models trained in
+         bfloat16 compute: a GPU or TPU job (see launch/).
+Every bad value raises `ConfigError` naming the key (the CLI prints it as one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from ardiff.configs.validation import ConfigError, require, require_choice, require_positive
+from ardiff.precision import COMPUTE_DTYPES
+from ardiff.processes.gaussian.schedules import SCHEDULES
+from ardiff.processes.gaussian.targets import TARGETS
+from ardiff.train import TrainConfig
+
+
+def transformer_section(**overrides) -> ml_collections.ConfigDict:
+  # remat: recompute activations in the backward pass (memory for compute; same model).
+  base = dict(width=64, depth=2, heads=4, dropout=0.1, p_uncond=0.1, remat=False)
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def unet_section(**overrides) -> ml_collections.ConfigDict:
+  base = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, num_heads=4, dropout=0.1)
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def train_section(**overrides) -> ml_collections.ConfigDict:
+  """The training section: `TrainConfig`'s defaults (the one set) with overrides."""
+  base = dataclasses.asdict(TrainConfig())
+  unknown = set(overrides) - set(base)
+  if unknown:
+    raise ConfigError(f"train section has no key(s) {sorted(unknown)}")
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def oneshot_section(**overrides) -> ml_collections.ConfigDict:
+  base = dict(width=128, depth=2, p_uncond=0.1)
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def diffusion_section(**overrides) -> ml_collections.ConfigDict:
+  base = dict(schedule="cosine", num_timesteps=1000, target="eps", p_uncond=0.1, clip_x0=1.0)
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def validate_diffusion(cfg: ml_collections.ConfigDict, prefix: str = "diffusion") -> None:
+  require_choice(cfg.schedule, f"{prefix}.schedule", SCHEDULES.names())
+  require_choice(cfg.target, f"{prefix}.target", TARGETS)
+  require_positive(cfg, prefix, "num_timesteps")
+  require(0.0 <= cfg.p_uncond <= 1.0, f"{prefix}.p_uncond", f"must lie in [0, 1], got {cfg.p_uncond}")
+  require(cfg.clip_x0 is None or cfg.clip_x0 > 0, f"{prefix}.clip_x0",
+          f"must be positive or None, got {cfg.clip_x0}")
+
+
+SCALES = ("small", "paper", "mnist")
+
+
+def image_config(scale: str, *, ar: bool = False, diffusion: bool = False) -> ml_collections.ConfigDict:
+  """The fields every image experiment shares, plus the model sections it trains.
+
+  One definition of each scale's sections: experiments that train the same model get the
+  same sections, hence the same config hash and the same cached model.
+  """
+  require_choice(scale, "scale", SCALES)
+  big = scale in ("paper", "mnist")
+  c = ml_collections.ConfigDict()
+  c.scale = scale
+  c.seed = 0
+  c.dataset = "mnist" if scale == "mnist" else "digits"
+  # Compute dtype of every model: bfloat16 runs activations and matmuls in bf16 with float32
+  # parameters and optimiser state (ardiff.precision); on CPUs bf16 is emulated, hence float32.
+  c.dtype = "bfloat16" if scale == "mnist" else "float32"
+  c.model_cache = "../models"  # relative to the work dir: runs/models, shared
+  c.classifier_steps = 3000 if scale == "mnist" else 1500
+  if ar:
+    c.ar = transformer_section(width=256, depth=8, heads=8) if big else transformer_section()
+  if diffusion:
+    if scale == "mnist":  # 28 -> 14 -> 7, attention at 7x7
+      c.unet = unet_section(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2)
+    elif big:
+      c.unet = unet_section(base_channels=64, channel_mult=(1, 2), num_res_blocks=2)
+    else:
+      c.unet = unet_section()
+    c.diffusion = diffusion_section(clip_x0=1.0)
+  if scale == "mnist":
+    # XLA's estimate of one bf16 transformer step at L = 784 (compiled, not run, on CPU): 41 GiB
+    # of temporaries at batch 64, 161 GiB at 256 (the [B, 8, 785, 785] attention maps of 8
+    # layers), so batch 64 for one 80 GB GPU: 50k steps are still 53 epochs of MNIST.
+    c.train = train_section(steps=50_000, batch_size=64, checkpoint_every=5000)
+  elif big:
+    c.train = train_section(steps=50_000, batch_size=256)
+  else:
+    c.train = train_section()
+  return c
+
+
+def validate_image_config(c: ml_collections.ConfigDict) -> None:
+  """Checks for the sections `image_config` made."""
+  require_choice(c.scale, "scale", SCALES)
+  require_choice(c.dtype, "dtype", COMPUTE_DTYPES)
+  if "ar" in c:
+    validate_transformer(c.ar, "ar")
+  if "diffusion" in c:
+    validate_diffusion(c.diffusion)
+  validate_train(c.train, "train")
+
+
+def validate_transformer(cfg, prefix: str) -> None:
+  require_positive(cfg, prefix, "width", "depth", "heads")
+  require(cfg.width % cfg.heads == 0, f"{prefix}.heads",
+          f"width={cfg.width} must be divisible by heads={cfg.heads}")
+  require(0 <= cfg.dropout < 1, f"{prefix}.dropout", f"must lie in [0, 1), got {cfg.dropout}")
+  require(0 <= cfg.p_uncond <= 1, f"{prefix}.p_uncond", f"must lie in [0, 1], got {cfg.p_uncond}")
+
+
+def validate_train(cfg, prefix: str) -> None:
+  require_positive(cfg, prefix, "steps", "batch_size", "learning_rate", "log_every",
+                   "checkpoint_every")

@@ -1,0 +1,95 @@
+"""Order-agnostic autoregression (ARDM, Hoogeboom et al. 2021): remove pixels in a random
+order; a bidirectional transformer with a mask token predicts every hidden pixel from the
+revealed ones, so sampling may reveal k pixels per step (parallel decoding).
+
+Sampling specs (`ardm`), options:
+  k=4                    k pixels per step (the last step takes the remainder): ceil(L/k) steps;
+  order=random|contiguous  random positions per example (default) or raster chunks;
+  sizes=(1,7,56)         explicit step sizes summing to L;
+  dp=8                   8 steps with sizes from the dynamic program: resolve it first with
+                         `budget.resolve_dp(spec, step_losses)`, which adds `sizes`;
+  temperature=1.0.
+Without k, sizes or dp, one pixel per step (L steps).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from ardiff.processes import discrete
+from ardiff.processes.autoregressive import decode, objectives, orders
+from ardiff.processes.autoregressive.transformer_process import TransformerProcess
+
+
+class OrderAgnosticAR(TransformerProcess):
+  """ARDM with an injected bidirectional `Transformer`; the loss is the one-sample ARDM bound."""
+
+  causal = False
+  _nll_key, _bpd_key = "bound", "bound_bpd"  # one-sample ARDM estimate of the NLL bound
+  samplers = {"ardm": {"k": None, "order": "random", "sizes": None, "dp": None,
+                       "temperature": 1.0}}
+
+  def _nll(self, logits_fn, x, y, key):
+    return objectives.ardm_loss(logits_fn, x, y, key, self.model.mask_id)
+
+  def step_sizes(self, spec) -> tuple[int, ...]:
+    """The number of pixels each step reveals, from the spec's k, sizes or dp."""
+    spec = self.parse(spec)
+    k, sizes, dp = spec.get("k"), spec.get("sizes"), spec.get("dp")
+    order = spec.get("order", "random")
+    if order not in ("random", "contiguous"):
+      raise ValueError(f"sampler 'ardm': order must be random or contiguous, got {order!r}")
+    if k is not None and sizes is not None:
+      raise ValueError("sampler 'ardm': give k or sizes, not both")
+    if sizes is not None:
+      sizes = tuple(sizes) if isinstance(sizes, (tuple, list)) else (sizes,)
+      if dp is not None and len(sizes) != dp:
+        raise ValueError(f"sampler 'ardm': dp={dp} but {len(sizes)} sizes")
+      return orders.check_step_sizes(sizes, self.seq_len)
+    if dp is not None:
+      if not isinstance(dp, int) or not 1 <= dp <= self.seq_len:
+        raise ValueError(f"sampler 'ardm': dp must be an integer in 1..{self.seq_len}, got {dp!r}")
+      raise ValueError(f"sampler 'ardm:dp={dp}' needs step sizes from the dynamic program: "
+                       "resolve it with ardiff.processes.autoregressive.budget.resolve_dp("
+                       "spec, step_losses) first (or give sizes=...)")
+    if k is None:
+      k = 1
+    if not isinstance(k, int) or not 1 <= k <= self.seq_len:
+      raise ValueError(f"sampler 'ardm': k must be an integer in 1..{self.seq_len}, got {k!r}")
+    return orders.uniform_step_sizes(self.seq_len, k)
+
+  def _steps(self, spec):
+    dp = spec.get("dp")
+    if dp is not None and spec.get("sizes") is None:  # not resolved yet: its count is known
+      if not isinstance(dp, int) or not 1 <= dp <= self.seq_len:
+        raise ValueError(f"sampler 'ardm': dp must be an integer in 1..{self.seq_len}, "
+                         f"got {dp!r}")
+      return dp
+    return len(self.step_sizes(spec))
+
+  def _decode(self, params, keys, labels, spec, w, neg_y):
+    sizes = self.step_sizes(spec)
+    b = labels.shape[0]
+    if spec.get("order", "random") == "contiguous":
+      plan = jax.numpy.broadcast_to(orders.reveal_plan(orders.raster_order(self.seq_len), sizes),
+                                    (b, len(sizes), self.seq_len))
+    else:  # a random order per example, drawn from that example's own key
+      plan = jax.vmap(lambda k: orders.random_plan(k, 1, self.seq_len, step_sizes=sizes)[0])(
+          discrete.setup_keys(keys))
+    return decode.order_agnostic_sample(self.model, params, keys, labels, plan,
+                                        temperature=spec.get("temperature", 1.0), guidance=w,
+                                        neg_y=neg_y)
+
+  # The inpainting entry point keeps its explicit arguments (known pixels are not a spec).
+  def inpaint(self, params, key, labels, known_mask, known_tokens, *, k: int = 1,
+              random_order: bool = True, temperature: float = 1.0, guidance=None, neg_y=None):
+    """Complete tokens [B, L] where known_mask is False, keeping known_tokens where True."""
+    labels = jax.numpy.asarray(labels, jax.numpy.int32)
+    k_plan, k_sample = jax.random.split(key)
+    mask = jax.numpy.broadcast_to(jax.numpy.asarray(known_mask, bool),
+                                  (labels.shape[0], self.seq_len))
+    plan = orders.inpainting_plan(k_plan if random_order else None, mask, k)
+    return decode.order_agnostic_sample(
+        self.model, params, k_sample, labels, plan, temperature=temperature, guidance=guidance,
+        neg_y=neg_y, known_mask=known_mask, known_tokens=known_tokens)
+

@@ -1,0 +1,142 @@
+"""Gaussian diffusion as a removal process: scale the data down and add noise everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ardiff import parallel
+from ardiff.data.levels import unit_to_levels
+from ardiff.processes import discrete
+from ardiff.processes.gaussian.samplers import SAMPLERS, sample as run_sampler
+from ardiff.processes.gaussian.samplers.base import per_example_normal
+from ardiff.processes.gaussian.schedules import strided_timesteps
+from ardiff.processes.guidance import Guidance, check_labels, guidance_cond, guided
+from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
+from ardiff.processes.gaussian.schedules import Schedule, make_schedule
+from ardiff.processes.gaussian.targets import (TARGETS, eps_to_x0, noisy_sample_and_target,
+                                      prediction_to_eps, x0_to_eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianDiffusion:
+  """Trains an injected `model(x_t, t/T, y)` to predict `target`; samples with any registered
+  sampler through the common contract (`ardiff.processes.base`).
+
+  Frozen (hashable) so its bound methods can be static arguments of compiled sampling loops.
+  """
+
+  model: nn.Module
+  num_classes: int
+  schedule_name: str = "cosine"
+  num_timesteps: int = 1000
+  target: str = "eps"
+  p_uncond: float = 0.1  # probability of dropping the label to null (classifier-free guidance)
+  # Clip the implied x0 prediction to [-clip_x0, clip_x0] when sampling (None: no clipping).
+  # Near t = T, alpha_bar is ~1e-9 for the cosine schedule and x0 = (x - sqrt(1-ab) eps)/sqrt(ab)
+  # amplifies tiny eps errors by ~1e4; clipping to the data range is the standard remedy.
+  clip_x0: float | None = None
+  data_shape: tuple[int, ...] = ()  # the shape of one example, e.g. (2,) or (8, 8, 1)
+  num_levels: int | None = None  # images: grey levels (samples come back as levels); None: points
+
+  def __post_init__(self):
+    if self.target not in TARGETS:
+      raise ValueError(f"diffusion target must be one of {TARGETS}, got {self.target!r}")
+    if self.clip_x0 is not None and self.clip_x0 <= 0:
+      raise ValueError(f"clip_x0 must be positive or None, got {self.clip_x0}")
+    if not 0.0 <= self.p_uncond <= 1.0:
+      raise ValueError(f"p_uncond must lie in [0, 1], got {self.p_uncond}")
+    make_schedule(self.schedule_name, self.num_timesteps)  # validates name and T
+    object.__setattr__(self, "data_shape", tuple(int(d) for d in self.data_shape))
+
+  @property
+  def schedule(self) -> Schedule:
+    return make_schedule(self.schedule_name, self.num_timesteps)
+
+  @property
+  def null_label(self) -> int:
+    return self.num_classes
+
+  def init_params(self, key, batch):
+    x = batch["x"]
+    t = jnp.ones((x.shape[0],), jnp.float32)
+    return self.model.init(key, x, t, batch["y"])
+
+  def predict(self, params, x_t, t, y, train=False, rngs=None):
+    return self.model.apply(params, x_t, t.astype(jnp.float32) / self.num_timesteps, y,
+                            train=train, rngs=rngs)
+
+  def loss(self, params, batch, key, train=True):
+    x0, y = batch["x"], batch["y"]
+    k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 4)
+    t = jax.random.randint(k_t, (x0.shape[0],), 1, self.num_timesteps + 1)
+    if train and self.p_uncond > 0:
+      y = jnp.where(jax.random.bernoulli(k_drop, self.p_uncond, y.shape), self.null_label, y)
+    x_t, target = noisy_sample_and_target(self.target, self.schedule, x0, t, k_noise)
+    pred = self.predict(params, x_t, t, y, train=train, rngs={"dropout": k_dropout})
+    loss = jnp.mean((pred - target) ** 2)
+    return loss, {"loss": loss}
+
+  def eps_fn(self, params, x, t, y):
+    """The noise prediction implied by the network, whatever its target (sampler interface)."""
+    schedule = self.schedule
+    eps = prediction_to_eps(self.target, schedule, self.predict(params, x, t, y), x, t)
+    if self.clip_x0 is None:
+      return eps
+    x0 = jnp.clip(eps_to_x0(schedule, eps, x, t), -self.clip_x0, self.clip_x0)
+    return x0_to_eps(schedule, x0, x, t)
+
+  # ---------------------------------------------------------------- sampling
+
+  def parse(self, spec: "SampleSpec | str") -> SampleSpec:
+    """Validate a spec such as 'ddim:50:eta=0.5' against the sampler registry and T."""
+    spec = parse_spec(spec)
+    check_spec(spec, {name: SAMPLERS.get(name).defaults for name in SAMPLERS.names()},
+               process="Gaussian diffusion", needs_steps=SAMPLERS.names())
+    strided_timesteps(self.num_timesteps, spec.steps)  # 1 <= steps <= T
+    return spec
+
+  def nfe(self, spec: "SampleSpec | str", *, guidance: Guidance | None = None) -> int:
+    """One network evaluation per step; two when guided (conditional and negative streams)."""
+    return self.parse(spec).steps * (1 if guidance is None else 2)
+
+  def sample_unit(self, params, key, labels, spec: "SampleSpec | str", *,
+                  guidance: Guidance | None = None, return_trajectory: bool = False,
+                  mesh=None):
+    """Samples in the model's space (floats; [-1, 1] for images), data parallel; with
+    `return_trajectory`, also the state after every step [num_steps, B, ...]."""
+    spec = self.parse(spec)
+    labels = check_labels(labels, self.num_classes, guidance)
+    if not self.data_shape:
+      raise ValueError("GaussianDiffusion.data_shape is not set: give the shape of one example")
+    eps_fn = self.eps_fn if guidance is None else guided(self.eps_fn)
+
+    def fn(params, keys, labels):
+      x_init = per_example_normal(discrete.setup_keys(keys),
+                                  jnp.zeros((labels.shape[0], *self.data_shape)))
+      cond = labels if guidance is None else guidance_cond(labels, guidance, self.null_label)
+      return run_sampler(eps_fn, params, self.schedule, x_init, keys, cond, sampler=spec.name,
+                         num_steps=spec.steps, return_trajectory=return_trajectory,
+                         **spec.option_dict)
+
+    keys = discrete.example_keys(key, labels.shape[0])
+    if return_trajectory:  # the trajectory's batch axis is 1: run it on one device
+      return fn(params, keys, labels)
+    return parallel.run_sharded(fn, params, keys, labels, mesh)
+
+  def to_data(self, x: jax.Array) -> jax.Array:
+    """Model space -> data space: nearest integer level (uint8) for images, floats otherwise."""
+    if self.num_levels is None:
+      return x
+    dtype = jnp.uint8 if self.num_levels <= 256 else jnp.int32
+    return unit_to_levels(x, self.num_levels).astype(dtype)
+
+  def sample(self, params, key, labels, spec: "SampleSpec | str", *,
+             guidance: Guidance | None = None, mesh=None) -> jax.Array:
+    """Samples in data space for labels [B] (see `ardiff.processes.base`)."""
+    return self.to_data(self.sample_unit(params, key, labels, spec, guidance=guidance,
+                                         mesh=mesh))

@@ -1,0 +1,142 @@
+"""Figures. Every function takes arrays, builds one matplotlib Figure and returns it.
+
+Given ``path``, a function also writes the figure there as a PNG (110 dpi). The figure is a
+pyplot figure, so a notebook shows it at the end of the cell like any other (assign it,
+``fig = plots.line_plot(...)``, to keep a handle), and it stays open, i.e. registered with
+pyplot, until closed.
+Scripts that only want the file pass ``close=True`` (or call ``plt.close(fig)``): pyplot keeps
+every open figure alive, and warns beyond 20. A closed figure is still a whole Figure (it can
+be saved again); it is just no longer managed by pyplot, so ``plt.show()`` skips it.
+
+The backend is not chosen here: matplotlib's default resolution picks an interactive backend
+where there is a display, Agg on a headless machine (with MPLBACKEND unset), and the notebook's
+own backend in Jupyter. Set MPLBACKEND=Agg to force files-only plotting on a machine with a
+display.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+ARM_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+LIMITS = (-1.35, 1.35)
+
+
+def _finish(fig: Figure, path: str | None, title: str | None, close: bool) -> Figure:
+  """Title and lay out the figure; write it to `path` if given; close it if asked; return it."""
+  if title:
+    fig.suptitle(title, fontsize=13)
+  fig.tight_layout()
+  if path is not None:
+    fig.savefig(path, dpi=110)
+  if close:
+    plt.close(fig)
+  return fig
+
+
+def _points_axis(ax, title: str, limits=LIMITS):
+  ax.set_title(title, fontsize=10)
+  ax.set_xlim(*limits)
+  ax.set_ylim(*limits)
+  ax.set_aspect("equal")
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def scatter_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray | None]],
+                   path: str | None = None, data: np.ndarray | None = None,
+                   title: str | None = None, ncols: int | None = None, *,
+                   close: bool = False) -> Figure:
+  """One scatter panel per (title, points, colours-or-None); `data` drawn faintly behind."""
+  n = len(panels)
+  ncols = ncols or n
+  nrows = -(-n // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 3.1 * nrows), squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis("off")
+  for ax, (name, pts, colors) in zip(axes.flat, panels):
+    if data is not None:
+      ax.scatter(data[:, 0], data[:, 1], s=2, c="#cccccc", lw=0)
+    pts = np.asarray(pts)
+    inside = np.all(np.abs(pts) < 10, axis=1)  # a diverged sampler would squash the axes
+    c = "#222222" if colors is None else np.asarray(colors)[inside]
+    ax.scatter(pts[inside, 0], pts[inside, 1], s=2.5, c=c, lw=0, alpha=0.8)
+    _points_axis(ax, name)
+  return _finish(fig, path, title, close)
+
+
+def quiver_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                  path: str | None = None, data: np.ndarray | None = None,
+                  title: str | None = None, *, close: bool = False) -> Figure:
+  """Vector fields: (title, grid points [N, 2], vectors [N, 2]) per panel.
+
+  Arrows show direction at a fixed length (the grid spacing) and colour shows magnitude, so
+  long vectors far from the data do not hide the structure near it."""
+  n = len(panels)
+  fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.6), squeeze=False)
+  for ax, (name, grid, vec) in zip(axes.flat, panels):
+    if data is not None:
+      ax.scatter(data[:, 0], data[:, 1], s=2, c="#f4a582", lw=0, alpha=0.7)
+    mag = np.linalg.norm(vec, axis=1)
+    spacing = np.min(np.diff(np.unique(grid[:, 0])))
+    unit = vec / np.maximum(mag, 1e-9)[:, None] * 0.8 * spacing
+    q = ax.quiver(grid[:, 0], grid[:, 1], unit[:, 0], unit[:, 1], mag, cmap="viridis",
+                  angles="xy", scale_units="xy", scale=1.0, width=0.006, clim=(0, mag.max()))
+    fig.colorbar(q, ax=ax, orientation="horizontal", fraction=0.05, pad=0.02,
+                 label="|x̂0 − x|")
+    _points_axis(ax, name)
+  return _finish(fig, path, title, close)
+
+
+def image_grid(images: np.ndarray, path: str | None = None, nrow: int | None = None,
+               title: str | None = None, row_labels: Sequence[str] | None = None,
+               vmax: float | None = None, *, close: bool = False) -> Figure:
+  """A grid of [N, H, W, C] images (levels or floats); rows optionally labelled."""
+  images = np.asarray(images, np.float32)
+  n, h, w, c = images.shape
+  nrow = nrow or int(np.ceil(np.sqrt(n)))
+  ncol = -(-n // nrow)
+  vmax = float(images.max()) if vmax is None else vmax
+  vmin = float(min(images.min(), 0.0))
+  canvas = np.full((ncol * (h + 1) + 1, nrow * (w + 1) + 1, c), vmin, np.float32)
+  for i in range(n):
+    r, col = divmod(i, nrow)
+    canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = images[i]
+  fig, ax = plt.subplots(figsize=(max(3.0, 0.32 * nrow * w / 8 + 1.2), max(2.5, 0.32 * ncol * h / 8 + 0.6)))
+  shown = canvas[..., 0] if c == 1 else np.clip((canvas - vmin) / max(vmax - vmin, 1e-9), 0, 1)
+  ax.imshow(shown, cmap="gray_r" if c == 1 else None, vmin=vmin, vmax=vmax,
+            interpolation="nearest")
+  ax.set_xticks([])
+  if row_labels:
+    ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(row_labels))])
+    ax.set_yticklabels(row_labels, fontsize=8)
+  else:
+    ax.set_yticks([])
+  return _finish(fig, path, title, close)
+
+
+def line_plot(series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+              path: str | None = None, *, xlabel: str, ylabel: str, title: str | None = None,
+              logx: bool = False, logy: bool = False, hlines: Sequence[tuple[str, float]] = (),
+              styles: dict[str, dict] | None = None, close: bool = False) -> Figure:
+  """Lines of (label, xs, ys); optional horizontal reference lines (label, y)."""
+  fig, ax = plt.subplots(figsize=(7.0, 4.6))
+  for label, xs, ys in series:
+    ax.plot(xs, ys, label=label, **{"marker": "o", "ms": 4, **(styles or {}).get(label, {})})
+  for label, y in hlines:
+    ax.axhline(y, ls="--", c="gray", lw=1)
+    ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=8, color="gray",
+                va="bottom")
+  if logx:
+    ax.set_xscale("log")
+  if logy:
+    ax.set_yscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  return _finish(fig, path, title, close)

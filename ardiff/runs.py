@@ -1,0 +1,191 @@
+"""What every experiment file shares: the model cache, cached training, batching and timing.
+
+    process, params = train_model("raster", config, workdir, dataset, config.ar, config.train)
+
+trains (or resumes, or restores) the process that `ardiff.build` makes from the sections, in a
+directory keyed by a hash of everything that defines the model, and returns its EMA
+parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from ardiff import build as builders
+from ardiff.configs.overrides import config_hash
+from ardiff.configs.validation import ConfigError
+from ardiff.data.base import Dataset
+from ardiff.data.levels import levels_to_unit, to_tokens
+from ardiff.train import TrainConfig, TrainState, train
+
+
+def model_dir(config: ml_collections.ConfigDict, workdir: str, name: str, *sections: Any,
+              version: int = 1) -> str:
+  """Where a model trained with these config sections lives.
+
+  Keyed by a hash of the sections, so experiments that train the same model share it and
+  re-plotting never retrains. `config.model_cache` (if set) is a directory shared across
+  experiments, relative to the work dir unless absolute (the digits experiments use
+  "../models", i.e. runs/models beside runs/<experiment>); otherwise `workdir/models`.
+  A compute dtype other than float32 (`config.dtype`) is part of the key: a bfloat16 model is a
+  different model. float32 adds nothing, so caches made before the switch existed stay valid.
+  The builder's code `version` is part of the key too (version 1 adds nothing, for the same
+  reason): a change to a network's maths bumps it, and the old model is not loaded.
+  """
+  dtype = config.get("dtype", "float32")
+  if dtype != "float32":
+    sections = (*sections, {"dtype": dtype})
+  if version != 1:
+    sections = (*sections, {"code_version": version})
+  root = os.path.join(workdir, config.get("model_cache") or "models")
+  return os.path.join(root, f"{name}-{config_hash(*sections)}")
+
+
+def train_cached(process, x: np.ndarray, y: np.ndarray, train_cfg: ml_collections.ConfigDict,
+                 directory: str, **kwargs) -> TrainState:
+  """Train, resume, or restore a finished run in `directory` (see ardiff.train.train)."""
+  return train(process, x, y, TrainConfig.from_config(train_cfg), directory, **kwargs)
+
+
+def train_model(kind: str, config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
+                model_cfg: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict,
+                *, key_sections: tuple = (), name: str | None = None, **build_extra):
+  """Build process `kind` from `model_cfg` (ardiff.build), train or restore it on the dataset's
+  train split, and return (process, EMA params).
+
+  The cache key is (dataset name, model section, extra build sections, train section, builder
+  version, dtype); `key_sections` replaces (dataset name, model section, extras) where an
+  experiment keyed its models differently before (so its cached models stay valid).
+  """
+  process = builders.build(kind, model_cfg, dataset, config.get("dtype", "float32"),
+                           **build_extra)
+  # remat trades memory for compute and leaves the trained model as it is: not in the key.
+  model_key = {k: v for k, v in model_cfg.items() if k != "remat"}
+  sections = key_sections or (dataset.name, model_key, *build_extra.values())
+  directory = model_dir(config, workdir, name or f"{dataset.name}-{kind}", *sections, train_cfg,
+                        version=builders.code_version(kind, dataset))
+  write_model_card(directory, kind, model_cfg, dataset, config.get("dtype", "float32"),
+                   build_extra)
+  state = train_cached(process, model_inputs(kind, dataset), dataset.y_train, train_cfg,
+                       directory)
+  return process, state.ema_params
+
+
+MODEL_CARD = "model.json"
+
+
+def write_model_card(directory: str, kind: str, model_cfg, dataset: Dataset, dtype: str,
+                     build_extra: dict) -> None:
+  """model.json beside the checkpoints: what `load_model` needs to rebuild the process."""
+  card = {"kind": kind, "model": _plain(model_cfg), "data": dataset.spec.to_dict(),
+          "dtype": dtype, "extra": {k: _plain(v) for k, v in build_extra.items()}}
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, MODEL_CARD)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(card, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)  # atomic: a reader never sees half a card
+
+
+def _plain(section):
+  return section.to_dict() if isinstance(section, ml_collections.ConfigDict) else section
+
+
+def load_model(directory: str):
+  """(process, EMA params, card) of a trained model directory (one with model.json)."""
+  import orbax.checkpoint as ocp
+
+  from ardiff.data.base import DataSpec
+
+  with open(os.path.join(directory, MODEL_CARD)) as f:
+    card = json.load(f)
+  extra = {k: ml_collections.ConfigDict(v) if isinstance(v, dict) else v
+           for k, v in card["extra"].items()}
+  process = builders.build(card["kind"], ml_collections.ConfigDict(card["model"]),
+                           DataSpec.from_dict(card["data"]), card["dtype"], **extra)
+  ckpt = os.path.join(os.path.abspath(directory), "checkpoints")
+  with ocp.CheckpointManager(ckpt) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise ConfigError(f"model directory {directory!r} has no checkpoint yet")
+    state = manager.restore(step, args=ocp.args.StandardRestore())
+  return process, state["ema_params"], dict(card, step=int(step))
+
+
+def find_models(path: str) -> list[str]:
+  """Model directories (with model.json) at `path`: the path itself, or those of a work dir
+  (its models/ or the shared cache its config.json names)."""
+  if os.path.isfile(os.path.join(path, MODEL_CARD)):
+    return [path]
+  roots = [os.path.join(path, "models")]
+  config = os.path.join(path, "config.json")
+  if os.path.isfile(config):
+    with open(config) as f:
+      cache = json.load(f).get("model_cache")
+    if cache:
+      roots.append(os.path.normpath(os.path.join(path, cache)))
+  found = []
+  for root in roots:
+    if os.path.isdir(root):
+      found += sorted(os.path.join(root, d) for d in os.listdir(root)
+                      if os.path.isfile(os.path.join(root, d, MODEL_CARD)))
+  return found
+
+
+def model_inputs(kind: str, dataset: Dataset) -> np.ndarray:
+  """The training inputs of a process: tokens for AR, [-1, 1] floats for image diffusion and
+  one-shot regression, the points themselves for 2-D data."""
+  if dataset.kind != "image":
+    return dataset.x_train
+  if kind in ("raster", "ardm"):
+    return to_tokens(dataset.x_train)
+  return levels_to_unit(dataset.x_train, dataset.num_levels)
+
+
+def check_specs(process, specs, key: str, guidance=None) -> None:
+  """Every sampling spec parses and fits the process; a ConfigError naming `key` otherwise."""
+  for spec in specs:
+    try:
+      process.nfe(spec, guidance=guidance)
+    except ValueError as e:
+      raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+@contextlib.contextmanager
+def timed(record: dict, key: str = "seconds"):
+  """Wall time of a block into record[key]; the block must block on its results."""
+  start = time.perf_counter()
+  yield
+  record[key] = time.perf_counter() - start
+
+
+def block(x):
+  return jax.block_until_ready(x)
+
+
+def in_batches(sample: Callable[[jax.Array, jax.Array], Any], key: jax.Array, labels,
+               batch_size: int) -> np.ndarray:
+  """`sample(key, labels)` for every label, at most batch_size labels per call.
+
+  Batch i uses fold_in(key, i). batch_size <= 0, or >= len(labels), is one call with `key`
+  itself, so that small runs draw exactly what an unbatched call draws. Batching is what lets
+  e.g. 2000 bidirectional-transformer samples at L = 784 fit in accelerator memory.
+  """
+  n = len(labels)
+  if batch_size <= 0 or batch_size >= n:
+    return np.asarray(sample(key, labels))
+  return np.concatenate([np.asarray(sample(jax.random.fold_in(key, i), labels[s:s + batch_size]))
+                         for i, s in enumerate(range(0, n, batch_size))])
+
+
+def is_chief() -> bool:
+  """Only process 0 writes figures and tables on multi-host runs."""
+  return jax.process_index() == 0

@@ -1,0 +1,130 @@
+"""Sample-quality metric on digits: classifier accuracy, Fréchet sanity, pixel stats.
+
+The classifier's training determinism and cache: test_classifier_training.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import scipy.stats
+
+from ardiff.data.levels import levels_to_unit
+from ardiff.data.digits import load_digits_dataset
+from ardiff.metrics import sample_quality as sq_lib
+from ardiff.metrics.classifier_training import train_classifier
+from ardiff.metrics.frechet import frechet_distance
+from ardiff.models.classifier import Classifier
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return load_digits_dataset()
+
+
+@pytest.fixture(scope="module")
+def quality(digits):
+  """The metric's real classifier: default settings (DEFAULT_STEPS steps, seed 0)."""
+  return sq_lib.SampleQuality(digits, train_classifier(digits))
+
+
+def _noise_images(digits, n: int, seed: int = 0) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, digits.num_levels, size=(n, *digits.shape)).astype(np.uint8)
+
+
+def _independent_test_accuracy(digits, params) -> float:
+  logits, _ = Classifier(digits.num_classes).apply(
+      params, levels_to_unit(digits.x_test, digits.num_levels))
+  return float(np.mean(np.asarray(logits).argmax(-1) == digits.y_test))
+
+
+def test_classifier_reaches_90_percent_on_digits(digits, quality):
+  acc = _independent_test_accuracy(digits, quality.params)
+  assert acc >= 0.90, acc
+  assert quality.test_accuracy() == acc
+
+
+def test_accuracy_of_test_split_with_true_labels_is_test_accuracy(digits, quality):
+  acc = _independent_test_accuracy(digits, quality.params)
+  assert quality.accuracy(digits.x_test, digits.y_test) == acc
+  wrong = (digits.y_test + 1) % digits.num_classes
+  assert quality.accuracy(digits.x_test, wrong) <= 1.0 - acc + 1e-12
+
+
+def test_frechet_of_test_split_against_itself_is_zero(digits, quality):
+  scale = np.trace(np.cov(quality.test_features.astype(np.float64), rowvar=False))
+  assert abs(quality.frechet(digits.x_test)) < 1e-6 * scale
+
+
+def test_train_split_is_closer_than_noise(digits, quality):
+  n = len(digits.x_test)
+  noise = quality.frechet(_noise_images(digits, n))
+  floor = quality.floor(n)
+  train = quality.frechet(digits.x_train[:n])
+  assert 0.0 < floor < noise / 10, (floor, noise)
+  assert train < noise / 10, (train, noise)
+
+
+def test_frechet_and_floor_match_direct_feature_computation(digits, quality):
+  feats = Classifier(digits.num_classes).apply(
+      quality.params, levels_to_unit(digits.x_train, digits.num_levels))[1]
+  direct = frechet_distance(np.asarray(feats), quality.test_features)
+  np.testing.assert_allclose(quality.frechet(digits.x_train), direct, rtol=1e-4)
+  # With every train image the floor's subset is the whole train split (permuted).
+  np.testing.assert_allclose(quality.floor(len(digits.x_train)), direct, rtol=1e-4)
+
+
+def test_report_pairs_score_with_floor_for_same_size(digits, quality):
+  samples = digits.x_train[:200]
+  out = quality.report(samples, digits.y_train[:200])
+  assert out["num_samples"] == 200
+  assert out["frechet"] == quality.frechet(samples)
+  assert out["frechet_floor"] == quality.floor(200)
+  assert out["accuracy"] == quality.accuracy(samples, digits.y_train[:200])
+  assert "accuracy" not in quality.report(samples)
+
+
+def test_bad_samples_raise(digits, quality):
+  with pytest.raises(ValueError, match="samples_levels must hold integer levels"):
+    quality.frechet(digits.x_test.astype(np.float32))
+  with pytest.raises(ValueError, match=r"samples_levels must have shape \[N, 8, 8, 1\]"):
+    quality.frechet(digits.x_test[..., 0])
+  with pytest.raises(ValueError, match="must lie in 0..16"):
+    quality.frechet(np.full((4, 8, 8, 1), 17, np.uint8))
+  with pytest.raises(ValueError, match="labels must have shape"):
+    quality.accuracy(digits.x_test, digits.y_test[:-1])
+
+
+def test_sharpness_matches_scipy_laplacian():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, size=(3, 9, 7, 2))
+  lap = np.stack([scipy.ndimage.laplace(images[i, ..., c]) for i in range(3) for c in range(2)])
+  expected = np.mean(np.abs(lap[:, 1:-1, 1:-1]))
+  np.testing.assert_allclose(sq_lib.sharpness(images), expected, rtol=1e-12)
+  assert sq_lib.sharpness(np.full((2, 5, 5, 1), 0.3)) < 1e-15
+  checker = np.where(np.indices((6, 6)).sum(0) % 2 == 0, 1.0, -1.0)[None, ..., None]
+  assert sq_lib.sharpness(checker) == 8.0
+
+
+def test_pixel_entropy_matches_scipy():
+  rng = np.random.default_rng(1)
+  levels = rng.integers(0, 5, size=(10, 4, 4, 1))
+  expected = scipy.stats.entropy(np.bincount(levels.ravel(), minlength=5), base=2)
+  np.testing.assert_allclose(sq_lib.pixel_entropy(levels, 5), expected, rtol=1e-12)
+  assert sq_lib.pixel_entropy(np.zeros((2, 3, 3, 1), np.uint8), 17) == 0.0
+  uniform = np.arange(16).reshape(1, 4, 4, 1)
+  np.testing.assert_allclose(sq_lib.pixel_entropy(uniform, 16), 4.0)
+  with pytest.raises(ValueError, match="levels must lie in 0..15"):
+    sq_lib.pixel_entropy(uniform + 1, 16)
+
+
+def test_blurry_mean_is_less_sharp_and_higher_entropy(digits):
+  """The class-mean images (what an over-smoothed model produces) vs the real test digits."""
+  means = np.stack([digits.x_train[digits.y_train == k].mean(0) for k in range(10)])
+  mean_levels = np.round(means).astype(np.uint8)
+  real = digits.x_test[:200]
+  unit = lambda x: levels_to_unit(x, digits.num_levels)  # noqa: E731
+  assert sq_lib.sharpness(unit(mean_levels)) < 0.7 * sq_lib.sharpness(unit(real))
+  assert (sq_lib.pixel_entropy(mean_levels, digits.num_levels)
+          > sq_lib.pixel_entropy(real, digits.num_levels))

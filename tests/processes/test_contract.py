@@ -1,0 +1,146 @@
+"""Every registered process through the one sampling contract (`ardiff.processes.base`).
+
+Parametrized over `ardiff.build.BUILDERS`: a new process is tested here by registering its
+builder with an `example` (a tiny section and a few specs).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from ardiff import build
+from ardiff.data.base import Dataset
+from ardiff.processes.guidance import Guidance
+from ardiff.runs import model_inputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KINDS = build.BUILDERS.names()
+LEVELS, CLASSES, SHAPE = 5, 3, (4, 4, 1)
+
+
+def tiny_images(n: int = 32, seed: int = 0) -> Dataset:
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, LEVELS, (n, *SHAPE)).astype(np.uint8)
+  y = rng.integers(0, CLASSES, n).astype(np.int32)
+  return Dataset("tiny", "image", x, y, x[:4], y[:4], CLASSES, LEVELS)
+
+
+def make(kind: str):
+  """(process, params, specs) for a registered kind, on tiny random images."""
+  section, extra, specs = build.BUILDERS.get(kind).example()
+  data = tiny_images()
+  process = build.build(kind, section, data, **extra)
+  batch = {"x": model_inputs(kind, data)[:2], "y": data.y_train[:2]}
+  params = process.init_params(jax.random.key(0), batch)
+  return process, params, specs
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def case(request):
+  return (request.param, *make(request.param))
+
+
+def test_every_builder_has_an_example():
+  assert {"gaussian", "raster", "ardm", "oneshot"} <= set(KINDS)
+  for kind in KINDS:
+    assert build.BUILDERS.get(kind).example is not None, kind
+
+
+def test_samples_are_levels_in_the_data_shape(case):
+  kind, process, params, specs = case
+  labels = np.array([0, 1, 2, CLASSES, 1], np.int32)  # CLASSES = the null label
+  for spec in specs:
+    x = np.asarray(process.sample(params, jax.random.key(1), labels, spec))
+    assert x.shape == (5, *SHAPE) and x.dtype == np.uint8, (kind, spec)
+    assert x.max() < LEVELS, (kind, spec)
+    assert process.nfe(spec) >= 1
+
+
+def test_same_key_same_samples_and_batch_prefix_invariance(case):
+  kind, process, params, specs = case
+  labels = np.array([0, 1, 2, CLASSES, 1, 0], np.int32)
+  spec = specs[0]
+  a = np.asarray(process.sample(params, jax.random.key(3), labels, spec))
+  b = np.asarray(process.sample(params, jax.random.key(3), labels, spec))
+  np.testing.assert_array_equal(a, b)
+  # Per-example keys: the first 3 samples do not depend on how many others were drawn.
+  c = np.asarray(process.sample(params, jax.random.key(3), labels[:3], spec))
+  np.testing.assert_array_equal(a[:3], c)
+  if kind != "oneshot":  # the only deterministic process
+    d = np.asarray(process.sample(params, jax.random.key(4), labels, spec))
+    assert (a != d).any(), kind
+
+
+def test_nfe_is_counted_and_guidance_doubles_it(case):
+  kind, process, params, specs = case
+  expected = {"raster": [16, 16], "ardm": [16, 6, 4, 2], "oneshot": [1],
+              "gaussian": [4, 3, 3, 5]}
+  if kind in expected:
+    assert [process.nfe(s) for s in specs] == expected[kind]
+  if kind == "oneshot":
+    with pytest.raises(ValueError, match="no guidance"):
+      process.nfe(specs[0], guidance=Guidance(2.0))
+    return
+  for spec in specs:
+    assert process.nfe(spec, guidance=Guidance(2.0)) == 2 * process.nfe(spec)
+  # Guided sampling runs, and w = 1 equals the conditional model.
+  labels = np.array([0, 1, 2], np.int32)
+  plain = np.asarray(process.sample(params, jax.random.key(5), labels, specs[0]))
+  w1 = np.asarray(process.sample(params, jax.random.key(5), labels, specs[0],
+                                 guidance=Guidance(1.0)))
+  if kind == "gaussian":  # floats rounded to levels: equal up to rare rounding flips
+    assert np.mean(plain == w1) > 0.95
+  else:
+    np.testing.assert_array_equal(plain, w1)
+
+
+def test_bad_specs_and_labels_name_the_problem(case):
+  kind, process, params, specs = case
+  with pytest.raises(ValueError, match="unknown sampler 'nope'.*known: "):
+    process.nfe("nope")
+  with pytest.raises(ValueError, match="option"):
+    process.nfe(f"{specs[0]}:bogus=1")
+  with pytest.raises(ValueError, match="labels must lie in"):
+    process.sample(params, jax.random.key(0), np.array([CLASSES + 1]), specs[0])
+
+
+SCRIPT = textwrap.dedent("""
+  import json, sys
+  import jax, numpy as np
+  from ardiff import parallel
+  from tests.processes.test_contract import KINDS, make
+  assert jax.device_count() == 8, jax.devices()
+  labels = np.array([0, 1, 2, 3, 1], np.int32)  # 5: not a multiple of 8 (padding path)
+  out = {}
+  for kind in KINDS:
+    process, params, specs = make(kind)
+    for spec in specs[:2]:
+      got = [np.asarray(process.sample(params, jax.random.key(7), labels, spec,
+                                       mesh=parallel.data_mesh(jax.devices()[:n])))
+             for n in (1, 8)]
+      out[f"{kind} {spec}"] = [g.tolist() for g in got]
+  print("RESULT" + json.dumps(out))
+""")
+
+
+def test_samples_do_not_depend_on_the_device_count(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert len(result) >= 2 * len(KINDS) - 1
+  for name, (one, eight) in result.items():
+    one, eight = np.asarray(one), np.asarray(eight)
+    assert one.shape[0] == 5, name
+    if name.startswith("gaussian"):  # levels from floats: equal up to rare rounding flips
+      assert np.mean(one == eight) > 0.98, name
+    else:
+      np.testing.assert_array_equal(one, eight, err_msg=name)
