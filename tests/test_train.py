@@ -29,9 +29,16 @@ def test_batch_indices_depend_on_seed_and_step_only():
   a = batch_indices(3, 17, 10, 95)
   np.testing.assert_array_equal(a, batch_indices(3, 17, 10, 95))
   assert not np.array_equal(a, batch_indices(4, 17, 10, 95))
-  # One epoch covers every example exactly once.
+  # One epoch covers every example exactly once, and the next epoch is a fresh shuffle.
   epoch = np.concatenate([batch_indices(0, s, 10, 50) for s in range(5)])
   np.testing.assert_array_equal(np.sort(epoch), np.arange(50))
+  second = np.concatenate([batch_indices(0, s, 10, 50) for s in range(5, 10)])
+  np.testing.assert_array_equal(np.sort(second), np.arange(50))
+  assert not np.array_equal(epoch, second)
+  # A batch that straddles two epochs takes its tail from the next epoch's order.
+  straddle = batch_indices(0, 2, 20, 50)  # positions 40..59: epoch 0's last 10, epoch 1's first 10
+  np.testing.assert_array_equal(straddle[:10], epoch[40:])
+  np.testing.assert_array_equal(straddle[10:], second[:10])
 
 
 # EMA: a small decay so that e_k = d e_{k-1} + (1 - d) p_k is far from both p_k and e_{k-1}; a

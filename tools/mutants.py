@@ -113,9 +113,12 @@ MUTANTS = (
        "neg = jnp.full_like(y, 0) if neg_y is None", AR),
     _m("kv-cache-feeds-the-current-position", "AR decoding", "ardiff/processes/autoregressive/decode.py",
        "jnp.maximum(pos - 1, 0)", "jnp.maximum(pos, 0)", AR),
-    _m("parallel-decoding-overwrites-known-tokens", "AR decoding",
-       "ardiff/processes/autoregressive/decode.py", "return jnp.where(reveal & ~known_mask, z, tokens), None",
-       "return jnp.where(reveal, z, tokens), None", AR),
+    # (Dropping "& ~known_mask" from the parallel decoder's update is an equivalent mutant:
+    # order_agnostic_sample rejects plans that reveal known positions, so it cannot differ.)
+    _m("ardm-contiguous-and-random-orders-swapped", "AR decoding",
+       "ardiff/processes/autoregressive/order_agnostic.py",
+       'if spec.get("order", "random") == "contiguous":',
+       'if spec.get("order", "random") != "contiguous":', AR),
     # ---- DP budgets
     _m("budget-allows-empty-steps", "budgets", "ardiff/processes/autoregressive/budget.py",
        "step_cost = np.where(t[None, :] > t[:length, None],",

@@ -53,7 +53,8 @@ class Process(Protocol):
     """Mean loss over the batch (a scalar to minimise) and scalar metrics to log."""
 
   def sample(self, params: Params, key: jax.Array, labels: jax.Array,
-             spec: "SampleSpec | str", *, guidance: Guidance | None = None) -> jax.Array:
+             spec: "SampleSpec | str", *, guidance: Guidance | None = None,
+             mesh=None) -> jax.Array:
     """Samples in data space for `labels` [B] following `spec` (see the module docstring)."""
 
   def nfe(self, spec: "SampleSpec | str", *, guidance: Guidance | None = None) -> int:

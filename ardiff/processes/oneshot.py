@@ -72,6 +72,7 @@ class OneShotRegression:
     return jnp.clip(self._raw(params, y), -1.0, 1.0)
 
   samplers = {"oneshot": {}}
+  deterministic = True  # the same label always gives the same sample
 
   def parse(self, spec: "SampleSpec | str") -> SampleSpec:
     spec = parse_spec(spec)

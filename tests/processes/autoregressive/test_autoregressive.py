@@ -697,3 +697,22 @@ def test_order_agnostic_process_works_at_784_tokens():
   assert oa.nfe(spec) == 8  # 8 parallel steps
   out = np.asarray(oa.sample(params, jax.random.key(3), y, spec))
   assert out.shape == (2, 28, 28, 1) and out.dtype == np.uint8 and (out < 17).all()
+
+
+def test_ardm_specs_follow_their_plans():
+  """`ardm:k=K:order=contiguous` decodes raster chunks of K; `ardm:k=K` random positions."""
+  proc = _process(OrderAgnosticAR, length=16, width=16, depth=1, heads=2)
+  params = rough_params(proc.model, 3, scale=0.7)
+  y = jnp.array([0, 1, 2, 10])
+  key = jax.random.key(4)
+  keys = jax.random.split(key, 4)
+  chunks = decode.order_agnostic_sample(proc.model, params, keys, y, orders.chunk_plan(16, 4))
+  contiguous = proc.sample(params, key, y, "ardm:k=4:order=contiguous", mesh=None)
+  np.testing.assert_array_equal(np.asarray(contiguous).reshape(4, 16), np.asarray(chunks))
+  random = proc.sample(params, key, y, "ardm:k=4")
+  assert (np.asarray(random) != np.asarray(contiguous)).any()
+  assert proc.nfe("ardm:k=4") == proc.nfe("ardm:k=4:order=contiguous") == 4
+  with pytest.raises(ValueError, match="order must be random or contiguous"):
+    proc.nfe("ardm:k=4:order=spiral")
+  with pytest.raises(ValueError, match="resolve_dp"):
+    proc.sample(params, key, y, "ardm:dp=2")
