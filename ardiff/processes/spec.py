@@ -100,7 +100,7 @@ def _split_options(part: str) -> list[str]:
   """Split 'a=1,b=(1,2)' on the commas outside brackets."""
   items, depth, start = [], 0, 0
   for i, ch in enumerate(part):
-    depth += ch in "([" 
+    depth += ch in "(["
     depth -= ch in ")]"
     if ch == "," and depth == 0:
       items.append(part[start:i])

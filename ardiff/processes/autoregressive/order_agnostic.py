@@ -79,17 +79,3 @@ class OrderAgnosticAR(TransformerProcess):
     return decode.order_agnostic_sample(self.model, params, keys, labels, plan,
                                         temperature=spec.get("temperature", 1.0), guidance=w,
                                         neg_y=neg_y)
-
-  # The inpainting entry point keeps its explicit arguments (known pixels are not a spec).
-  def inpaint(self, params, key, labels, known_mask, known_tokens, *, k: int = 1,
-              random_order: bool = True, temperature: float = 1.0, guidance=None, neg_y=None):
-    """Complete tokens [B, L] where known_mask is False, keeping known_tokens where True."""
-    labels = jax.numpy.asarray(labels, jax.numpy.int32)
-    k_plan, k_sample = jax.random.split(key)
-    mask = jax.numpy.broadcast_to(jax.numpy.asarray(known_mask, bool),
-                                  (labels.shape[0], self.seq_len))
-    plan = orders.inpainting_plan(k_plan if random_order else None, mask, k)
-    return decode.order_agnostic_sample(
-        self.model, params, k_sample, labels, plan, temperature=temperature, guidance=guidance,
-        neg_y=neg_y, known_mask=known_mask, known_tokens=known_tokens)
-
