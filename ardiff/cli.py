@@ -11,6 +11,11 @@ EXPERIMENT.py`) can be set with --config.KEY=VALUE, nested keys with dots
 (--config.train.steps=2000), lists as Python literals (--config.ks="[1, 4]"); the value must
 have the key's type. --config.scale=paper|mnist selects a scale's defaults first, and the other
 overrides apply on top. Bad keys and values stop with one line naming the key (exit 2).
+
+Compilation cache: run, sample and bench keep compiled XLA programs on disk (default
+$XDG_CACHE_HOME/ardiff/jax or ~/.cache/ardiff/jax), so that a second run skips compilation;
+ARDIFF_COMPILATION_CACHE=DIR moves it, ARDIFF_COMPILATION_CACHE=off or --no-compile-cache turns
+it off (see ardiff/compile_cache.py).
 """
 
 from __future__ import annotations
@@ -74,6 +79,14 @@ def cmd_bench(args, extra) -> int:
   return 0
 
 
+def _add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      "--no-compile-cache", dest="compile_cache", action="store_false",
+      help="compile everything afresh, without the persistent compilation cache (default: on, "
+           "in $ARDIFF_COMPILATION_CACHE, else $XDG_CACHE_HOME/ardiff/jax or ~/.cache/ardiff/jax; "
+           "ARDIFF_COMPILATION_CACHE=off also turns it off)")
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="ardiff", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
       epilog="Example: ardiff run experiments/spiral.py --config.train.steps=2000")
   p_run.add_argument("experiment", help="path to an experiment file, e.g. experiments/spiral.py")
   p_run.add_argument("--workdir", default=None, help="output directory (default runs/<name>)")
+  _add_compile_cache_flag(p_run)
   p_run.set_defaults(fn=cmd_run)
   p_config = sub.add_parser("config", help="print an experiment's resolved config (JSON)")
   p_config.add_argument("experiment", help="path to an experiment file")
@@ -100,13 +114,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="negative label to steer away from (needs --guidance)")
   p_sample.add_argument("--seed", type=int, default=0)
   p_sample.add_argument("--out", required=True, help="output .npz (a PNG is written beside it)")
+  _add_compile_cache_flag(p_sample)
   p_sample.set_defaults(fn=cmd_sample)
   p_bench = sub.add_parser("bench", help="print a benchmark table")
   p_bench.add_argument("what", choices=BENCHES + ("all",))
   p_bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
   p_bench.add_argument("--out", default=None, help="also write the table to this markdown file")
+  _add_compile_cache_flag(p_bench)
   p_bench.set_defaults(fn=cmd_bench)
   args, extra = parser.parse_known_args(argv)
+  if getattr(args, "compile_cache", False):  # before anything compiles (see compile_cache.py)
+    from ardiff.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
   from ardiff.train import Preempted
 
   try:
