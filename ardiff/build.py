@@ -86,8 +86,9 @@ def ardm(cfg, dataset: Dataset, dtype):
 
 
 # UNet version 2: its time embedding became the shared `models.embeddings` one (sin and cos
-# halves in the other order), so UNets trained before it must retrain; the MLP is unchanged.
-@register("gaussian", version=lambda dataset: 2 if dataset.kind == "image" else 1,
+# halves in the other order), so UNets trained before it must retrain. Points version 2: the
+# process standardises point data per dimension (its network sees unit-variance data).
+@register("gaussian", version=2,
           example=lambda: (sections.unet_section(base_channels=8, channel_mult=(1,),
                                                  num_res_blocks=1, num_heads=2, dropout=0.0),
                            {"diffusion": sections.diffusion_section(num_timesteps=20)},
@@ -111,7 +112,8 @@ def gaussian(cfg, dataset: Dataset, dtype, diffusion=None):
   return GaussianDiffusion(model, dataset.num_classes, diffusion.schedule,
                            diffusion.num_timesteps, diffusion.target, diffusion.p_uncond,
                            diffusion.clip_x0, data_shape=dataset.shape,
-                           num_levels=dataset.num_levels if dataset.kind == "image" else None)
+                           num_levels=dataset.num_levels if dataset.kind == "image" else None,
+                           data_center=dataset.center, data_scale=dataset.scale)
 
 
 @register("oneshot", example=lambda: (sections.oneshot_section(width=16, depth=1), {},

@@ -1,10 +1,16 @@
-"""2-D spiral: DDPM vs DDIM vs DDPM without its injected noise, vector fields, guidance.
+"""2-D spiral: every diffusion solver, DDPM without its injected noise, vector fields, guidance.
 
   ardiff run experiments/spiral.py --workdir=runs/spiral [--config.train.steps=2000]
+  ardiff run experiments/spiral.py --workdir=runs/mine --config.data.path=points.npz
+
+The second form trains on your own 2-D points (an .npz with `x` [N, 2] float and optional
+integer `y`); nothing else needs changing: the process standardises the data per dimension,
+so no clip or noise scale has to be tuned to its range.
 
 One class-conditional MLP denoiser (labels dropped with probability p_uncond) serves every
 figure: unconditional samples use the null label.
-Writes samplers.png, vector_field.png, guidance.png, results.md/.csv.
+Writes samplers.png, same_nfe.png (every solver at about 10 network evaluations),
+vector_field.png, guidance.png, results.md/.csv.
 """
 
 from __future__ import annotations
@@ -17,12 +23,12 @@ import ml_collections
 import numpy as np
 
 from ardiff import build, runs
-from ardiff.configs import require, require_choice, require_positive
+from ardiff.configs import ConfigError, require, require_choice, require_positive
 from ardiff.configs.sections import diffusion_section, train_section, validate_diffusion
+from ardiff.data.arrays import load_npz_dataset
 from ardiff.data.spiral import spiral_dataset
 from ardiff.metrics.points import nearest_label, point_metrics
 from ardiff.precision import COMPUTE_DTYPES
-from ardiff.processes.gaussian.targets import eps_to_x0
 from ardiff.processes.guidance import Guidance
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
@@ -31,7 +37,8 @@ from ardiff.report import plots, write_results
 # A few-second run used by tests/test_experiments.py so CI catches a broken experiment.
 SMOKE_OVERRIDES = ["train.steps=20", "train.log_every=10", "sample.num_samples=128",
                    "diffusion.num_timesteps=20", "sample.runs=['ddpm:20', 'ddim:5', 'ddpm:20:noise=0']",
-                   "sample.guidance_sampler=ddim:5", "sample.field_grid=5", "model.width=32"]
+                   "sample.guidance_sampler=ddim:5", "sample.field_grid=5", "model.width=32",
+                   "sample.same_nfe=['ddim:3', 'dpmpp_2m:3', 'heun:2']"]
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
@@ -40,12 +47,18 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c.seed = 0
   c.model_cache = ""
   c.dtype = "float32"  # compute dtype: bfloat16 runs matmuls in bf16, params stay float32
-  c.data = dict(num_classes=3, noise=0.03, num_train=20_000, num_test=4_000)
+  # path: your own points (.npz with x [N, 2], optional y) instead of the spiral; then
+  # num_classes / noise / num_train / num_test are ignored and 10% of the points are held out.
+  c.data = dict(path="", num_classes=3, noise=0.03, num_train=20_000, num_test=4_000)
   c.model = dict(width=192, depth=4)
-  c.diffusion = diffusion_section(clip_x0=1.5, p_uncond=0.3)
+  c.diffusion = diffusion_section(p_uncond=0.3)
   c.train = train_section(steps=8_000, batch_size=512, learning_rate=2e-3, ema_decay=0.995,
                           log_every=500, checkpoint_every=2_000)
-  c.sample = dict(num_samples=2_000, runs=["ddpm:1000", "ddim:50", "ddim:10", "ddpm:1000:noise=0"],
+  c.sample = dict(num_samples=2_000,
+                  runs=["ddpm:1000", "ddim:50", "ddim:10", "dpmpp_2m:10", "dpmpp_3m:10",
+                        "heun:10", "euler_a:50", "ddpm:1000:noise=0"],
+                  same_nfe=["ddpm:10", "ddim:10", "euler_a:10", "heun:5", "dpmpp_2m:10",
+                            "dpmpp_3m:10"],
                   guidance_scales=[0.0, 1.0, 3.0, 7.0], guidance_sampler="ddim:50",
                   negative=[0, 1], field_times=[0.9, 0.5, 0.2, 0.05], field_grid=21)
   if scale == "paper":
@@ -68,15 +81,26 @@ def validate(c: ml_collections.ConfigDict) -> None:
   require_positive(c.sample, "sample", "num_samples", "field_grid")
   process = _process(c, _data(c, num_test=1))
   runs.check_specs(process, c.sample.runs, "sample.runs")
+  runs.check_specs(process, c.sample.same_nfe, "sample.same_nfe")
   runs.check_specs(process, [c.sample.guidance_sampler], "sample.guidance_sampler",
                    guidance=Guidance(1.0))
-  require(len(c.sample.negative) == 2 and all(0 <= a < c.data.num_classes for a in c.sample.negative),
-          "sample.negative", f"must be two class ids in 0..{c.data.num_classes - 1}")
+  num_classes = process.num_classes
+  if num_classes >= 2:  # unlabelled data skips the guidance figure
+    require(len(c.sample.negative) == 2 and all(0 <= a < num_classes for a in c.sample.negative),
+            "sample.negative", f"must be two class ids in 0..{num_classes - 1}")
   require(all(0 < t <= 1 for t in c.sample.field_times), "sample.field_times",
           "times must lie in (0, 1]")
 
 
 def _data(c, num_test=None):
+  if c.data.path:
+    try:
+      data = load_npz_dataset(c.data.path, seed=c.seed)
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f"data.path: {e}") from None
+    require(data.kind == "points" and data.shape == (2,), "data.path",
+            f"must hold 2-D points x [N, 2], got {data.kind} of shape {data.shape}")
+    return data
   return spiral_dataset(c.data.num_train, num_test or c.data.num_test, c.data.num_classes,
                         c.data.noise, seed=c.seed)
 
@@ -111,22 +135,59 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   plots.scatter_panels(panels, os.path.join(workdir, "samplers.png"), data=test,
                        title="Spiral: samplers (grey: held-out data)", close=True)
 
+  # Every solver at (about) the same budget of network evaluations.
+  same = []
+  for spec in map(parse_spec, c.sample.same_nfe):
+    x = np.asarray(process.sample(params, key, null, spec))
+    metrics = point_metrics(x, test)
+    rows.append({"setting": f"{spec.label} (same-NFE panel)", "NFE": process.nfe(spec),
+                 **metrics})
+    same.append((f"{spec.label}: {process.nfe(spec)} NFE\nSW1 {metrics['sliced_w1']:.3f}", x,
+                 None))
+  plots.scatter_panels(same, os.path.join(workdir, "same_nfe.png"), data=test, ncols=3,
+                       title="Each solver at about 10 network evaluations (grey: held-out data)",
+                       close=True)
+
   # The learned denoising direction x0_hat(x, t) - x on a grid, unconditional.
-  g = np.linspace(-1.25, 1.25, c.sample.field_grid, dtype=np.float32)
-  grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+  lo, hi = np.percentile(test, [1, 99], axis=0)
+  pad = 0.15 * (hi - lo)
+  axes = [np.linspace(lo[d] - pad[d], hi[d] + pad[d], c.sample.field_grid, dtype=np.float32)
+          for d in range(2)]
+  grid = np.stack(np.meshgrid(*axes), -1).reshape(-1, 2)
   null = jnp.full((len(grid),), process.null_label, jnp.int32)
   field_panels = []
   for tf in c.sample.field_times:
-    t = jnp.full((len(grid),), max(1, int(round(tf * T))), jnp.int32)
-    eps = process.eps_fn(params, jnp.asarray(grid), t, null)
-    x0 = eps_to_x0(process.schedule, eps, jnp.asarray(grid), t)
-    field_panels.append((f"t = {tf:g}  (step {int(t[0])})", grid, np.asarray(x0) - grid))
+    u = jnp.full((len(grid),), tf, jnp.float32)
+    x_model = process.to_model(jnp.asarray(grid))
+    eps = process.eps_fn(params, x_model, u, null)
+    ab = process.schedule.alpha_bar_at(u)[:, None]
+    x0 = process.to_data((x_model - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab))
+    field_panels.append((f"t = {tf:g}  (step {int(round(tf * T))})", grid,
+                         np.asarray(x0) - grid))
   plots.quiver_panels(field_panels, os.path.join(workdir, "vector_field.png"), data=test,
                       title="Learned denoising direction  x̂0(x, t) − x", close=True)
 
+  if data.num_classes >= 2:
+    _guidance_figure(c, process, params, key, data, rows, workdir)
+
+  source = (f"Spiral, {c.data.num_classes} arms, noise {c.data.noise}" if not c.data.path
+            else f"Points from {c.data.path} ({data.description})")
+  notes = (f"{source}; {n} samples per row; "
+           f"{c.train.steps} training steps. sliced_w1: sliced 1-Wasserstein to held-out data "
+           "(256 directions); mmd: unbiased squared MMD, Gaussian kernel, bandwidth 0.1; "
+           "nearest: mean distance to the nearest held-out point; spread: RMS distance to the "
+           "centroid (collapse -> 0); class_accuracy: fraction whose nearest held-out point is "
+           "on the requested arm. seconds: wall time of the sampling call (compiled).")
+  write_results(workdir, rows, "Spiral: samplers and guidance", notes)
+  return rows
+
+
+def _guidance_figure(c, process, params, key, data, rows, workdir):
+  """Classifier-free guidance and negative conditioning (labelled data only)."""
+  n, test = c.sample.num_samples, data.x_test
   # Classifier-free guidance: equal numbers of each class, scale sweep, one negative panel.
   spec = parse_spec(c.sample.guidance_sampler)
-  labels = np.arange(n) % c.data.num_classes
+  labels = np.arange(n) % data.num_classes
   g_panels = []
   for w in c.sample.guidance_scales:
     guidance = Guidance(w)
@@ -135,7 +196,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     rows.append({"setting": f"guidance w={w:g} ({spec.label})",
                  "NFE": process.nfe(spec, guidance=guidance), **point_metrics(x, test),
                  "class_accuracy": acc})
-    colors = np.array(plots.ARM_COLORS)[labels]
+    colors = plots.arm_colors(labels)
     g_panels.append((f"w = {w:g}\non requested arm {acc:.0%}", x, colors))
   # Negative conditioning: eps = eps(neg) + w (eps(pos) - eps(neg)), pos = arm A or null.
   pos, neg = c.sample.negative
@@ -151,16 +212,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       row["class_accuracy"] = float(np.mean(arms == requested))
     rows.append(row)
     g_panels.append((f"{name}, negative arm {neg} (w=3)\non arm {neg}: {np.mean(arms == neg):.1%}",
-                     x, np.array(plots.ARM_COLORS)[arms]))
+                     x, plots.arm_colors(arms)))
   plots.scatter_panels(g_panels, os.path.join(workdir, "guidance.png"), data=test, ncols=3,
                        title="Classifier-free guidance (colour: requested arm; "
                              "negative panels: nearest arm)", close=True)
 
-  notes = (f"Spiral, {c.data.num_classes} arms, noise {c.data.noise}; {n} samples per row; "
-           f"{c.train.steps} training steps. sliced_w1: sliced 1-Wasserstein to held-out data "
-           "(256 directions); mmd: unbiased squared MMD, Gaussian kernel, bandwidth 0.1; "
-           "nearest: mean distance to the nearest held-out point; spread: RMS distance to the "
-           "centroid (collapse -> 0); class_accuracy: fraction whose nearest held-out point is "
-           "on the requested arm. seconds: wall time of the sampling call (compiled).")
-  write_results(workdir, rows, "Spiral: samplers and guidance", notes)
-  return rows

@@ -49,7 +49,8 @@ def test_sample_writes_npz_and_png(workdir, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--spec=euler:5"], "unknown sampler 'euler'.*known: ddim, ddpm"),
-    (["--spec=ddim:500"], "1..T=50, got 500"),
+    (["--spec=ddim:0"], "num_steps must be a positive integer, got 0"),
+    (["--spec=ddim:5:spacing=cosine"], "unknown time-step spacing 'cosine'.*karras"),
     (["--spec=ddim:5", "--label=7"], "--label must lie in 0..2"),
     (["--spec=ddim:5", "--negative=1"], "needs a guidance scale"),
     (["--spec=ddim:5", "--num=0"], "--num must be >= 1"),

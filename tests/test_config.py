@@ -27,7 +27,7 @@ def test_scale_selects_defaults_and_explicit_overrides_win():
     ("train.stepz=5", "unknown config key 'train.stepz'; did you mean 'train.steps'"),
     ("train.steps=abc", "'train.steps' expects int, got str"),
     ("train.steps=-5", "'train.steps': must be positive"),
-    ("sample.runs=['ddim:5000']", "'sample.runs'.*1..T=1000, got 5000"),
+    ("sample.runs=['ddim:50:spacing=edm']", "'sample.runs'.*unknown time-step spacing 'edm'"),
     ("sample.runs=['euler:10']", "'sample.runs'.*unknown sampler 'euler'.*known: ddim, ddpm"),
     ("sample.runs=['ddim']", "'sample.runs'.*needs a step count"),
     ("sample.guidance_sampler=ddim:x", "'sample.guidance_sampler'.*must be an integer"),

@@ -3,6 +3,7 @@
 import glob
 import os
 
+import numpy as np
 import pytest
 
 from ardiff.configs import get_experiment_config
@@ -49,12 +50,38 @@ def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
   with tfds.testing.mock_data(num_examples=80):
     rows = module.run(config, str(tmp_path))
   methods = {r["method"] for r in rows}
-  assert len(methods) == 6 and all(r["fd"] > 0 for r in rows)
+  assert methods == {"raster AR (1 pixel/step)", "ARDM, k contiguous pixels/step",
+                     "ARDM, k random pixels/step", "ARDM, random, DP budget", "diffusion DDPM",
+                     "diffusion DDIM", "diffusion Heun", "diffusion DPM-Solver++ 2M"}
+  assert all(r["fd"] > 0 for r in rows)
   assert {r["NFE"] for r in rows if r["method"].startswith("ARDM")} == {2}
   assert next(r for r in rows if r["method"].startswith("raster"))["NFE"] == 28 * 28
   assert "mnist 28x28x1, 256 levels, split 80/80" in (tmp_path / "results.md").read_text()
   for name in ("quality_vs_nfe.png", "grids_by_nfe.png"):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spiral_trains_on_a_users_unlabelled_points(tmp_path):
+  """`--config.data.path=points.npz` (x only, range ~±3): no other key to change; the
+  guidance figure is skipped for unlabelled data; a missing file is a config error."""
+  from ardiff.configs import ConfigError
+  from ardiff.data.spiral import spiral_dataset
+
+  points = 3.0 * spiral_dataset(400, 10, 3, 0.03, seed=0).x_train
+  np.savez(tmp_path / "points.npz", x=points)
+  path = os.path.join(ROOT, "experiments", "spiral.py")
+  module, _ = get_experiment_config(path, [])
+  _, config = get_experiment_config(
+      path, [*module.SMOKE_OVERRIDES, f"data.path={tmp_path / 'points.npz'}"])
+  out = tmp_path / "run"
+  out.mkdir()
+  rows = module.run(config, str(out))
+  assert not (out / "guidance.png").exists() and (out / "samplers.png").exists()
+  assert "Points from" in (out / "results.md").read_text()
+  assert all(np.isfinite(r["sliced_w1"]) for r in rows)
+  _, config = get_experiment_config(path, [f"data.path={tmp_path / 'none.npz'}"])
+  with pytest.raises(ConfigError, match="data.path.*does not exist"):
+    module.validate(config)
 
 
 def test_mnist_config_is_paper_sized():

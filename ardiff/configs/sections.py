@@ -53,7 +53,9 @@ def oneshot_section(**overrides) -> ml_collections.ConfigDict:
 
 
 def diffusion_section(**overrides) -> ml_collections.ConfigDict:
-  base = dict(schedule="cosine", num_timesteps=1000, target="eps", p_uncond=0.1, clip_x0=1.0)
+  # No clip by default: point data is standardised by the process and every sampler starts at
+  # sigma_max = 80, so nothing needs a data-range-specific clip (images set 1.0, their range).
+  base = dict(schedule="cosine", num_timesteps=1000, target="eps", p_uncond=0.1, clip_x0=None)
   base.update(overrides)
   return ml_collections.ConfigDict(base)
 
@@ -61,7 +63,8 @@ def diffusion_section(**overrides) -> ml_collections.ConfigDict:
 def validate_diffusion(cfg: ml_collections.ConfigDict, prefix: str = "diffusion") -> None:
   require_choice(cfg.schedule, f"{prefix}.schedule", SCHEDULES.names())
   require_choice(cfg.target, f"{prefix}.target", TARGETS)
-  require_positive(cfg, prefix, "num_timesteps")
+  require(isinstance(cfg.num_timesteps, int) and cfg.num_timesteps >= 2,
+          f"{prefix}.num_timesteps", f"must be an integer >= 2, got {cfg.num_timesteps!r}")
   require(0.0 <= cfg.p_uncond <= 1.0, f"{prefix}.p_uncond", f"must lie in [0, 1], got {cfg.p_uncond}")
   require(cfg.clip_x0 is None or cfg.clip_x0 > 0, f"{prefix}.clip_x0",
           f"must be positive or None, got {cfg.clip_x0}")

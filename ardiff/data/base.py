@@ -17,6 +17,11 @@ class DataSpec:
   shape: tuple[int, ...]  # one example
   num_classes: int
   num_levels: int | None = None
+  # Points: the training split's per-dimension mean and standard deviation, with which the
+  # Gaussian process standardises its data (None for images, and in model cards written
+  # before standardisation, which therefore keep their identity map).
+  center: tuple[float, ...] | None = None
+  scale: tuple[float, ...] | None = None
 
   @property
   def num_tokens(self) -> int:
@@ -27,8 +32,10 @@ class DataSpec:
 
   @classmethod
   def from_dict(cls, d: dict) -> "DataSpec":
+    stats = {k: None if d.get(k) is None else tuple(float(v) for v in d[k])
+             for k in ("center", "scale")}
     return cls(d["name"], d["kind"], tuple(d["shape"]), int(d["num_classes"]),
-               None if d.get("num_levels") is None else int(d["num_levels"]))
+               None if d.get("num_levels") is None else int(d["num_levels"]), **stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +95,24 @@ class Dataset:
     return int(np.prod(self.shape))
 
   @property
+  def center(self) -> tuple[float, ...] | None:
+    """Points: the training split's mean per dimension (None for images)."""
+    if self.kind != "points":
+      return None
+    return tuple(float(v) for v in np.mean(self.x_train, axis=0, dtype=np.float64))
+
+  @property
+  def scale(self) -> tuple[float, ...] | None:
+    """Points: the training split's standard deviation per dimension (1 where it is 0)."""
+    if self.kind != "points":
+      return None
+    std = np.std(self.x_train, axis=0, dtype=np.float64)
+    return tuple(float(v) if v > 0 else 1.0 for v in std)
+
+  @property
   def spec(self) -> DataSpec:
-    return DataSpec(self.name, self.kind, self.shape, self.num_classes, self.num_levels)
+    return DataSpec(self.name, self.kind, self.shape, self.num_classes, self.num_levels,
+                    self.center, self.scale)
 
 
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:

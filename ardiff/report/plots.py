@@ -23,7 +23,24 @@ import numpy as np
 from matplotlib.figure import Figure
 
 ARM_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-LIMITS = (-1.35, 1.35)
+LIMITS = (-1.35, 1.35)  # the spiral's square; other point data gets limits from its range
+
+
+def arm_colors(labels: np.ndarray) -> np.ndarray:
+  """One colour per class id (cycling when there are more classes than colours)."""
+  return np.array(ARM_COLORS)[np.asarray(labels) % len(ARM_COLORS)]
+
+
+def point_limits(data: np.ndarray | None) -> tuple[float, float]:
+  """A square view: the spiral's LIMITS when the data fits in it, else the data's 0.5-99.5
+  percentile range padded by 15% (so a diverged sampler does not squash the axes)."""
+  if data is None:
+    return LIMITS
+  lo, hi = np.percentile(np.asarray(data), [0.5, 99.5])
+  if LIMITS[0] <= lo and hi <= LIMITS[1]:
+    return LIMITS
+  pad = 0.15 * (hi - lo)
+  return (float(lo - pad), float(hi + pad))
 
 
 def _finish(fig: Figure, path: str | None, title: str | None, close: bool) -> Figure:
@@ -58,14 +75,16 @@ def scatter_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray | None]],
   fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 3.1 * nrows), squeeze=False)
   for ax in axes.flat[n:]:
     ax.axis("off")
+  limits = point_limits(data)
+  far = 8 * max(abs(limits[0]), abs(limits[1]))
   for ax, (name, pts, colors) in zip(axes.flat, panels):
     if data is not None:
       ax.scatter(data[:, 0], data[:, 1], s=2, c="#cccccc", lw=0)
     pts = np.asarray(pts)
-    inside = np.all(np.abs(pts) < 10, axis=1)  # a diverged sampler would squash the axes
+    inside = np.all(np.abs(pts) < far, axis=1)  # a diverged sampler would squash the axes
     c = "#222222" if colors is None else np.asarray(colors)[inside]
     ax.scatter(pts[inside, 0], pts[inside, 1], s=2.5, c=c, lw=0, alpha=0.8)
-    _points_axis(ax, name)
+    _points_axis(ax, name, limits)
   return _finish(fig, path, title, close)
 
 
@@ -88,7 +107,7 @@ def quiver_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]],
                   angles="xy", scale_units="xy", scale=1.0, width=0.006, clim=(0, mag.max()))
     fig.colorbar(q, ax=ax, orientation="horizontal", fraction=0.05, pad=0.02,
                  label="|x̂0 − x|")
-    _points_axis(ax, name)
+    _points_axis(ax, name, point_limits(data))
   return _finish(fig, path, title, close)
 
 

@@ -44,3 +44,16 @@ def write_results(workdir: str, rows: Sequence[dict[str, Any]], title: str,
     writer.writeheader()
     writer.writerows(rows)
   return md_path
+
+
+def pareto_front(costs: Sequence[float], losses: Sequence[float]) -> list[tuple[float, float]]:
+  """The (cost, loss) points no other point beats with at most the same cost, sorted by cost:
+  the best result available at each budget (ties in cost keep the lower loss)."""
+  points = sorted(zip(costs, losses), key=lambda p: (p[0], p[1]))
+  front: list[tuple[float, float]] = []
+  for cost, loss in points:
+    if not front or loss < front[-1][1]:
+      if front and front[-1][0] == cost:
+        continue  # same cost, a higher loss than the one kept (sorted by loss within a cost)
+      front.append((cost, loss))
+  return front

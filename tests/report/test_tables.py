@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
+
 from ardiff.report import markdown_table, write_results
+from ardiff.report.tables import pareto_front
 
 
 def test_markdown_table_formats_numbers_and_missing_cells():
@@ -26,3 +29,18 @@ def test_write_results_writes_markdown_and_csv_with_every_column(tmp_path):
     assert list(csv.DictReader(f)) == [{"model": "ar", "bpd": "1.5", "fd": ""},
                                        {"model": "diffusion", "bpd": "", "fd": "0.25"}]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.md"]
+
+
+def test_pareto_front_against_brute_force():
+  """Kept: a point iff no other is at least as good in both cost and loss and better in one
+  (the definition, by brute force, on random points with repeated costs and losses)."""
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    costs = rng.integers(1, 8, 12).astype(float)
+    losses = rng.random(12).round(2)
+    front = pareto_front(costs, losses)
+    pts = list(zip(costs, losses))
+    brute = sorted({(c, l) for c, l in pts if not any(
+        c2 <= c and l2 <= l and (c2, l2) != (c, l) for c2, l2 in pts)})
+    assert front == brute, (costs, losses)
+  assert pareto_front([4, 1, 2, 8], [1.0, 5.0, 3.0, 2.0]) == [(1, 5.0), (2, 3.0), (4, 1.0)]

@@ -99,7 +99,7 @@ def _diffusion_kl(eps_fn: EpsFn, params, schedule: Schedule, x0, y, t, key) -> j
   x_t, eps = noisy_sample_and_target("eps", schedule, x0, t, key)
   beta = schedule.betas[t]
   weight = beta / (2.0 * (1.0 - beta) * _one_minus_alpha_bars(schedule)[t - 1])
-  return weight * _flat_sum((eps - eps_fn(params, x_t, t, y)) ** 2)
+  return weight * _flat_sum((eps - eps_fn(params, x_t, t / schedule.num_timesteps, y)) ** 2)
 
 
 @functools.partial(jax.jit, static_argnames=("eps_fn", "num_levels", "num_t_samples"))
@@ -131,7 +131,7 @@ def _vlb_terms(eps_fn, params, schedule, levels, y, key, *, num_levels, num_t_sa
 
   t1 = jnp.ones((b,), jnp.int32)
   x1, _ = noisy_sample_and_target("eps", schedule, x0, t1, k_rec)
-  mean = eps_to_x0(schedule, eps_fn(params, x1, t1, y), x1, t1)
+  mean = eps_to_x0(schedule, eps_fn(params, x1, t1 / schedule.num_timesteps, y), x1, t1)
   logp = discretized_gaussian_log_probs(mean, jnp.sqrt(schedule.betas[1]), num_levels)
   picked = jnp.take_along_axis(logp, levels.astype(jnp.int32)[..., None], -1)[..., 0]
   reconstruction = -_flat_sum(picked)
@@ -147,7 +147,7 @@ def vlb_terms(eps_fn: EpsFn, params: Any, schedule: Schedule, levels, y, key, nu
               num_t_samples: int | None = None) -> dict[str, jax.Array]:
   """The bound's terms per example, in bits per dimension, for integer images `levels` [B, ...].
 
-  eps_fn(params, x, t int32 [B], y) -> eps_hat is the samplers' interface (e.g.
+  eps_fn(params, x, t / T [B], y) -> eps_hat is the samplers' interface (e.g.
   `GaussianDiffusion.eps_fn`, or a closed form); it must be hashable (it is a static argument
   of the compiled function). Returns {"prior", "diffusion", "reconstruction", "total"}, each
   [B]. num_t_samples=None sums the diffusion KL over all t = 2..T; an integer K estimates that

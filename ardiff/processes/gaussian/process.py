@@ -12,14 +12,12 @@ import jax.numpy as jnp
 from ardiff import parallel
 from ardiff.data.levels import unit_to_levels
 from ardiff.processes import discrete
-from ardiff.processes.gaussian.samplers import SAMPLERS, sample as run_sampler
+from ardiff.processes.gaussian import samplers
 from ardiff.processes.gaussian.samplers.base import per_example_normal
-from ardiff.processes.gaussian.schedules import strided_timesteps
 from ardiff.processes.guidance import Guidance, check_labels, guidance_cond, guided
 from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
 from ardiff.processes.gaussian.schedules import Schedule, make_schedule
-from ardiff.processes.gaussian.targets import (TARGETS, eps_to_x0, noisy_sample_and_target,
-                                      prediction_to_eps, x0_to_eps)
+from ardiff.processes.gaussian.targets import TARGETS, noisy_sample_and_target, prediction_to_eps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +40,12 @@ class GaussianDiffusion:
   clip_x0: float | None = None
   data_shape: tuple[int, ...] = ()  # the shape of one example, e.g. (2,) or (8, 8, 1)
   num_levels: int | None = None  # images: grey levels (samples come back as levels); None: points
+  # Points: model space is (x - data_center) / data_scale per dimension (the training split's
+  # mean and std), so the network and the samplers see unit-variance data whatever the
+  # user's units: the noise scale, sigma_max and any clip then mean the same on every dataset.
+  # None: the identity (images are already in [-1, 1]).
+  data_center: tuple[float, ...] | None = None
+  data_scale: tuple[float, ...] | None = None
 
   def __post_init__(self):
     if self.target not in TARGETS:
@@ -52,6 +56,17 @@ class GaussianDiffusion:
       raise ValueError(f"p_uncond must lie in [0, 1], got {self.p_uncond}")
     make_schedule(self.schedule_name, self.num_timesteps)  # validates name and T
     object.__setattr__(self, "data_shape", tuple(int(d) for d in self.data_shape))
+    for name in ("data_center", "data_scale"):
+      value = getattr(self, name)
+      if value is not None:
+        value = tuple(float(v) for v in value)
+        if self.num_levels is not None or len(self.data_shape) != 1 or \
+            len(value) != self.data_shape[0]:
+          raise ValueError(f"{name} is for points: one value per dimension of data_shape "
+                           f"{self.data_shape}, got {value}")
+        object.__setattr__(self, name, value)
+    if self.data_scale is not None and min(self.data_scale) <= 0:
+      raise ValueError(f"data_scale must be positive, got {self.data_scale}")
 
   @property
   def schedule(self) -> Schedule:
@@ -66,43 +81,61 @@ class GaussianDiffusion:
     t = jnp.ones((x.shape[0],), jnp.float32)
     return self.model.init(key, x, t, batch["y"])
 
-  def predict(self, params, x_t, t, y, train=False, rngs=None):
-    return self.model.apply(params, x_t, t.astype(jnp.float32) / self.num_timesteps, y,
-                            train=train, rngs=rngs)
+  def predict(self, params, x_t, u, y, train=False, rngs=None):
+    """The network's output at real times u [B] in [0, 1] (u = t / T on the training grid)."""
+    return self.model.apply(params, x_t, u.astype(jnp.float32), y, train=train, rngs=rngs)
+
+  def to_model(self, x: jax.Array) -> jax.Array:
+    """Data space -> model space for float inputs (points: standardised; images: as is)."""
+    if self.data_center is not None:
+      x = x - jnp.asarray(self.data_center, x.dtype)
+    if self.data_scale is not None:
+      x = x / jnp.asarray(self.data_scale, x.dtype)
+    return x
 
   def loss(self, params, batch, key, train=True):
-    x0, y = batch["x"], batch["y"]
+    x0, y = self.to_model(batch["x"]), batch["y"]
     k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 4)
     t = jax.random.randint(k_t, (x0.shape[0],), 1, self.num_timesteps + 1)
     if train and self.p_uncond > 0:
       y = jnp.where(jax.random.bernoulli(k_drop, self.p_uncond, y.shape), self.null_label, y)
     x_t, target = noisy_sample_and_target(self.target, self.schedule, x0, t, k_noise)
-    pred = self.predict(params, x_t, t, y, train=train, rngs={"dropout": k_dropout})
+    pred = self.predict(params, x_t, t / self.num_timesteps, y, train=train,
+                        rngs={"dropout": k_dropout})
     loss = jnp.mean((pred - target) ** 2)
     return loss, {"loss": loss}
 
-  def eps_fn(self, params, x, t, y):
-    """The noise prediction implied by the network, whatever its target (sampler interface)."""
-    schedule = self.schedule
-    eps = prediction_to_eps(self.target, schedule, self.predict(params, x, t, y), x, t)
+  def eps_fn(self, params, x, u, y):
+    """The noise prediction implied by the network at real times u [B] in [0, 1], whatever
+    its target (the samplers' model function)."""
+    ab = self.schedule.alpha_bar_at(u)
+    eps = prediction_to_eps(self.target, ab, self.predict(params, x, u, y), x,
+                            self.schedule.alpha_bar_at(u - 1.0 / self.num_timesteps))
     if self.clip_x0 is None:
       return eps
-    x0 = jnp.clip(eps_to_x0(schedule, eps, x, t), -self.clip_x0, self.clip_x0)
-    return x0_to_eps(schedule, x0, x, t)
+    ab = ab.reshape(ab.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+    x0 = jnp.clip((x - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab), -self.clip_x0, self.clip_x0)
+    return (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
 
   # ---------------------------------------------------------------- sampling
 
   def parse(self, spec: "SampleSpec | str") -> SampleSpec:
     """Validate a spec such as 'ddim:50:eta=0.5' against the sampler registry and T."""
     spec = parse_spec(spec)
-    check_spec(spec, {name: SAMPLERS.get(name).defaults for name in SAMPLERS.names()},
-               process="Gaussian diffusion", needs_steps=SAMPLERS.names())
-    strided_timesteps(self.num_timesteps, spec.steps)  # 1 <= steps <= T
+    names = samplers.SAMPLERS.names()
+    check_spec(spec, {name: samplers.sampler_options(name) for name in names},
+               process="Gaussian diffusion", needs_steps=names)
+    options = spec.option_dict
+    samplers.sampler_args(spec.name, **{k: v for k, v in options.items()
+                                        if k not in samplers.base.COMMON_OPTIONS})
+    samplers.sampling_times(self.schedule, spec.name, spec.steps, options)  # steps, spacing
     return spec
 
   def nfe(self, spec: "SampleSpec | str", *, guidance: Guidance | None = None) -> int:
-    """One network evaluation per step; two when guided (conditional and negative streams)."""
-    return self.parse(spec).steps * (1 if guidance is None else 2)
+    """Network evaluations: the solver's count (e.g. 2N - 1 for Heun's N steps), doubled when
+    guided (conditional and negative streams run as one batch of twice the size)."""
+    spec = self.parse(spec)
+    return samplers.nfe(spec.name, spec.steps) * (1 if guidance is None else 2)
 
   def sample_unit(self, params, key, labels, spec: "SampleSpec | str", *,
                   guidance: Guidance | None = None, return_trajectory: bool = False,
@@ -119,9 +152,9 @@ class GaussianDiffusion:
       x_init = per_example_normal(discrete.setup_keys(keys),
                                   jnp.zeros((labels.shape[0], *self.data_shape)))
       cond = labels if guidance is None else guidance_cond(labels, guidance, self.null_label)
-      return run_sampler(eps_fn, params, self.schedule, x_init, keys, cond, sampler=spec.name,
-                         num_steps=spec.steps, return_trajectory=return_trajectory,
-                         **spec.option_dict)
+      return samplers.sample(eps_fn, params, self.schedule, x_init, keys, cond,
+                             sampler=spec.name, num_steps=spec.steps,
+                             return_trajectory=return_trajectory, **spec.option_dict)
 
     keys = discrete.example_keys(key, labels.shape[0])
     if return_trajectory:  # the trajectory's batch axis is 1: run it on one device
@@ -129,8 +162,13 @@ class GaussianDiffusion:
     return parallel.run_sharded(fn, params, keys, labels, mesh)
 
   def to_data(self, x: jax.Array) -> jax.Array:
-    """Model space -> data space: nearest integer level (uint8) for images, floats otherwise."""
+    """Model space -> data space: nearest integer level (uint8) for images; points are
+    de-standardised."""
     if self.num_levels is None:
+      if self.data_scale is not None:
+        x = x * jnp.asarray(self.data_scale, x.dtype)
+      if self.data_center is not None:
+        x = x + jnp.asarray(self.data_center, x.dtype)
       return x
     dtype = jnp.uint8 if self.num_levels <= 256 else jnp.int32
     return unit_to_levels(x, self.num_levels).astype(dtype)

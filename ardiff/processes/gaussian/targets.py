@@ -24,8 +24,12 @@ def _bcast(a: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def posterior_coefficients(schedule: Schedule, t: jax.Array, s: jax.Array):
-  """Mean coefficients (c0, ct) and variance of q(x_s | x_t, x_0) for s < t."""
-  ab_t, ab_s = schedule.alpha_bars[t], schedule.alpha_bars[s]
+  """Mean coefficients (c0, ct) and variance of q(x_s | x_t, x_0) for integer s < t."""
+  return posterior_from_alpha_bars(schedule.alpha_bars[t], schedule.alpha_bars[s])
+
+
+def posterior_from_alpha_bars(ab_t: jax.Array, ab_s: jax.Array):
+  """(c0, ct, var) of q(x_s | x_t, x_0) = N(c0 x0 + ct x_t, var) from alpha_bar at t and s."""
   a_ts = ab_t / ab_s
   c0 = jnp.sqrt(ab_s) * (1.0 - a_ts) / (1.0 - ab_t)
   ct = jnp.sqrt(a_ts) * (1.0 - ab_s) / (1.0 - ab_t)
@@ -58,10 +62,18 @@ def noisy_sample_and_target(
 
 
 def prediction_to_eps(
-    target: str, schedule: Schedule, prediction: jax.Array, x_t: jax.Array, t: jax.Array
-) -> jax.Array:
-  """Convert a network output in `target` space to the implied noise prediction eps_hat."""
-  ab = _bcast(schedule.alpha_bars[t], x_t)
+    target: str, schedule: "Schedule | jax.Array", prediction: jax.Array, x_t: jax.Array,
+    t: jax.Array) -> jax.Array:
+  """Convert a network output in `target` space to the implied noise prediction eps_hat.
+
+  Either (schedule, integer t [B]) or, at real times, (alpha_bar [B], alpha_bar one training
+  step earlier [B]) (the latter only matters to the next_step target).
+  """
+  if isinstance(schedule, Schedule):
+    ab_t, ab_prev = schedule.alpha_bars[t], schedule.alpha_bars[jnp.maximum(t - 1, 0)]
+  else:
+    ab_t, ab_prev = schedule, t
+  ab = _bcast(ab_t, x_t)
   if target == "eps":
     return prediction
   if target == "x0":
@@ -69,11 +81,11 @@ def prediction_to_eps(
   elif target == "v":
     x0 = jnp.sqrt(ab) * x_t - jnp.sqrt(1 - ab) * prediction
   elif target == "next_step":
-    c0, ct, _ = posterior_coefficients(schedule, t, t - 1)
+    c0, ct, _ = posterior_from_alpha_bars(ab_t, ab_prev)
     x0 = (prediction - _bcast(ct, x_t) * x_t) / _bcast(c0, x_t)
   else:
     raise ValueError(f"unknown diffusion target {target!r}; known: {', '.join(TARGETS)}")
-  return x0_to_eps(schedule, x0, x_t, t)
+  return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
 
 
 def x0_to_eps(schedule: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:

@@ -22,9 +22,10 @@ SCHEDULE = make_schedule("cosine", 1000)
 
 
 def gaussian_eps(params, x, t, cond):
-  """Exact E[eps | x_t] for x0 ~ N(mu, Sigma): sqrt(1-ab) Cov_t^{-1} (x - sqrt(ab) mu)."""
+  """Exact E[eps | x_t] for x0 ~ N(mu, Sigma): sqrt(1-ab) Cov_t^{-1} (x - sqrt(ab) mu), at
+  real times t [B] in [0, 1]."""
   mu, sigma = params["mu"], params["sigma"]
-  ab = SCHEDULE.alpha_bars[t][:, None, None]
+  ab = SCHEDULE.alpha_bar_at(t)[:, None, None]
   cov = ab * sigma + (1 - ab) * jnp.eye(2)
   resid = x - jnp.sqrt(ab[:, :, 0]) * mu
   return jnp.sqrt(1 - ab[:, :, 0]) * jnp.linalg.solve(cov, resid[..., None])[..., 0]
@@ -43,6 +44,11 @@ def _draw(sampler, steps, n=4000, seed=0, **options):
   x_init = jax.random.normal(jax.random.key(seed), (n, 2))
   return np.asarray(sample(gaussian_eps, PARAMS, SCHEDULE, x_init, jax.random.key(seed + 1),
                            sampler=sampler, num_steps=steps, **options), np.float64)
+
+
+# The exact-law references below start at t = T and visit the integer training grid, as the
+# papers' samplers do: the library's 'trailing' spacing with sigma_max beyond the schedule's.
+ON_TRAINING_GRID = {"spacing": "trailing", "sigma_max": float("inf")}
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 100), ("ddim", 20)])
@@ -93,7 +99,7 @@ def test_trajectory_ends_at_sample():
 def test_guidance_scale_zero_is_unconditional_and_one_is_conditional():
   params = {"means": jnp.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]]), "sigma": PARAMS["sigma"]}
   x = jax.random.normal(jax.random.key(0), (16, 2))
-  t = jnp.full((16,), 500, jnp.int32)
+  t = jnp.full((16,), 0.5)
   y = jnp.zeros((16,), jnp.int32)
   guided = guidance.guided(class_gaussian_eps)
   uncond = class_gaussian_eps(params, x, t, jnp.full((16,), 2))
@@ -186,7 +192,10 @@ def test_unknown_sampler_and_option_errors():
   with pytest.raises(ValueError, match="no option"):
     sample(gaussian_eps, PARAMS, SCHEDULE, x, jax.random.key(0), sampler="ddim", noise=0.0)
   with pytest.raises(ValueError, match="num_steps"):
-    sample(gaussian_eps, PARAMS, SCHEDULE, x, jax.random.key(0), sampler="ddim", num_steps=5000)
+    sample(gaussian_eps, PARAMS, SCHEDULE, x, jax.random.key(0), sampler="ddim", num_steps=0)
+  with pytest.raises(ValueError, match="unknown time-step spacing 'cosine'"):
+    sample(gaussian_eps, PARAMS, SCHEDULE, x, jax.random.key(0), sampler="ddim", num_steps=5,
+           spacing="cosine")
   assert {"ddpm", "ddim"} <= set(SAMPLERS.names())
 
 
@@ -265,7 +274,7 @@ def _assert_gaussian_moments(x, mean, cov, z=5.0, slack=1e-4):
     ("ddim", 8, {"eta": 1.0}), ("ddpm", 20, {}), ("ddpm", 8, {}), ("ddpm", 20, {"noise": 0.0}),
 ], ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(f"{k}={x}" for k, x in v.items()))
 def test_sampler_output_has_its_exact_gaussian_law(sampler, steps, options):
-  x = _draw(sampler, steps, n=100_000, **options)
+  x = _draw(sampler, steps, n=100_000, **options, **ON_TRAINING_GRID)
   mean, cov = _exact_sampler_law(sampler, steps, **options)
   _assert_gaussian_moments(x, mean, cov)
 
@@ -391,12 +400,12 @@ def test_clip_x0_clips_the_implied_x0_and_nothing_else():
   t = jnp.asarray(np.tile([1, 5, 30, 70, 100], 52)[:256], jnp.int32)
   y = jnp.zeros(256, jnp.int32)
   params = plain.init_params(jax.random.key(1), {"x": x, "y": y})
-  eps = np.asarray(plain.eps_fn(params, x, t, y), np.float64)
+  eps = np.asarray(plain.eps_fn(params, x, t / T, y), np.float64)
   ab = _published_linear_alpha_bars(T)[np.asarray(t)][:, None]
   xn = np.asarray(x, np.float64)
   x0 = np.clip((xn - np.sqrt(1 - ab) * eps) / np.sqrt(ab), -clip, clip)
   expected = (xn - np.sqrt(ab) * x0) / np.sqrt(1 - ab)
-  got = np.asarray(clipped.eps_fn(params, x, t, y), np.float64)
+  got = np.asarray(clipped.eps_fn(params, x, t / T, y), np.float64)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
   unclipped_x0 = (xn - np.sqrt(1 - ab) * eps) / np.sqrt(ab)
   inside = np.abs(unclipped_x0) < clip

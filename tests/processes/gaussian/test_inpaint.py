@@ -18,13 +18,15 @@ from ardiff.processes.gaussian.inpaint import inpaint
 from ardiff.processes.gaussian.schedules import make_schedule, strided_timesteps
 
 SCHEDULE = make_schedule("cosine", 200)
+# The references visit the integer training grid from t = T, as the papers' samplers do.
+ON_TRAINING_GRID = {"spacing": "trailing", "sigma_max": float("inf")}
 RHO, VAR, KNOWN = 0.9, 0.25, 0.8
 COV = VAR * np.array([[1.0, RHO], [RHO, 1.0]])
 
 
 def correlated_eps(params, x, t, cond):
   """Exact eps for x0 ~ N(0, COV) on a [B, 1, 2, 1] image (two correlated pixels)."""
-  ab = SCHEDULE.alpha_bars[t][:, None, None]
+  ab = SCHEDULE.alpha_bar_at(t)[:, None, None]
   cov_t = ab * jnp.asarray(COV, jnp.float32) + (1 - ab) * jnp.eye(2)
   flat = x.reshape(x.shape[0], 2)
   eps = jnp.sqrt(1 - ab[:, :, 0]) * jnp.linalg.solve(cov_t, flat[..., None])[..., 0]
@@ -93,7 +95,10 @@ def test_bad_arguments_are_value_errors():
     inpaint(_shrink_eps, None, SCHEDULE, x, np.ones((4, 4, 1)), jax.random.key(0))
   with pytest.raises(ValueError, match="num_steps"):
     inpaint(_shrink_eps, None, SCHEDULE, x, np.ones((4, 4, 1), bool), jax.random.key(0),
-            num_steps=500)
+            num_steps=0)
+  with pytest.raises(ValueError, match="trailing.*200 training timesteps.*500"):
+    inpaint(_shrink_eps, None, SCHEDULE, x, np.ones((4, 4, 1), bool), jax.random.key(0),
+            num_steps=500, **ON_TRAINING_GRID)
   with pytest.raises(ValueError, match="sampler"):
     inpaint(_shrink_eps, None, SCHEDULE, x, np.ones((4, 4, 1), bool), jax.random.key(0),
             sampler="euler")
@@ -105,7 +110,8 @@ def test_correlated_gaussian_completion_matches_exact_replacement_moments(sample
   x_known = jnp.zeros((n, 1, 2, 1)).at[:, 0, 0, 0].set(KNOWN)
   mask = np.array([True, False]).reshape(1, 2, 1)
   out = np.asarray(inpaint(correlated_eps, None, SCHEDULE, x_known, mask, jax.random.key(3),
-                           sampler=sampler, num_steps=num_steps), np.float64)[:, 0, 1, 0]
+                           sampler=sampler, num_steps=num_steps, **ON_TRAINING_GRID),
+                   np.float64)[:, 0, 1, 0]
   mean, std = replacement_moments(sampler, num_steps)
   assert abs(out.mean() - mean) < 4 * std / np.sqrt(n)  # 4 standard errors
   assert abs(out.std() / std - 1) < 4 / np.sqrt(2 * n)  # ~4 standard errors of a std
@@ -134,7 +140,8 @@ def test_replacement_bias_against_the_true_conditional():
     # The library's inpaint() itself: its samples have the pinned (biased) moments, within
     # 4 standard errors, and are many standard errors away from the true conditional.
     out = np.asarray(inpaint(correlated_eps, None, SCHEDULE, x_known, mask, jax.random.key(7),
-                             sampler=sampler, num_steps=num_steps), np.float64)[:, 0, 1, 0]
+                             sampler=sampler, num_steps=num_steps, **ON_TRAINING_GRID),
+                     np.float64)[:, 0, 1, 0]
     se_mean, se_std = doc_std / np.sqrt(n), doc_std / np.sqrt(2 * n)
     assert abs(out.mean() - doc_mean) < 4 * se_mean + 5e-4, (sampler, out.mean(), doc_mean)
     assert abs(out.std() - doc_std) < 4 * se_std + 5e-4, (sampler, out.std(), doc_std)

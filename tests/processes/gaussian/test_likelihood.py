@@ -70,7 +70,7 @@ def _constant_x0_eps(schedule, m):
   With m = a level configuration this is the EXACT eps of the point mass at m.
   """
   def eps_fn(params, x, t, y):
-    ab = schedule.alpha_bars[t].reshape((-1,) + (1,) * (x.ndim - 1))
+    ab = schedule.alpha_bar_at(t).reshape((-1,) + (1,) * (x.ndim - 1))
     return (x - jnp.sqrt(ab) * m) / jnp.sqrt(1 - ab)
   return eps_fn
 
@@ -209,7 +209,7 @@ def test_every_term_is_nonnegative_for_arbitrary_models(num_t_samples):
 def _two_point_mixture_eps(schedule, a, b):
   """Exact eps for data = a or b with probability 1/2 each: E[x0 | x_t] by Bayes."""
   def eps_fn(params, x, t, y):
-    ab = schedule.alpha_bars[t].reshape((-1,) + (1,) * (x.ndim - 1))
+    ab = schedule.alpha_bar_at(t).reshape((-1,) + (1,) * (x.ndim - 1))
     d2 = lambda c: jnp.sum((x - jnp.sqrt(ab) * c) ** 2, axis=tuple(range(1, x.ndim)))  # noqa: E731
     w_a = jax.nn.sigmoid((d2(b) - d2(a)) / (2 * (1 - ab.reshape(-1))))
     w_a = w_a.reshape(ab.shape)

@@ -1,7 +1,12 @@
 """Diffusion samplers. Adding one: a new file with a registered step, plus one import here."""
 
-from ardiff.processes.gaussian.samplers.base import (SAMPLERS, register_sampler, sample,
-                                           sample_python_loop, sampler_args)
-from ardiff.processes.gaussian.samplers import ddim, ddpm  # noqa: F401  (registers the samplers)
+from ardiff.processes.gaussian.samplers.base import (SAMPLERS, Denoised, ModelContext,
+                                                     nfe, register_solver, sample,
+                                                     sample_python_loop, sampler_args,
+                                                     sampler_options, sampling_times)
+from ardiff.processes.gaussian.samplers import (ddim, ddpm, dpm_solver_pp,  # noqa: F401
+                                                euler_ancestral, heun)  # (registers them)
+from ardiff.processes.gaussian.samplers.inversion import invert
 
-__all__ = ["SAMPLERS", "register_sampler", "sample", "sample_python_loop", "sampler_args"]
+__all__ = ["SAMPLERS", "Denoised", "ModelContext", "invert", "nfe", "register_solver",
+           "sample", "sample_python_loop", "sampler_args", "sampler_options", "sampling_times"]

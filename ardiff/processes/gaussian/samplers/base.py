@@ -1,16 +1,33 @@
-"""The sampling loop shared by every diffusion sampler.
+"""The solver protocol and the one loop that runs every diffusion sampler.
 
-A sampler is one function that moves x from timestep t to an earlier timestep s given the
-network's noise prediction:
+A solver moves the state x from time t to an earlier time s (real times in [0, 1]; 1 is pure
+noise), calling the model as often as it needs:
 
-    step(schedule, x_t, t, s, eps_hat, key, args) -> x_s
+    init(x_init) -> state                                   (pytree; () when stateless)
+    step(ctx, state, x, t, s, key, args) -> (x_s, state)
 
-where t, s are int32 scalars, `args` is a dict of traced options (e.g. {"eta": 0.0}), and
-`key` holds per-example keys [B], fresh per step: draw noise with `per_example_normal(key, x)`
-so that every example's randomness is its own (samples then do not depend on the batch they
-were drawn in or on the number of devices). The loop below runs any registered step over strided timesteps in
-one `lax.scan`, so each (sampler, num_steps) is one compiled program. To add a sampler, write
-its step in a new file in this package and register it in `samplers/__init__.py`.
+`ctx` (a `ModelContext`) evaluates the model at any time: `ctx.denoise(x, t)` returns
+`Denoised(x0, eps)`, the network's noise prediction (guided, clipped, whatever the caller's
+model function does) and the clean-data estimate it implies; `ctx.sigma(t)` is the schedule's
+noise-to-signal ratio sigma = sqrt((1 - ab) / ab), and `ctx.final` is True (statically) for the
+last step, the one that ends at t = 0 where sigma = 0 (Heun and the multistep solvers fall
+back to first order there, as their papers do). `args` holds the solver's numeric options
+(traced: a sweep over eta reuses one program); `key` holds per-example keys [B], fresh per
+step: draw noise with `per_example_normal(key, x)` so that every example's randomness is its
+own (samples then do not depend on the batch they were drawn in or on the number of devices).
+
+Most solvers are simplest in the scaled state x~ = x / sqrt(ab) = x0 + sigma eps, where the
+probability-flow ODE is dx~/dsigma = eps (Karras et al., 2022): `to_scaled` / `from_scaled`.
+
+The loop runs the first num_steps - 1 steps in one `lax.scan` and the last (to t = 0) after
+it, with an optional post-step hook (inpainting replaces the known pixels there). The same
+loop serves sampling, trajectories, inpainting and inversion (times increasing); the Python
+loop reference runs the same two compiled step functions from Python. Each solver declares
+how many model calls a step makes (`evals_per_step`, `final_evals`); the loop checks the
+declaration against the calls it traces, so `nfe` is exact.
+
+Adding a solver: a new file in this package whose step is registered with `register_solver`,
+and one import line in `samplers/__init__.py` (see docs/adding_a_sampler.md).
 """
 
 from __future__ import annotations
@@ -20,64 +37,207 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ardiff.processes import discrete
-from ardiff.processes.gaussian.schedules import Schedule, strided_timesteps
+from ardiff.processes.gaussian.samplers.spacing import SPACINGS, time_grid
+from ardiff.processes.gaussian.schedules import Schedule
 from ardiff.registry import Registry
 
-# eps_fn(params, x [B, ...], t int32 [B], cond) -> eps_hat with x's shape.
+# model_fn(params, x [B, ...], t float [B] in [0, 1], cond) -> eps_hat with x's shape.
 EpsFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
-StepFn = Callable[..., jax.Array]
+StepFn = Callable[..., tuple[jax.Array, Any]]
+
+DEFAULT_SIGMA_MAX = 80.0
+# Options every solver takes; they choose the time grid on the host (static).
+COMMON_OPTIONS = ("spacing", "sigma_max")
 
 
-class SamplerSpec(NamedTuple):
+class Denoised(NamedTuple):
+  x0: jax.Array  # the clean-data estimate implied by eps
+  eps: jax.Array  # the model's noise prediction
+
+
+class Solver(NamedTuple):
   step: StepFn
-  defaults: dict[str, float]  # every option the step reads, with its default
+  init: Callable[[jax.Array], Any]
+  options: dict[str, float]  # numeric options the step reads, with defaults (traced)
+  spacing: str  # default time-step spacing
+  evals_per_step: int  # model calls in a step that ends at s > 0
+  final_evals: int  # model calls in the step that ends at s = 0
+  invertible: bool  # deterministic and valid with s > t (see `inversion.py`)
 
 
-SAMPLERS: Registry[SamplerSpec] = Registry("diffusion sampler")
+SAMPLERS: Registry[Solver] = Registry("diffusion sampler")
 
 
-def register_sampler(name: str, **defaults: float):
+def _stateless(x):
+  return ()
+
+
+def register_solver(name: str, *, spacing: str = "uniform", init=_stateless,
+                    evals_per_step: int = 1, final_evals: int = 1, invertible: bool = False,
+                    **options: float):
+  """Register `step` under `name`; keyword options are its numeric options and defaults."""
+  SPACINGS.get(spacing)
+
   def add(step: StepFn) -> StepFn:
-    SAMPLERS.register(name)(SamplerSpec(step, defaults))
+    SAMPLERS.register(name)(Solver(step, init, dict(options), spacing, evals_per_step,
+                                   final_evals, invertible))
     return step
 
   return add
 
 
-def sampler_args(sampler: str, **overrides: float) -> dict[str, jax.Array]:
-  """The sampler's options with defaults filled in; unknown options are an error."""
-  spec = SAMPLERS.get(sampler)
-  unknown = set(overrides) - set(spec.defaults)
+def sampler_options(sampler: str) -> dict[str, Any]:
+  """Every option of `sampler` with its default (the spec grammar's `name:steps:opt=val`)."""
+  solver = SAMPLERS.get(sampler)
+  return {**solver.options, "spacing": solver.spacing, "sigma_max": DEFAULT_SIGMA_MAX}
+
+
+def sampler_args(sampler: str, **overrides: Any) -> dict[str, jax.Array]:
+  """The solver's numeric options with defaults filled in; unknown options are an error."""
+  solver = SAMPLERS.get(sampler)
+  unknown = set(overrides) - set(sampler_options(sampler))
   if unknown:
-    raise ValueError(
-        f"sampler {sampler!r} has no option(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
-  return {k: jnp.asarray(overrides.get(k, v), jnp.float32) for k, v in spec.defaults.items()}
+    raise ValueError(f"sampler {sampler!r} has no option(s) {sorted(unknown)}; it takes "
+                     f"{sorted(sampler_options(sampler))}")
+  args = {}
+  for k, v in solver.options.items():
+    value = overrides.get(k, v)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+      raise ValueError(f"sampler {sampler!r}: option {k} must be a finite number, got {value!r}")
+    args[k] = jnp.asarray(value, jnp.float32)
+  return args
 
 
-@functools.partial(
-    jax.jit, static_argnames=("eps_fn", "sampler", "num_steps", "return_trajectory"))
-def _sample(eps_fn, params, schedule, x_init, key, cond, args, *, sampler, num_steps,
-            return_trajectory):
-  step = SAMPLERS.get(sampler).step
-  ts = jnp.asarray(strided_timesteps(schedule.num_timesteps, num_steps))
-  batch = x_init.shape[0]
+def nfe(sampler: str, num_steps: int) -> int:
+  """Model evaluations of a `num_steps` run that ends at t = 0 (per guidance stream)."""
+  solver = SAMPLERS.get(sampler)
+  return (num_steps - 1) * solver.evals_per_step + solver.final_evals
 
-  keys = discrete.example_keys(key, batch)
 
-  def body(x, inputs):
+def sampling_times(schedule: Schedule, sampler: str, num_steps: int,
+                   options: dict[str, Any] | None = None) -> np.ndarray:
+  """The decreasing times a run visits, from the spec's `spacing` and `sigma_max`."""
+  options = {**sampler_options(sampler), **(options or {})}
+  sigma_max = options["sigma_max"]
+  if isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float)):
+    raise ValueError(f"sampler option sigma_max must be a number, got {sigma_max!r}")
+  return time_grid(schedule, num_steps, options["spacing"], float(sigma_max))
+
+
+class ModelContext:
+  """What one solver step sees of the model (built afresh for every traced step)."""
+
+  def __init__(self, model_fn: EpsFn, params, cond, schedule: Schedule, batch: int, *,
+               final: bool, num_steps: int):
+    self._model_fn, self._params, self._cond = model_fn, params, cond
+    self.schedule, self.final, self.num_steps = schedule, final, num_steps
+    self._batch = batch
+    self.calls = 0  # model calls traced so far (checked against the solver's declaration)
+
+  def sigma(self, t: jax.Array) -> jax.Array:
+    return self.schedule.sigma_at(t)
+
+  def alpha(self, t: jax.Array) -> jax.Array:
+    """sqrt(alpha_bar(t)) = 1 / sqrt(1 + sigma^2)."""
+    return jax.lax.rsqrt(1.0 + self.sigma(t) ** 2)
+
+  def denoise(self, x: jax.Array, t: jax.Array) -> Denoised:
+    self.calls += 1
+    t = jnp.asarray(t, self.schedule.log_snrs.dtype)
+    eps = self._model_fn(self._params, x, jnp.full((self._batch,), t), self._cond)
+    sigma = self.sigma(t).astype(x.dtype)
+    # x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) = x sqrt(1 + sigma^2) - sigma eps
+    return Denoised(x * jnp.sqrt(1.0 + sigma**2) - sigma * eps, eps)
+
+  def to_scaled(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """x~ = x / sqrt(ab(t)) = x0 + sigma(t) eps."""
+    return x * jnp.sqrt(1.0 + self.sigma(t) ** 2).astype(x.dtype)
+
+  def from_scaled(self, x_scaled: jax.Array, t: jax.Array) -> jax.Array:
+    return x_scaled * self.alpha(t).astype(x_scaled.dtype)
+
+
+def per_example_normal(keys: jax.Array, like: jax.Array) -> jax.Array:
+  """Standard normal noise shaped like `like` [B, ...], example b drawn from keys[b]."""
+  return jax.vmap(lambda k: jax.random.normal(k, like.shape[1:], like.dtype))(keys)
+
+
+def _no_hook(x, s, i, hook_args):
+  return x
+
+
+def _step_fn(model_fn, sampler, num_steps, final, hook):
+  """One step as a pure function (the scan body and the Python-loop reference share it)."""
+  solver = SAMPLERS.get(sampler)
+
+  def one_step(params, schedule, cond, args, hook_args, x, state, t, s, i, keys):
+    ctx = ModelContext(model_fn, params, cond, schedule, x.shape[0], final=final,
+                       num_steps=num_steps)
+    x, state = solver.step(ctx, state, x, t, s, discrete.step_keys(keys, i), args)
+    expected = solver.final_evals if final else solver.evals_per_step
+    if ctx.calls != expected:
+      raise AssertionError(f"solver {sampler!r} declares {expected} model call(s) per "
+                           f"{'final ' if final else ''}step but made {ctx.calls}")
+    return hook(x, s, i, hook_args), state
+
+  return one_step
+
+
+def run_loop(model_fn: EpsFn, params, schedule: Schedule, x_init, keys, cond, args, times,
+             *, sampler: str, to_zero: bool, hook=_no_hook, hook_args=None,
+             return_trajectory: bool = False):
+  """Traceable loop over `times` [n + 1] (a jax array); per-example `keys` [B].
+
+  With `to_zero`, the last step (ending at t = 0) is traced separately with ctx.final set.
+  Returns x, or (x, trajectory [n, B, ...]) with the state after every step (after the hook).
+  """
+  num_steps = times.shape[0] - 1
+  solver = SAMPLERS.get(sampler)
+  scanned = num_steps - 1 if to_zero else num_steps
+  body_step = _step_fn(model_fn, sampler, num_steps, False, hook)
+  consts = (params, schedule, cond, args, hook_args)
+
+  def body(carry, inputs):
+    x, state = carry
     t, s, i = inputs
-    eps = eps_fn(params, x, jnp.full((batch,), t, jnp.int32), cond)
-    x_next = step(schedule, x, t, s, eps, discrete.step_keys(keys, i), args)
-    return x_next, (x_next if return_trajectory else None)
+    x, state = body_step(*consts, x, state, t, s, i, keys)
+    return (x, state), (x if return_trajectory else None)
 
-  x0, traj = jax.lax.scan(body, x_init, (ts[:-1], ts[1:], jnp.arange(num_steps)))
-  return (x0, traj) if return_trajectory else x0
+  carry = (x_init, solver.init(x_init))
+  idx = jnp.arange(num_steps)
+  carry, traj = jax.lax.scan(body, carry, (times[:scanned], times[1:scanned + 1], idx[:scanned]))
+  x, state = carry
+  if to_zero:
+    final_step = _step_fn(model_fn, sampler, num_steps, True, hook)
+    x, _ = final_step(*consts, x, state, times[-2], times[-1], idx[-1], keys)
+    if return_trajectory:
+      traj = jnp.concatenate([traj, x[None]]) if scanned else x[None]
+  return (x, traj) if return_trajectory else x
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "sampler", "return_trajectory"))
+def _sample(model_fn, params, schedule, x_init, key, cond, args, times, *, sampler,
+            return_trajectory):
+  keys = discrete.example_keys(key, x_init.shape[0])
+  return run_loop(model_fn, params, schedule, x_init, keys, cond, args, times,
+                  sampler=sampler, to_zero=True, return_trajectory=return_trajectory)
+
+
+def _times(schedule, sampler, num_steps, options, times):
+  if times is not None:
+    times = np.asarray(times, np.float64)
+    if times.ndim != 1 or len(times) < 2 or times[-1] != 0 or not np.all(np.diff(times) < 0):
+      raise ValueError("times must be a 1-D, strictly decreasing sequence ending at 0, got "
+                       f"{times.tolist()}")
+    return times
+  return sampling_times(schedule, sampler, num_steps, options)
 
 
 def sample(
-    eps_fn: EpsFn,
+    model_fn: EpsFn,
     params: Any,
     schedule: Schedule,
     x_init: jax.Array,
@@ -87,48 +247,43 @@ def sample(
     sampler: str = "ddim",
     num_steps: int = 50,
     return_trajectory: bool = False,
-    **options: float,
+    times: Any = None,
+    **options: Any,
 ):
-  """Run `sampler` from x_init (noise at t=T) to t=0 in `num_steps` network evaluations.
+  """Run `sampler` from x_init (noise at t_max) to t = 0 in `num_steps` steps.
 
-  `eps_fn` must be hashable and stable (a module-level function or a method of a frozen
+  `options` are the solver's (e.g. eta=0.5) and the common `spacing` and `sigma_max`;
+  `times` (decreasing, ending at 0) replaces the spacing, e.g. to match a peer's grid.
+  `model_fn` must be hashable and stable (a module-level function or a method of a frozen
   dataclass) because it is a static argument of the compiled loop. Returns x_0, or
   (x_0, trajectory [num_steps, B, ...]) when `return_trajectory` is set.
   """
   args = sampler_args(sampler, **options)  # validates name and options before tracing
-  strided_timesteps(schedule.num_timesteps, num_steps)  # validates num_steps
-  return _sample(eps_fn, params, schedule, x_init, key, cond, args, sampler=sampler,
-                 num_steps=num_steps, return_trajectory=return_trajectory)
+  times = _times(schedule, sampler, num_steps, options, times)
+  return _sample(model_fn, params, schedule, x_init, key, cond, args,
+                 jnp.asarray(times, schedule.log_snrs.dtype), sampler=sampler,
+                 return_trajectory=return_trajectory)
 
 
-def sample_python_loop(eps_fn, params, schedule, x_init, key, cond=None, *, sampler="ddim",
-                       num_steps=50, **options):
-  """Reference: the same steps as `sample`, each a separately jitted call from Python.
+def sample_python_loop(model_fn, params, schedule, x_init, key, cond=None, *, sampler="ddim",
+                       num_steps=50, times=None, **options):
+  """Reference: the same steps as `sample`, each a separately compiled call from Python.
 
   Used by the benchmark (scan vs Python loop) and by the tests (both give the same x_0).
   """
   args = sampler_args(sampler, **options)
-  step = SAMPLERS.get(sampler).step
-  ts = strided_timesteps(schedule.num_timesteps, num_steps)
+  times = jnp.asarray(_times(schedule, sampler, num_steps, options, times),
+                      schedule.log_snrs.dtype)
   keys = discrete.example_keys(key, x_init.shape[0])
-  one_step = _jitted_step(eps_fn, step)
-  x = x_init
-  for i in range(num_steps):
-    x = one_step(params, schedule, x, jnp.int32(ts[i]), jnp.int32(ts[i + 1]),
-                 discrete.step_keys(keys, i), cond, args)
+  n = times.shape[0] - 1
+  x, state = x_init, SAMPLERS.get(sampler).init(x_init)
+  for i in range(n):
+    step = _jitted_step(model_fn, sampler, n, i == n - 1)
+    x, state = step(params, schedule, cond, args, None, x, state, times[i], times[i + 1],
+                    jnp.int32(i), keys)
   return x
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_step(eps_fn, step):
-  @jax.jit
-  def one_step(params, schedule, x, t, s, key, cond, args):
-    eps = eps_fn(params, x, jnp.full((x.shape[0],), t, jnp.int32), cond)
-    return step(schedule, x, t, s, eps, key, args)
-
-  return one_step
-
-
-def per_example_normal(keys: jax.Array, like: jax.Array) -> jax.Array:
-  """Standard normal noise shaped like `like` [B, ...], example b drawn from keys[b]."""
-  return jax.vmap(lambda k: jax.random.normal(k, like.shape[1:], like.dtype))(keys)
+def _jitted_step(model_fn, sampler, num_steps, final):
+  return jax.jit(_step_fn(model_fn, sampler, num_steps, final, _no_hook))

@@ -1,0 +1,44 @@
+"""Heun's second-order method on the probability-flow ODE (Karras et al., 2022, Algorithms 1-2).
+
+In the scaled state x~ = x / sqrt(ab) the ODE is dx~/dsigma = eps(x, sigma). One step from
+sigma_t to sigma_s:
+
+    churn:    gamma = min(churn / N, sqrt(2) - 1),  sigma_hat = sigma_t (1 + gamma),
+              x~_hat = x~_t + sqrt(sigma_hat^2 - sigma_t^2) z             (Algorithm 2; churn = 0: none)
+    Euler:    d = eps(x_hat, sigma_hat),  x~' = x~_hat + (sigma_s - sigma_hat) d
+    correct:  d' = eps(x', sigma_s),      x~_s = x~_hat + (sigma_s - sigma_hat) (d + d') / 2
+
+Two model calls per step; the last step (sigma_s = 0, where d' is undefined) stays Euler, so N
+steps cost 2N - 1 evaluations.
+
+Default spacing: uniform in t, not EDM's Karras (rho = 7): with this project's schedules and
+sigma_min = sigma(1/T) = 0.006, Karras spends most steps at noise levels far below the data's
+scale. Measured mean path error against the exact flow of a 2-D Gaussian mixture at 9 / 19 / 39
+NFE: uniform 0.14 / 0.037 / 0.011, log-SNR 0.86 / 0.077 / 0.013, Karras 0.98 / 0.084 / 0.014.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ardiff.processes.gaussian.samplers.base import per_example_normal, register_solver
+
+
+@register_solver("heun", spacing="uniform", evals_per_step=2, final_evals=1, churn=0.0)
+def heun_step(ctx, state, x, t, s, key, args):
+  sigma_t, sigma_s = ctx.sigma(t), ctx.sigma(s)
+  gamma = jnp.minimum(args["churn"] / ctx.num_steps, jnp.sqrt(2.0) - 1.0)
+  # Churn may not take sigma beyond the schedule's end (sigma_at(1)).
+  sigma_hat = jnp.minimum(sigma_t * (1.0 + gamma), jnp.maximum(ctx.sigma(1.0), sigma_t))
+  t_hat = jnp.where(sigma_hat > sigma_t, ctx.schedule.time_at_sigma(sigma_hat), t)
+  # (sigma_hat - sigma_t) (sigma_hat + sigma_t), not sigma_hat^2 - sigma_t^2: XLA fuses the
+  # latter into a multiply-add that leaves the rounding error of sigma_t^2 (not 0) at churn = 0,
+  # and its square root, ~3e-4 sigma in float32, would add noise to a deterministic solver.
+  churn_std = jnp.sqrt(jnp.maximum((sigma_hat - sigma_t) * (sigma_hat + sigma_t), 0.0))
+  x_scaled = ctx.to_scaled(x, t) + churn_std * per_example_normal(key, x)
+  d = ctx.denoise(ctx.from_scaled(x_scaled, t_hat), t_hat).eps
+  euler = x_scaled + (sigma_s - sigma_hat) * d
+  if ctx.final:
+    return ctx.from_scaled(euler, s), state
+  d_next = ctx.denoise(ctx.from_scaled(euler, s), s).eps
+  return ctx.from_scaled(x_scaled + (sigma_s - sigma_hat) * 0.5 * (d + d_next), s), state

@@ -1,0 +1,343 @@
+"""Every registered diffusion solver against closed forms (a new solver is tested by registering
+it; a deterministic one must also state its order in EXPECTED_ORDER below).
+
+References, independent of the library's solvers: for Gaussian data N(mu, Sigma) the
+probability-flow map from sigma_max to 0 is linear and known in closed form,
+x0 = mu + Sigma^(1/2) (Sigma + sigma_max^2 I)^(-1/2) (x~_T - mu) in the scaled state
+x~ = x / sqrt(ab); for a Gaussian mixture the ODE dx~/dsigma = (x~ - D(x~, sigma)) / sigma with
+the exact denoiser D is integrated by scipy's DOP853 in float64 at rtol 1e-10. Stochastic
+solvers are checked in law (the sample covariance against the data's).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from ardiff.processes import guidance
+from ardiff.processes.guidance import Guidance
+from ardiff.processes.gaussian import samplers
+from ardiff.processes.gaussian.inpaint import inpaint
+from ardiff.processes.gaussian.samplers import SAMPLERS, invert, sample, sample_python_loop
+from ardiff.processes.gaussian.samplers.spacing import SPACINGS, time_grid
+from ardiff.processes.gaussian.schedules import make_schedule
+
+SCHEDULE = make_schedule("cosine", 1000)
+MU = np.array([1.0, -0.5])
+SIGMA = np.array([[0.5, 0.2], [0.2, 0.3]])
+PARAMS = {"mu": jnp.asarray(MU, jnp.float32), "sigma": jnp.asarray(SIGMA, jnp.float32)}
+
+# A three-component isotropic mixture in 2-D (means, stds, weights).
+MIX_MEANS = np.array([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.2]])
+MIX_STDS = np.array([0.15, 0.3, 0.2])
+MIX_WEIGHTS = np.array([0.3, 0.5, 0.2])
+
+# Measured order of convergence (slope of the mean path error against NFE, log-log, NFE about
+# 20 to 80) of each deterministic solver with its default spacing, on the Gaussian. 3M stays
+# below 3 because its last step (to sigma = 0) is first order, as in the paper.
+EXPECTED_ORDER = {"ddim": (0.8, 1.25), "heun": (1.8, 2.7), "dpmpp_2m": (1.8, 2.5),
+                  "dpmpp_3m": (2.2, 3.3)}
+
+
+def gaussian_eps(params, x, t, cond):
+  ab = SCHEDULE.alpha_bar_at(t)[:, None, None]
+  cov = ab * params["sigma"] + (1 - ab) * jnp.eye(2)
+  resid = x - jnp.sqrt(ab[:, :, 0]) * params["mu"]
+  return jnp.sqrt(1 - ab[:, :, 0]) * jnp.linalg.solve(cov, resid[..., None])[..., 0]
+
+
+def mixture_eps(params, x, t, cond):
+  """Exact E[eps | x_t] for the isotropic mixture, by Bayes over the components."""
+  ab = SCHEDULE.alpha_bar_at(t)[:, None, None]  # [B, 1, 1]
+  a, v = jnp.sqrt(ab), 1 - ab
+  means, stds = jnp.asarray(MIX_MEANS, x.dtype), jnp.asarray(MIX_STDS, x.dtype)[:, None]
+  var = a**2 * stds**2 + v  # [B, K, 1]
+  resid = x[:, None, :] - a * means  # [B, K, 2]
+  logits = (jnp.log(jnp.asarray(MIX_WEIGHTS, x.dtype)) - jnp.sum(resid**2, -1) / (2 * var[..., 0])
+            - jnp.log(var[..., 0]))
+  r = jax.nn.softmax(logits, -1)[..., None]
+  x0 = jnp.sum(r * (means + a * stds**2 / var * resid), axis=1)
+  return (x - a[:, 0] * x0) / jnp.sqrt(v[:, 0])
+
+
+def _start_sigma(sampler, n, **options):
+  times = samplers.sampling_times(SCHEDULE, sampler, n, options)
+  return float(SCHEDULE.sigma_at(times[0]))
+
+
+def gaussian_flow(x_init, sigma_start):
+  """The exact probability-flow ODE map of N(MU, SIGMA) from sigma_start to 0 (float64)."""
+  w, v = np.linalg.eigh(SIGMA)
+  m = v @ np.diag(np.sqrt(w / (w + sigma_start**2))) @ v.T
+  x_scaled = np.asarray(x_init, np.float64) * np.sqrt(1 + sigma_start**2)
+  return MU + (x_scaled - MU) @ m.T
+
+
+def mixture_flow(x_init, sigma_start):
+  """The mixture's probability-flow ODE from sigma_start to 0, by DOP853 in float64."""
+  x_scaled = np.asarray(x_init, np.float64) * np.sqrt(1 + sigma_start**2)
+
+  def rhs(sigma, flat):
+    x = flat.reshape(-1, 1, 2)
+    var = MIX_STDS[:, None] ** 2 + sigma**2  # [K, 1]
+    resid = x - MIX_MEANS
+    logits = np.log(MIX_WEIGHTS) - np.sum(resid**2, -1) / (2 * var[:, 0]) - np.log(var[:, 0])
+    r = np.exp(logits - logits.max(-1, keepdims=True))
+    r /= r.sum(-1, keepdims=True)
+    denoised = np.sum(r[..., None] * (MIX_MEANS + MIX_STDS[:, None] ** 2 / var * resid), 1)
+    return ((x[:, 0] - denoised) / sigma).ravel()
+
+  sol = solve_ivp(rhs, (sigma_start, 1e-9), x_scaled.ravel(), method="DOP853", rtol=1e-10,
+                  atol=1e-10)
+  assert sol.success
+  return sol.y[:, -1].reshape(-1, 2)
+
+
+def _run(eps_fn, sampler, n, x_init, seed=1, **options):
+  return np.asarray(sample(eps_fn, PARAMS, SCHEDULE, x_init, jax.random.key(seed),
+                           sampler=sampler, num_steps=n, **options), np.float64)
+
+
+def _steps_for_nfe(sampler, nfe):
+  solver = SAMPLERS.get(sampler)
+  return max(1, (nfe - solver.final_evals) // solver.evals_per_step + 1)
+
+
+@functools.lru_cache(maxsize=None)
+def is_deterministic(sampler: str) -> bool:
+  """Whether the solver with its default options ignores the key (two keys, same output)."""
+  x = jax.random.normal(jax.random.key(0), (16, 2))
+  return np.array_equal(_run(gaussian_eps, sampler, 4, x, seed=1),
+                        _run(gaussian_eps, sampler, 4, x, seed=2))
+
+
+X_INIT = jax.random.normal(jax.random.key(0), (256, 2))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_solver_converges_to_the_exact_flow_or_law(sampler):
+  """Deterministic solvers: the mean path error against the exact flow falls with the order
+  the solver claims (EXPECTED_ORDER), on a Gaussian, and is small on a Gaussian mixture.
+  Stochastic solvers: the output covariance approaches the data's as the steps grow."""
+  if is_deterministic(sampler):
+    assert sampler in EXPECTED_ORDER, f"state the order of the new solver {sampler!r}"
+    nfes, errors = [], []
+    for target in (20, 40, 80):
+      n = _steps_for_nfe(sampler, target)
+      out = _run(gaussian_eps, sampler, n, X_INIT)
+      errors.append(np.abs(out - gaussian_flow(X_INIT, _start_sigma(sampler, n))).mean())
+      nfes.append(samplers.nfe(sampler, n))
+    slope = -np.polyfit(np.log(nfes), np.log(errors), 1)[0]
+    lo, hi = EXPECTED_ORDER[sampler]
+    assert lo <= slope <= hi, (sampler, nfes, errors, slope)
+    n = _steps_for_nfe(sampler, 80)
+    mix = _run(mixture_eps, sampler, n, X_INIT)
+    mix_err = np.abs(mix - mixture_flow(X_INIT, _start_sigma(sampler, n))).mean()
+    n_coarse = _steps_for_nfe(sampler, 20)
+    coarse = _run(mixture_eps, sampler, n_coarse, X_INIT)
+    coarse_err = np.abs(coarse - mixture_flow(X_INIT, _start_sigma(sampler, n_coarse))).mean()
+    assert mix_err < 0.02 and mix_err < 0.5 * coarse_err, (sampler, mix_err, coarse_err)
+  else:
+    x_init = jax.random.normal(jax.random.key(0), (20_000, 2))
+    errs = [np.abs(np.cov(_run(gaussian_eps, sampler, n, x_init).T) - SIGMA).max()
+            for n in (8, 400)]
+    # 20k samples: the covariance entries' standard error is ~0.005. Measured at 400 steps:
+    # DDPM 0.004, Euler ancestral 0.006 (0.013 with Karras spacing; first order in law).
+    assert errs[1] < 0.022 and errs[0] > 2 * errs[1], (sampler, errs)
+    mix = _run(mixture_eps, sampler, 200, x_init)
+    mix_mean = MIX_WEIGHTS @ MIX_MEANS
+    np.testing.assert_allclose(mix.mean(0), mix_mean, atol=0.03)
+
+
+def test_second_order_solvers_beat_ddim_at_ten_evaluations():
+  """At 10 NFE on the Gaussian (mean path error): DDIM 0.063, DPM-Solver++(2M) 0.018, 3M 0.034
+  with their default spacings. Heun is not better at 10 NFE (5 steps, 9 NFE: 0.29), only from
+  ~20 NFE on (19 NFE: 0.039 vs DDIM-20 0.033; 39 NFE: 0.0058 vs DDIM-40 0.017; 79: 0.0013 vs
+  0.0084), as in the DPM-Solver paper's comparison: its second evaluation per step halves the
+  steps."""
+  def error(sampler, n):
+    out = _run(gaussian_eps, sampler, n, X_INIT)
+    return np.abs(out - gaussian_flow(X_INIT, _start_sigma(sampler, n))).mean()
+
+  ddim = error("ddim", 10)
+  assert error("dpmpp_2m", 10) < 0.4 * ddim
+  assert error("dpmpp_3m", 10) < 0.7 * ddim
+  assert error("heun", 40) < 0.5 * error("ddim", 79)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_scan_and_python_loop_agree_to_the_last_bits(sampler):
+  """The same step function, compiled once inside `lax.scan` and once per call: outputs are
+  bit-identical for every solver but DDPM, where XLA fuses the step's products differently in
+  the loop body and the results differ by rounding (at most 6e-7 here, on values of order 1).
+  A wrong key, time or state order would differ by O(1)."""
+  x_init = X_INIT[:32]
+  a = sample(gaussian_eps, PARAMS, SCHEDULE, x_init, jax.random.key(5), sampler=sampler,
+             num_steps=6)
+  b = sample_python_loop(gaussian_eps, PARAMS, SCHEDULE, x_init, jax.random.key(5),
+                         sampler=sampler, num_steps=6)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_nfe_counts_every_model_call(sampler):
+  """`nfe` against the calls the compiled loop actually makes (counted by a host callback)."""
+  calls = []
+
+  def counted_eps(params, x, t, cond):
+    jax.debug.callback(lambda: calls.append(1))
+    return gaussian_eps(params, x, t, cond)
+
+  for n in (1, 4):
+    calls.clear()
+    out = sample(counted_eps, PARAMS, SCHEDULE, X_INIT[:4], jax.random.key(0), sampler=sampler,
+                 num_steps=n)
+    jax.block_until_ready(out)
+    jax.effects_barrier()
+    assert len(calls) == samplers.nfe(sampler, n), (sampler, n, len(calls))
+
+
+def _class_eps(params, x, t, y):
+  means = jnp.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]])[y]
+  return gaussian_eps({"mu": means, "sigma": PARAMS["sigma"]}, x, t, None)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_guidance_scale_zero_is_the_unconditional_model(sampler):
+  y = jnp.zeros((32,), jnp.int32)
+  null = jnp.full((32,), 2, jnp.int32)
+  cond = guidance.guidance_cond(y, Guidance(0.0), 2)
+  guided = sample(guidance.guided(_class_eps), None, SCHEDULE, X_INIT[:32], jax.random.key(1),
+                  cond, sampler=sampler, num_steps=6)
+  plain = sample(_class_eps, None, SCHEDULE, X_INIT[:32], jax.random.key(1), null,
+                 sampler=sampler, num_steps=6)
+  np.testing.assert_allclose(np.asarray(guided), np.asarray(plain), rtol=1e-6, atol=1e-6)
+  pulled = sample(guidance.guided(_class_eps), None, SCHEDULE, X_INIT[:32], jax.random.key(1),
+                  guidance.guidance_cond(y, Guidance(3.0), 2), sampler=sampler, num_steps=6)
+  assert float(jnp.mean(pulled[:, 0])) > float(jnp.mean(plain[:, 0])) + 1.0
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_inpainting_never_changes_known_pixels(sampler):
+  x_known = jax.random.uniform(jax.random.key(0), (8, 4, 4, 1), minval=-1, maxval=1)
+  mask = np.asarray(jax.random.bernoulli(jax.random.key(1), 0.5, (8, 4, 4, 1)))
+  shrink = lambda p, x, t, c: 0.5 * x  # noqa: E731
+  out, traj = inpaint(_hashable(shrink), None, SCHEDULE, x_known, mask, jax.random.key(2),
+                      sampler=sampler, num_steps=5, return_trajectory=True)
+  out, x_known = np.asarray(out), np.asarray(x_known)
+  np.testing.assert_array_equal(out[mask], x_known[mask])
+  assert traj.shape == (5, 8, 4, 4, 1)
+  assert np.all(np.isfinite(out)) and not np.allclose(out[~mask], x_known[~mask])
+
+
+@functools.lru_cache(maxsize=None)
+def _hashable(fn):
+  return fn
+
+
+def test_euler_ancestral_is_ddim_with_the_same_eta_on_the_same_grid():
+  """Two algebras of one update (x~_t - sigma_t eps_hat is x0_hat): equal up to rounding."""
+  for eta in (0.0, 0.5, 1.0):
+    a = _run(gaussian_eps, "euler_a", 12, X_INIT, eta=eta, spacing="uniform")
+    b = _run(gaussian_eps, "ddim", 12, X_INIT, eta=eta)
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  assert not np.allclose(_run(gaussian_eps, "euler_a", 12, X_INIT, eta=1.0, spacing="karras"),
+                         _run(gaussian_eps, "euler_a", 12, X_INIT, eta=1.0))  # spacing matters
+
+
+def test_heun_with_churn_is_stochastic_and_still_converges_in_law():
+  x_init = jax.random.normal(jax.random.key(0), (20_000, 2))
+  a = _run(gaussian_eps, "heun", 20, x_init[:64], seed=1, churn=10.0)
+  b = _run(gaussian_eps, "heun", 20, x_init[:64], seed=2, churn=10.0)
+  assert not np.allclose(a, b)
+  # Measured max covariance error with churn 10: 0.099 / 0.027 / 0.015 at 20 / 40 / 80 steps.
+  out = _run(gaussian_eps, "heun", 80, x_init, churn=10.0)
+  assert np.abs(np.cov(out.T) - SIGMA).max() < 0.025
+  np.testing.assert_allclose(out.mean(0), MU, atol=0.02)
+
+
+def test_ddim_inversion_round_trip():
+  """noise -> data -> noise and data -> noise -> data with the exact eps. Each direction
+  evaluates eps at the start of its steps, so the round trip is first order in the step size:
+  measured max errors 0.18 / 0.12 at 50 steps, 0.047 / 0.031 at 200 (halving per doubling)."""
+  data = jnp.asarray(np.random.default_rng(0).multivariate_normal(MU, SIGMA, 256), jnp.float32)
+  errors = {}
+  for num_steps in (50, 200):
+    x0 = sample(gaussian_eps, PARAMS, SCHEDULE, X_INIT, jax.random.key(0), sampler="ddim",
+                num_steps=num_steps)
+    z = invert(gaussian_eps, PARAMS, SCHEDULE, x0, num_steps=num_steps)
+    back = sample(gaussian_eps, PARAMS, SCHEDULE,
+                  invert(gaussian_eps, PARAMS, SCHEDULE, data, num_steps=num_steps),
+                  jax.random.key(0), sampler="ddim", num_steps=num_steps)
+    errors[num_steps] = (np.abs(np.asarray(z - X_INIT)).max(),
+                         np.abs(np.asarray(back - data)).max())
+  assert errors[50][0] < 0.25 and errors[50][1] < 0.16, errors
+  assert errors[200][0] < 0.06 and errors[200][1] < 0.04, errors
+  assert errors[50][0] > 3 * errors[200][0] and errors[50][1] > 3 * errors[200][1], errors
+  with pytest.raises(ValueError, match="cannot invert.*invertible: ddim"):
+    invert(gaussian_eps, PARAMS, SCHEDULE, data, sampler="ddpm")
+
+
+# ----------------------------------------------------------------------------- spacings
+
+
+def test_spacings_follow_their_formulas():
+  n, s = 8, SCHEDULE
+  sigma = lambda u: np.asarray(s.sigma_at(np.asarray(u)), np.float64)  # noqa: E731
+  t_max = float(s.time_at_sigma(80.0))
+  np.testing.assert_allclose(sigma(t_max), 80.0, rtol=1e-4)
+  uniform = time_grid(s, n, "uniform")
+  np.testing.assert_allclose(uniform, np.linspace(t_max, 0, n + 1), rtol=1e-6)
+  trailing = time_grid(s, n, "trailing", float("inf"))
+  np.testing.assert_array_equal(trailing * 1000, np.round(np.linspace(1000, 0, n + 1)))
+  np.testing.assert_allclose(time_grid(s, n, "quadratic"),
+                             t_max * (np.arange(n, -1, -1) / n) ** 2, rtol=1e-6)
+  sig_min = sigma(1 / 1000)
+  logsnr = sigma(time_grid(s, n, "logsnr")[:-1])
+  np.testing.assert_allclose(np.log(logsnr), np.linspace(np.log(80), np.log(sig_min), n),
+                             rtol=1e-4, atol=1e-4)
+  karras = sigma(time_grid(s, n, "karras")[:-1])
+  np.testing.assert_allclose(karras ** (1 / 7), np.linspace(80 ** (1 / 7), sig_min ** (1 / 7), n),
+                             rtol=1e-4)
+  for name in SPACINGS.names():
+    ts = time_grid(s, n, name)
+    assert ts[-1] == 0 and np.all(np.diff(ts) < 0) and ts[0] <= 1, name
+  assert time_grid(s, n, "uniform", sigma_max=1e9)[0] == 1.0  # beyond the schedule: t = 1
+  with pytest.raises(ValueError, match="sigma_max must be positive"):
+    time_grid(s, n, "uniform", sigma_max=-1.0)
+
+
+def test_every_sampler_takes_every_spacing():
+  x = X_INIT[:8]
+  for name in SAMPLERS.names():
+    for spacing in SPACINGS.names():
+      out = _run(gaussian_eps, name, 3, x, spacing=spacing)
+      assert np.all(np.isfinite(out)), (name, spacing)
+
+
+# ----------------------------------------------------------------------------- continuous time
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+def test_continuous_schedule_interpolates_log_snr_between_training_steps(name):
+  s = make_schedule(name, 1000)
+  grid = np.arange(1001) / 1000
+  np.testing.assert_array_equal(np.asarray(s.alpha_bar_at(grid)), np.asarray(s.alpha_bars))
+  ab = np.asarray(make_schedule(name, 1000, jnp.float32).alpha_bars, np.float64)
+  lam = np.log(ab[1:]) - np.log1p(-ab[1:])
+  mid = (np.arange(1, 1000) + 0.5) / 1000
+  got = -2 * np.log(np.asarray(s.sigma_at(mid), np.float64))
+  np.testing.assert_allclose(got, 0.5 * (lam[:-1] + lam[1:]), rtol=2e-4, atol=2e-4)
+  u = np.linspace(0, 1, 4001)
+  np.testing.assert_allclose(np.asarray(s.time_at_sigma(s.sigma_at(u))), u, atol=2e-6)
+
+
+def test_cosine_interpolant_is_close_to_the_closed_form():
+  u = np.linspace(0.0, 0.99, 5000)
+  f = lambda t: np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+  closed = f(u) / f(0)
+  rel = np.abs(np.asarray(SCHEDULE.alpha_bar_at(u), np.float64) / closed - 1)
+  assert rel.max() < 2.5e-3, rel.max()
