@@ -56,7 +56,7 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
                           log_every=500, checkpoint_every=2_000)
   c.sample = dict(num_samples=2_000,
                   runs=["ddpm:1000", "ddim:50", "ddim:10", "dpmpp_2m:10", "dpmpp_3m:10",
-                        "heun:10", "euler_a:50", "ddpm:1000:noise=0"],
+                        "heun:10", "heun:25", "euler_a:50", "ddpm:1000:noise=0"],
                   same_nfe=["ddpm:10", "ddim:10", "euler_a:10", "heun:5", "dpmpp_2m:10",
                             "dpmpp_3m:10"],
                   guidance_scales=[0.0, 1.0, 3.0, 7.0], guidance_sampler="ddim:50",
@@ -96,7 +96,9 @@ def _data(c, num_test=None):
   if c.data.path:
     try:
       data = load_npz_dataset(c.data.path, seed=c.seed)
-    except (FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:  # its message names data.path
+      raise ConfigError(str(e)) from None
+    except ValueError as e:
       raise ConfigError(f"data.path: {e}") from None
     require(data.kind == "points" and data.shape == (2,), "data.path",
             f"must hold 2-D points x [N, 2], got {data.kind} of shape {data.shape}")
@@ -133,7 +135,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     rows.append(row)
     panels.append((f"{spec.label}\nSW1 {row['sliced_w1']:.3f}  spread {row['spread']:.2f}", x, None))
   plots.scatter_panels(panels, os.path.join(workdir, "samplers.png"), data=test,
-                       title="Spiral: samplers (grey: held-out data)", close=True)
+                       ncols=min(5, len(panels)), title="Spiral: samplers (grey: held-out data)",
+                       close=True)
 
   # Every solver at (about) the same budget of network evaluations.
   same = []

@@ -12,8 +12,9 @@ so a mutant whose line has moved fails loudly instead of silently testing nothin
 tests that cover that code run against the copy. A mutant is "caught" when pytest reports a
 failing test (exit code 1); any other outcome (passing, or a collection / import error) is
 "NOT CAUGHT" or "ERROR". The script prints one row per mutant and exits 1 unless every mutant
-is caught. Not run in CI (about 10 minutes on 2 cores); run it after changing the maths or the
-tests, and add a mutant whenever you add numerical code.
+is caught; the last column names the test that failed first. Not run in CI (the 24 sampler,
+schedule and diffusion-loss mutants alone take about 20 minutes on 2 cores); run it after
+changing the maths or the tests, and add a mutant whenever you add numerical code.
 """
 
 from __future__ import annotations
@@ -47,29 +48,73 @@ def _m(name, area, path, old, new, *tests):
 
 D, TRAIN, AR, BUDGET = ("tests/processes/gaussian/test_diffusion.py", "tests/test_train.py",
                         "tests/processes/autoregressive/test_autoregressive.py", "tests/processes/autoregressive/test_budget.py")
+S, INPAINT = "tests/processes/gaussian/test_solvers.py", "tests/processes/gaussian/test_inpaint.py"
+SAMPLERS = "ardiff/processes/gaussian/samplers/"
+EXACT_LAW = f"{D}::test_sampler_output_has_its_exact_gaussian_law"
+BAYES_RISK = f"{D}::test_loss_of_the_exact_model_is_the_bayes_risk"
+ORDER = f"{S}::test_solver_converges_to_the_exact_flow_or_law"
+BEATS_DDIM = f"{S}::test_second_order_solvers_beat_ddim_at_ten_evaluations"
+EULER_A_IS_DDIM = f"{S}::test_euler_ancestral_is_ddim_with_the_same_eta_on_the_same_grid"
+CONTINUOUS_TIME = (f"{S}::test_continuous_schedule_interpolates_log_snr_between_training_steps",
+                   f"{S}::test_spacings_follow_their_formulas")
 MUTANTS = (
-    # ---- diffusion samplers
-    _m("ddim-sigma-drops-(1-ab_s)/(1-ab_t)", "samplers", "ardiff/processes/gaussian/samplers/ddim.py",
-       "sigma = args[\"eta\"] * jnp.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))",
-       "sigma = args[\"eta\"] * jnp.sqrt(1 - ab_t / ab_s)", D),
-    _m("ddim-direction-ignores-sigma", "samplers", "ardiff/processes/gaussian/samplers/ddim.py",
-       "jnp.maximum(1 - ab_s - sigma**2, 0.0)", "jnp.maximum(1 - ab_s, 0.0)", D),
-    _m("ddpm-one-step-variance-on-strided-steps", "samplers", "ardiff/processes/gaussian/targets.py",
-       "var = (1.0 - ab_s) / (1.0 - ab_t) * (1.0 - a_ts)", "var = 1.0 - a_ts", D),
-    _m("ddpm-posterior-mean-coefficient-without-sqrt", "samplers", "ardiff/processes/gaussian/targets.py",
-       "ct = jnp.sqrt(a_ts) * (1.0 - ab_s) / (1.0 - ab_t)", "ct = a_ts * (1.0 - ab_s) / (1.0 - ab_t)",
-       D),
+    # ---- diffusion samplers (the solver protocol of samplers/base.py; x~ = x / sqrt(ab))
+    _m("ddim-variance-drops-(1-sigma_s^2/sigma_t^2)", "samplers", SAMPLERS + "ddim.py",
+       "var = args[\"eta\"] ** 2 * sigma_s**2 * jnp.maximum(1.0 - (sigma_s / sigma_t) ** 2, 0.0)",
+       "var = args[\"eta\"] ** 2 * sigma_s**2", EXACT_LAW, EULER_A_IS_DDIM),
+    _m("ddim-direction-ignores-the-noise-variance", "samplers", SAMPLERS + "ddim.py",
+       "jnp.sqrt(jnp.maximum(sigma_s**2 - var, 0.0)) * d.eps", "sigma_s * d.eps", EXACT_LAW,
+       EULER_A_IS_DDIM),
+    # The forward (noising) increment's variance from s to t instead of the posterior's: what
+    # the one-step "beta" variance becomes on strided steps.
+    _m("ddpm-forward-variance-not-posterior-on-strides", "samplers", SAMPLERS + "ddpm.py",
+       "args[\"noise\"] * sigma_s * jnp.sqrt(1.0 - ratio2) * z",
+       "args[\"noise\"] * jnp.sqrt(sigma_t**2 - sigma_s**2) * z", EXACT_LAW),
+    _m("ddpm-posterior-mean-coefficient-not-squared", "samplers", SAMPLERS + "ddpm.py",
+       "ratio2 * (ctx.to_scaled(x, t) - d.x0)", "jnp.sqrt(ratio2) * (ctx.to_scaled(x, t) - d.x0)",
+       EXACT_LAW),
+    _m("denoise-x0-forgets-1/sqrt(ab)", "samplers", SAMPLERS + "base.py",
+       "return Denoised(x * jnp.sqrt(1.0 + sigma**2) - sigma * eps, eps)",
+       "return Denoised(x - sigma * eps, eps)", EXACT_LAW, ORDER),
+    _m("diffusion-noise-reused-every-step", "samplers", SAMPLERS + "base.py",
+       "x, state = solver.step(ctx, state, x, t, s, discrete.step_keys(keys, i), args)",
+       "x, state = solver.step(ctx, state, x, t, s, discrete.step_keys(keys, 0), args)",
+       EXACT_LAW, ORDER),
+    _m("dpmpp-2m-correction-sign", "samplers", SAMPLERS + "dpm_solver_pp.py",
+       "first + 0.5 * (1.0 - r) * d1_0", "first - 0.5 * (1.0 - r) * d1_0", ORDER, BEATS_DDIM),
+    # r0 = 1 on DPM-Solver's default log-SNR grid, so only a non-uniform grid shows this one
+    # (tests/peers' trailing grid does: 1 failed there).
+    _m("dpmpp-r0-inverted", "samplers", SAMPLERS + "dpm_solver_pp.py",
+       "d1_0 = (m0 - m1) / r0", "d1_0 = (m0 - m1) * r0",
+       f"{S}::test_dpm_solver_2m_matches_the_papers_algorithm_on_non_uniform_steps", ORDER),
+    _m("dpmpp-3m-d2-sign", "samplers", SAMPLERS + "dpm_solver_pp.py",
+       "- ((em1 + h) / h**2 - 0.5) * d2", "+ ((em1 + h) / h**2 - 0.5) * d2", ORDER, BEATS_DDIM),
+    _m("heun-weights-d-and-d'-1-and-0", "samplers", SAMPLERS + "heun.py",
+       "(sigma_s - sigma_hat) * 0.5 * (d + d_next)",
+       "(sigma_s - sigma_hat) * (1.0 * d + 0.0 * d_next)", ORDER, BEATS_DDIM),
+    _m("heun-churn-std-sigma_hat^2+sigma_t^2", "samplers", SAMPLERS + "heun.py",
+       "churn_std = jnp.sqrt(jnp.maximum((sigma_hat - sigma_t) * (sigma_hat + sigma_t), 0.0))",
+       "churn_std = jnp.sqrt(sigma_hat**2 + sigma_t**2)", ORDER,
+       f"{S}::test_heun_with_churn_is_stochastic_and_still_converges_in_law"),
+    _m("euler-a-sigma-up-without-eta", "samplers", SAMPLERS + "euler_ancestral.py",
+       "args[\"eta\"] * sigma_s * jnp.sqrt(", "sigma_s * jnp.sqrt(",
+       EULER_A_IS_DDIM, ORDER),
+    _m("karras-spacing-1/rho-for-rho", "samplers", SAMPLERS + "spacing.py",
+       "np.linspace(hi, lo, n) ** KARRAS_RHO", "np.linspace(hi, lo, n) ** (1 / KARRAS_RHO)",
+       f"{S}::test_spacings_follow_their_formulas"),
+    # Inverting to another noise level than the one sampling starts from (sigma_max, spacing):
+    # at sigma_max = 80 the VP state barely moves with sigma, so only a small sigma_max shows it.
+    _m("invert-ignores-spacing-and-sigma_max", "samplers", SAMPLERS + "inversion.py",
+       "times = sampling_times(schedule, sampler, num_steps, options)[::-1].copy()",
+       "times = sampling_times(schedule, sampler, num_steps)[::-1].copy()",
+       f"{S}::test_inversion_honours_sigma_max_against_the_exact_inverse_flow"),
+    _m("inpaint-replaces-at-the-noise-level-of-t-not-s", "samplers", SAMPLERS + "base.py",
+       "return hook(x, s, i, hook_args), state", "return hook(x, t, i, hook_args), state",
+       INPAINT),
     _m("cfg-extrapolates-from-the-conditional-stream", "samplers", "ardiff/processes/guidance.py",
        "return neg + jnp.asarray(w, out.dtype) * (cond - neg)",
        "return cond + jnp.asarray(w, out.dtype) * (cond - neg)", "tests/processes/test_guidance.py",
        D, AR),
-    _m("diffusion-noise-reused-every-step", "samplers", "ardiff/processes/gaussian/samplers/base.py",
-       "x_next = step(schedule, x, t, s, eps, discrete.step_keys(keys, i), args)",
-       "x_next = step(schedule, x, t, s, eps, discrete.step_keys(keys, 0), args)", D),
-    _m("inpaint-replaces-with-the-noise-level-of-t-not-s", "samplers",
-       "ardiff/processes/gaussian/inpaint.py", "                    s, k_replace)",
-       "                    t, k_replace)",
-       "tests/processes/gaussian/test_inpaint.py"),
     # ---- schedules
     _m("cosine-schedule-forgets-/(1+s)", "schedules", "ardiff/processes/gaussian/schedules.py",
        "f = np.cos((steps + offset) / (1 + offset) * np.pi / 2) ** 2",
@@ -77,18 +122,51 @@ MUTANTS = (
     _m("linear-schedule-rescales-one-endpoint", "schedules", "ardiff/processes/gaussian/schedules.py",
        "np.linspace(scale * 1e-4, scale * 0.02, num_timesteps)",
        "np.linspace(1e-4, scale * 0.02, num_timesteps)", D),
+    # continuous time: log-SNR linear between training steps, and its inverse
+    _m("sigma-at-log-snr-frac-sign", "schedules", "ardiff/processes/gaussian/schedules.py",
+       "var_log = jnp.exp(-(lo + frac * (hi - lo)))", "var_log = jnp.exp(-(lo - frac * (hi - lo)))",
+       *CONTINUOUS_TIME),
+    _m("sigma-at-interpolates-alpha-bar-linearly", "schedules",
+       "ardiff/processes/gaussian/schedules.py", "var_log = jnp.exp(-(lo + frac * (hi - lo)))",
+       "var_log = 1.0 / (self.alpha_bars[i] + frac * (self.alpha_bars[i + 1] - self.alpha_bars[i]))"
+       " - 1.0", *CONTINUOUS_TIME),
+    # (`rising` starts at t = 1, so reading its index j as the time step j + 1 looks right.)
+    _m("time-at-sigma-off-by-one-grid-index", "schedules", "ardiff/processes/gaussian/schedules.py",
+       "u_log = (j + (lo - lam) / (lo - hi)) / num",
+       "u_log = (j + 1 + (lo - lam) / (lo - hi)) / num",
+       *CONTINUOUS_TIME),
     # ---- diffusion loss and targets
     _m("loss-draws-t-from-0..T-1", "loss", "ardiff/processes/gaussian/process.py",
        "t = jax.random.randint(k_t, (x0.shape[0],), 1, self.num_timesteps + 1)",
-       "t = jax.random.randint(k_t, (x0.shape[0],), 0, self.num_timesteps)", D),
+       "t = jax.random.randint(k_t, (x0.shape[0],), 0, self.num_timesteps)", BAYES_RISK),
     _m("v-target-sign", "loss", "ardiff/processes/gaussian/targets.py",
        "return x_t, jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * x0",
-       "return x_t, jnp.sqrt(ab) * eps + jnp.sqrt(1 - ab) * x0", D),
+       "return x_t, jnp.sqrt(ab) * eps + jnp.sqrt(1 - ab) * x0", BAYES_RISK),
     _m("clip-x0-lower-bound", "loss", "ardiff/processes/gaussian/process.py",
-       "-self.clip_x0, self.clip_x0)", "-1.0, self.clip_x0)", D),
+       "-self.clip_x0, self.clip_x0)", "-1.0, self.clip_x0)",
+       f"{D}::test_clip_x0_clips_the_implied_x0_and_nothing_else"),
     _m("label-drop-keeps-dropped-labels", "loss", "ardiff/processes/gaussian/process.py",
        "jax.random.bernoulli(k_drop, self.p_uncond, y.shape), self.null_label, y)",
-       "jax.random.bernoulli(k_drop, 1 - self.p_uncond, y.shape), self.null_label, y)", D),
+       "jax.random.bernoulli(k_drop, 1 - self.p_uncond, y.shape), self.null_label, y)",
+       f"{D}::test_label_dropping_at_p_uncond_one_trains_the_null_label"),
+    # next_step's x0 comes from the posterior mean c0 x0 + ct x_t (targets.py; no sampler uses
+    # it). A check must take that mean from its own formula: one built with the library's
+    # posterior_coefficients cancels the bug.
+    _m("next-step-target-posterior-mean-without-sqrt", "loss",
+       "ardiff/processes/gaussian/targets.py", "ct = jnp.sqrt(a_ts) * (1.0 - ab_s) / (1.0 - ab_t)",
+       "ct = a_ts * (1.0 - ab_s) / (1.0 - ab_t)",
+       f"{D}::test_exact_target_prediction_recovers_true_eps", BAYES_RISK),
+    # Points are standardised for the model: to_data must undo to_model (scale, then center).
+    _m("to-data-adds-the-center-before-scaling", "data space", "ardiff/processes/gaussian/process.py",
+       """      if self.data_scale is not None:
+        x = x * jnp.asarray(self.data_scale, x.dtype)
+      if self.data_center is not None:
+        x = x + jnp.asarray(self.data_center, x.dtype)
+""", """      if self.data_center is not None:
+        x = x + jnp.asarray(self.data_center, x.dtype)
+      if self.data_scale is not None:
+        x = x * jnp.asarray(self.data_scale, x.dtype)
+""", f"{D}::test_point_standardisation_round_trips_and_reaches_the_network"),
     # ---- bounds
     _m("diffusion-bound-kl-weight-without-alpha_t", "bounds", "ardiff/processes/gaussian/likelihood.py",
        "weight = beta / (2.0 * (1.0 - beta) * _one_minus_alpha_bars(schedule)[t - 1])",
@@ -189,6 +267,10 @@ def run_mutant(mutant: Mutant, root: str = ROOT) -> tuple[str, float, str]:
                            *mutant.tests], cwd=dest, env=env, capture_output=True, text=True)
   lines = [line for line in proc.stdout.splitlines() if line.strip()]
   last = lines[-1] if lines else proc.stderr.strip()[-200:]
+  failed = [line.split(" - ")[0].split("::", 1)[-1] for line in lines
+            if line.startswith("FAILED ")]
+  if failed:  # which test caught it (-x: the first failure)
+    last = f"{last}  [{failed[0]}]"
   outcome = {0: "NOT CAUGHT", 1: "caught"}.get(proc.returncode, "ERROR")
   return outcome, time.perf_counter() - start, last
 

@@ -156,23 +156,47 @@ def test_exact_target_prediction_recovers_true_eps(target):
   """If the network predicted its target's conditional mean exactly, the implied eps is exact.
 
   For eps/x0/v a per-sample check is exact. For next_step the target is random given x_t, so
-  check with the posterior mean instead (its regression optimum)."""
-  from ardiff.processes.gaussian.targets import posterior_coefficients
-
+  check with the posterior mean instead (its regression optimum), written here from the paper
+  (Ho et al. eq. 7), not from the library's posterior_coefficients."""
   key = jax.random.key(0)
   x0 = jax.random.normal(key, (64, 2))
   t = jax.random.randint(jax.random.key(1), (64,), 1, 1001)
   ab = SCHEDULE.alpha_bars[t][:, None]
   if target == "next_step":
     x_t, _ = noisy_sample_and_target("next_step", SCHEDULE, x0, t, jax.random.key(2))
-    c0, ct, _ = posterior_coefficients(SCHEDULE, t, t - 1)
-    pred = c0[:, None] * x0 + ct[:, None] * x_t
+    ab_prev = SCHEDULE.alpha_bars[t - 1][:, None]
+    alpha = ab / ab_prev
+    pred = (jnp.sqrt(ab_prev) * (1 - alpha) * x0 + jnp.sqrt(alpha) * (1 - ab_prev) * x_t) / (1 - ab)
   else:
     x_t, pred = noisy_sample_and_target(target, SCHEDULE, x0, t, jax.random.key(2))
   eps_true = (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
   eps = prediction_to_eps(target, SCHEDULE, pred, x_t, t)
   ok = np.asarray(t) < 990  # near T the x0 -> eps map divides by ~0 for next_step
-  np.testing.assert_allclose(np.asarray(eps)[ok], np.asarray(eps_true)[ok], atol=2e-3)
+  # float32 round trip through the posterior mean: max error 0.012 for t < 990 (a coefficient
+  # without its square root: 1.4)
+  np.testing.assert_allclose(np.asarray(eps)[ok], np.asarray(eps_true)[ok],
+                             atol=0.02 if target == "next_step" else 2e-3)
+
+
+def test_point_standardisation_round_trips_and_reaches_the_network():
+  """Points: model space is (x - center) / scale per dimension; samples come back in data space."""
+  model = MLPDenoiser(1, width=16, depth=1)
+  proc = GaussianDiffusion(model, num_classes=1, num_timesteps=50, data_shape=(2,),
+                           data_center=(3.0, -1.0), data_scale=(2.0, 0.5))
+  x = jnp.array([[3.0, -1.0], [5.0, -0.5], [-1.0, 0.0]])
+  np.testing.assert_allclose(np.asarray(proc.to_model(x)), [[0, 0], [1, 1], [-2, 2]], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(proc.to_data(proc.to_model(x))), np.asarray(x),
+                             atol=1e-6)
+  # The loss sees standardised data: shifting the batch by the center changes nothing.
+  plain = GaussianDiffusion(model, num_classes=1, num_timesteps=50, data_shape=(2,))
+  params = proc.init_params(jax.random.key(0), {"x": x, "y": jnp.zeros(3, jnp.int32)})
+  batch = {"x": x, "y": jnp.zeros(3, jnp.int32)}
+  std_batch = {"x": proc.to_model(x), "y": batch["y"]}
+  np.testing.assert_allclose(float(proc.loss(params, batch, jax.random.key(1), train=False)[0]),
+                             float(plain.loss(params, std_batch, jax.random.key(1),
+                                              train=False)[0]), rtol=1e-6)
+  with pytest.raises(ValueError, match="data_center is for points"):
+    GaussianDiffusion(model, num_classes=1, data_shape=(2,), data_center=(0.0,))
 
 
 def test_next_step_forward_chain_matches_marginal():
