@@ -43,7 +43,7 @@ from ardiff.train import num_params
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
                    "unet.base_channels=8", "diffusion.num_timesteps=8", "num_samples=70",
                    "sample.runs.ardm=['ardm:k=64', 'ardm:k=64:order=contiguous', 'ardm:dp=1']",
-                   "sample.runs.gaussian=['ddpm:2', 'ddim:2', 'heun:2', 'dpmpp_2m:3']",
+                   "sample.runs.gaussian=['ddim:2', 'dpmpp_2m:3']",
                    "seeds=[0]",
                    "classifier_steps=20"]
 

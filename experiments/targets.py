@@ -34,7 +34,7 @@ from ardiff.report import plots, write_results
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
                    "diffusion.num_timesteps=10", "num_samples=40",
-                   "runs=['ddim:2', 'ddpm:2']",
+                   "runs=['ddim:2']",
                    "targets=['next_step', 'eps']", "error_ts=[1, 5, 10]", "classifier_steps=20"]
 
 COLORS = {"eps": "#1f77b4", "x0": "#d62728", "v": "#2ca02c", "next_step": "#ff7f0e"}
