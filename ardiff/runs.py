@@ -10,6 +10,7 @@ parameters.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -24,7 +25,7 @@ from ardiff.configs.overrides import config_hash
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
 from ardiff.data.levels import levels_to_unit, to_tokens
-from ardiff.train import TrainConfig, TrainState, train
+from ardiff.train import LATER_FIELDS, TrainConfig, TrainState, read_training_info, train
 
 
 def model_dir(config: ml_collections.ConfigDict, workdir: str, name: str, *sections: Any,
@@ -55,11 +56,38 @@ def train_cached(process, x: np.ndarray, y: np.ndarray, train_cfg: ml_collection
   return train(process, x, y, TrainConfig.from_config(train_cfg), directory, **kwargs)
 
 
-def train_model(kind: str, config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
-                model_cfg: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict,
-                *, key_sections: tuple = (), name: str | None = None, **build_extra):
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  process: Any
+  params: Any  # EMA parameters (with validation: the best ones)
+  directory: str
+  info: dict  # training.json: flops_per_step, steps, best_step, stopped_early_at, wall_seconds
+
+  @property
+  def flops(self) -> float | None:
+    """Training compute spent: FLOPs per step x steps trained."""
+    per_step = self.info.get("flops_per_step")
+    return per_step * self.info["step"] if per_step and "step" in self.info else None
+
+
+def train_key(train_cfg) -> dict:
+  """The train section as it enters a model's cache key: fields added later are left out at
+  the defaults that train as before (`ardiff.train.LATER_FIELDS`), so older models stay valid."""
+  values = _plain(train_cfg)
+  return {k: v for k, v in values.items()
+          if not (k in LATER_FIELDS and _same(v, LATER_FIELDS[k]))}
+
+
+def _same(a, b) -> bool:
+  return (list(a) == list(b)) if isinstance(b, tuple) else a == b
+
+
+def fit_model(kind: str, config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
+              model_cfg: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict,
+              *, key_sections: tuple = (), name: str | None = None, **build_extra
+              ) -> TrainedModel:
   """Build process `kind` from `model_cfg` (ardiff.build), train or restore it on the dataset's
-  train split, and return (process, EMA params).
+  train split, and return it with its EMA parameters, directory and training record.
 
   The cache key is (dataset name, model section, extra build sections, train section, builder
   version, dtype); `key_sections` replaces (dataset name, model section, extras) where an
@@ -70,13 +98,19 @@ def train_model(kind: str, config: ml_collections.ConfigDict, workdir: str, data
   # remat trades memory for compute and leaves the trained model as it is: not in the key.
   model_key = {k: v for k, v in model_cfg.items() if k != "remat"}
   sections = key_sections or (dataset.name, model_key, *build_extra.values())
-  directory = model_dir(config, workdir, name or f"{dataset.name}-{kind}", *sections, train_cfg,
-                        version=builders.code_version(kind, dataset))
+  directory = model_dir(config, workdir, name or f"{dataset.name}-{kind}", *sections,
+                        train_key(train_cfg), version=builders.code_version(kind, dataset))
   write_model_card(directory, kind, model_cfg, dataset, config.get("dtype", "float32"),
                    build_extra)
   state = train_cached(process, model_inputs(kind, dataset), dataset.y_train, train_cfg,
                        directory)
-  return process, state.ema_params
+  return TrainedModel(process, state.ema_params, directory, read_training_info(directory))
+
+
+def train_model(*args, **kwargs):
+  """`fit_model`, returning (process, EMA params)."""
+  model = fit_model(*args, **kwargs)
+  return model.process, model.params
 
 
 MODEL_CARD = "model.json"
