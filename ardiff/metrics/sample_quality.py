@@ -11,7 +11,12 @@ data) ``SampleQuality`` reports:
 * ``floor``: the Fréchet distance of real images outside the test split (a random subset of
   the train split) against the test split, with as many images as the samples compared. FD is biased
   upwards by finite sample size, so a score means something only beside the floor for the same
-  number of samples; ``report`` computes both together.
+  number of samples; ``report`` computes both together;
+* ``precision``/``recall``: k-nearest-neighbour precision and recall (Kynkäänniemi et al. 2019,
+  ``ardiff.metrics.precision_recall``) of the sample features against the test split's: the
+  fraction of samples that land on the data manifold, and the fraction of the data manifold the
+  samples cover. Both are biased by sample count, so they too come with a floor
+  (``floor_precision_recall``: a random train subset of the same size scored the same way).
 
 ``sharpness`` and ``pixel_entropy`` are cheap pixel statistics for the "blurry mean" experiment.
 """
@@ -28,6 +33,7 @@ from ardiff.metrics.classifier_training import (DEFAULT_STEPS, ClassifierTrainin
                                                 check_image_dataset, load_or_train_classifier,
                                                 train_classifier)
 from ardiff.metrics.frechet import frechet_distance_from_stats, gaussian_stats
+from ardiff.metrics.precision_recall import knn_precision_recall
 
 
 class SampleQuality:
@@ -110,6 +116,16 @@ class SampleQuality:
     """The classifier's accuracy on the test split."""
     return float(np.mean(self.test_logits.argmax(-1) == self.dataset.y_test))
 
+  def _train_subset_features(self, num_samples: int, seed: int) -> np.ndarray:
+    """Features of `num_samples` train images (capped at the split's size), drawn without
+    replacement from `seed`; the train split's features are computed once and cached."""
+    if self._train_features is None:
+      self._train_features = self._logits_and_features(self.dataset.x_train, "x_train")[1]
+    n_train = len(self._train_features)
+    sel = np.random.default_rng(seed).choice(n_train, size=min(num_samples, n_train),
+                                             replace=False)
+    return self._train_features[sel]
+
   def floor(self, num_samples: int | None = None, seed: int = 0) -> float:
     """FD of `num_samples` real train images (default: as many as the test split) vs the test split.
 
@@ -117,23 +133,53 @@ class SampleQuality:
     train split's size. This is what a perfect sampler scores with that many samples (slightly
     pessimistic: the classifier has seen the train images).
     """
-    n_train = len(self.dataset.x_train)
     n = len(self.dataset.x_test) if num_samples is None else int(num_samples)
     if n < 2:
       raise ValueError(f"num_samples must be >= 2, got {num_samples}")
-    if self._train_features is None:
-      self._train_features = self._logits_and_features(self.dataset.x_train, "x_train")[1]
-    sel = np.random.default_rng(seed).choice(n_train, size=min(n, n_train), replace=False)
-    mu, cov = gaussian_stats(self._train_features[sel], "train features")
+    mu, cov = gaussian_stats(self._train_subset_features(n, seed), "train features")
     return frechet_distance_from_stats(mu, cov, *self._test_stats)
 
-  def report(self, samples_levels: np.ndarray, labels: np.ndarray | None = None) -> dict:
-    """Every metric for one set of samples, with the floor for the same number of samples."""
+  def precision_recall(self, samples_levels: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """k-NN (precision, recall) of the samples' features against the test split's features.
+
+    precision: fraction of samples inside some test image's k-NN ball (realism);
+    recall: fraction of test images inside some sample's k-NN ball (coverage).
+    Biased by both counts: read beside ``floor_precision_recall(len(samples_levels), k)``.
+    """
     x = self._check_levels(samples_levels, "samples_levels")
+    if isinstance(k, int) and len(x) < k + 1:
+      raise ValueError(f"samples_levels needs at least k + 1 = {k + 1} images, got {len(x)}")
+    feats = self._logits_and_features(x, "samples_levels")[1]
+    return knn_precision_recall(self.test_features, feats, k)
+
+  def floor_precision_recall(self, num_samples: int | None = None, k: int = 3,
+                             seed: int = 0) -> tuple[float, float]:
+    """``precision_recall`` of `num_samples` real train images (default: as many as the test
+    split) against the test split: what a perfect sampler scores with that many samples.
+
+    Same subset rule as ``floor`` (without replacement from `seed`, capped at the train split's
+    size). Neither number is 1 for a perfect sampler: k-NN balls do not cover the whole support.
+    """
+    n = len(self.dataset.x_test) if num_samples is None else int(num_samples)
+    if n < k + 1:
+      raise ValueError(f"num_samples must be >= k + 1 = {k + 1}, got {num_samples}")
+    return knn_precision_recall(self.test_features, self._train_subset_features(n, seed), k)
+
+  def report(self, samples_levels: np.ndarray, labels: np.ndarray | None = None,
+             k: int = 3) -> dict:
+    """Every metric for one set of samples, with the floors for the same number of samples
+    (`k`: the precision/recall neighbourhood size)."""
+    x = self._check_levels(samples_levels, "samples_levels")
+    precision, recall = self.precision_recall(x, k)
+    precision_floor, recall_floor = self.floor_precision_recall(len(x), k)
     out = {
         "num_samples": len(x),
         "frechet": self.frechet(x),
         "frechet_floor": self.floor(len(x)),
+        "precision": precision,
+        "recall": recall,
+        "precision_floor": precision_floor,
+        "recall_floor": recall_floor,
         "sharpness": sharpness(levels_to_unit(x, self.dataset.num_levels)),
         "data_sharpness": sharpness(levels_to_unit(self.dataset.x_test, self.dataset.num_levels)),
         "pixel_entropy": pixel_entropy(x, self.dataset.num_levels),

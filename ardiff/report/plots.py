@@ -138,14 +138,49 @@ def image_grid(images: np.ndarray, path: str | None = None, nrow: int | None = N
   return _finish(fig, path, title, close)
 
 
-def line_plot(series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
-              path: str | None = None, *, xlabel: str, ylabel: str, title: str | None = None,
-              logx: bool = False, logy: bool = False, hlines: Sequence[tuple[str, float]] = (),
-              styles: dict[str, dict] | None = None, close: bool = False) -> Figure:
-  """Lines of (label, xs, ys); optional horizontal reference lines (label, y)."""
+Series = (tuple[str, Sequence[float], Sequence[float]]
+          | tuple[str, Sequence[float], Sequence[float], Sequence[float] | None])
+
+
+def _lower_errors(ys: np.ndarray, yerr: np.ndarray, logy: bool) -> np.ndarray:
+  """The downward bar lengths: yerr, except on a log axis, where a bar may not reach 0 or below
+  (it would be dropped or stretch the axis to tiny values): at most 0.999 * y there."""
+  return np.minimum(yerr, np.maximum(0.999 * ys, 0.0)) if logy else yerr
+
+
+def line_plot(series: Sequence[Series], path: str | None = None, *, xlabel: str, ylabel: str,
+              title: str | None = None, logx: bool = False, logy: bool = False,
+              hlines: Sequence[tuple[str, float]] = (), styles: dict[str, dict] | None = None,
+              close: bool = False) -> Figure:
+  """Lines of (label, xs, ys) or (label, xs, ys, yerr); optional horizontal reference lines
+  (label, y).
+
+  yerr (one non-negative half-width per point, or None for no bars) is drawn as symmetric error
+  bars with caps, in the line's style (``styles[label]``, e.g. colour). On a log y axis the
+  lower bar is clipped to end just above zero (at 0.001 * y), so it stays drawable; the upper
+  bar is kept. Such a clipped bar pulls the axis down to 0.001 * y (three decades): read it as
+  "the spread reaches zero".
+  """
   fig, ax = plt.subplots(figsize=(7.0, 4.6))
-  for label, xs, ys in series:
-    ax.plot(xs, ys, label=label, **{"marker": "o", "ms": 4, **(styles or {}).get(label, {})})
+  handles = []  # the legend in series order (matplotlib's own puts error bars last)
+  for i, entry in enumerate(series):
+    if len(entry) not in (3, 4):
+      raise ValueError(f"series[{i}] must be (label, xs, ys) or (label, xs, ys, yerr), "
+                       f"got {len(entry)} elements")
+    label, xs, ys = entry[:3]
+    yerr = entry[3] if len(entry) == 4 else None
+    style = {"marker": "o", "ms": 4, **(styles or {}).get(label, {})}
+    if yerr is None:
+      handles += ax.plot(xs, ys, label=label, **style)
+      continue
+    ys, yerr = np.asarray(ys, np.float64), np.asarray(yerr, np.float64)
+    if yerr.shape != ys.shape:
+      raise ValueError(f"yerr of series {label!r} must have the shape of its ys {ys.shape}, "
+                       f"got {yerr.shape}")
+    if np.any(yerr < 0):
+      raise ValueError(f"yerr of series {label!r} must be non-negative")
+    handles.append(ax.errorbar(xs, ys, yerr=np.stack([_lower_errors(ys, yerr, logy), yerr]),
+                               label=label, capsize=3, elinewidth=1, **style))
   for label, y in hlines:
     ax.axhline(y, ls="--", c="gray", lw=1)
     ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=8, color="gray",
@@ -157,5 +192,7 @@ def line_plot(series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=8)
+  shown = [h for h in handles if h.get_label() and not str(h.get_label()).startswith("_")]
+  if shown:
+    ax.legend(handles=shown, fontsize=8)
   return _finish(fig, path, title, close)

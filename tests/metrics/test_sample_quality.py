@@ -1,4 +1,5 @@
-"""Sample-quality metric on digits: classifier accuracy, Fréchet sanity, pixel stats.
+"""Sample-quality metric on digits: classifier accuracy, Fréchet and k-NN precision/recall
+sanity, pixel stats.
 
 The classifier's training determinism and cache: test_classifier_training.py."""
 
@@ -14,6 +15,7 @@ from ardiff.data.digits import load_digits_dataset
 from ardiff.metrics import sample_quality as sq_lib
 from ardiff.metrics.classifier_training import train_classifier
 from ardiff.metrics.frechet import frechet_distance
+from ardiff.metrics.precision_recall import knn_precision_recall
 from ardiff.models.classifier import Classifier
 
 
@@ -75,12 +77,53 @@ def test_frechet_and_floor_match_direct_feature_computation(digits, quality):
   np.testing.assert_allclose(quality.floor(len(digits.x_train)), direct, rtol=1e-4)
 
 
+def test_precision_recall_and_floor_match_direct_feature_computation(digits, quality):
+  """Against the test split's features as the real set (not the samples', not the train's)."""
+  feats = np.asarray(Classifier(digits.num_classes).apply(
+      quality.params, levels_to_unit(digits.x_train, digits.num_levels))[1])
+  test = np.asarray(Classifier(digits.num_classes).apply(
+      quality.params, levels_to_unit(digits.x_test, digits.num_levels))[1])
+  direct = knn_precision_recall(test, feats[:100], 2)
+  assert quality.precision_recall(digits.x_train[:100], k=2) == direct
+  # With every train image the floor's subset is the whole train split (permuted); the metric
+  # does not depend on the order of the points.
+  assert quality.floor_precision_recall(len(digits.x_train), k=2) == knn_precision_recall(
+      test, feats, 2)
+
+
+def test_real_images_score_near_the_floor_and_noise_scores_zero(digits, quality):
+  """Train images not drawn by the floor's seed are as good as the floor's: both are real.
+
+  Tolerance 0.08: each number is a fraction of 297 points (binomial standard error about 0.016
+  at 0.9), so two independent draws differ by 0.022 in standard deviation; 0.08 is 3.5 of them.
+  """
+  n = len(digits.x_test)
+  floor = quality.floor_precision_recall(n)
+  real = quality.precision_recall(digits.x_train[-n:])
+  assert min(floor) > 0.8, floor
+  np.testing.assert_allclose(real, floor, atol=0.08)
+  assert quality.precision_recall(_noise_images(digits, n)) == (0.0, 0.0)
+
+
+def test_one_repeated_image_is_precise_but_has_no_recall(digits, quality):
+  """Mode collapse: n copies of one test image. Every sample is a real point (precision 1); the
+  copies' k-NN balls have radius 0, so they cover at most that image (recall <= 1/n, allowing one
+  more for a rounding tie)."""
+  n = len(digits.x_test)
+  precision, recall = quality.precision_recall(np.repeat(digits.x_test[:1], n, axis=0))
+  assert precision == 1.0
+  assert recall <= 2 / n, recall
+
+
 def test_report_pairs_score_with_floor_for_same_size(digits, quality):
   samples = digits.x_train[:200]
   out = quality.report(samples, digits.y_train[:200])
   assert out["num_samples"] == 200
   assert out["frechet"] == quality.frechet(samples)
   assert out["frechet_floor"] == quality.floor(200)
+  assert (out["precision"], out["recall"]) == quality.precision_recall(samples)
+  assert (out["precision_floor"], out["recall_floor"]) == quality.floor_precision_recall(200)
+  assert (out["precision"], out["recall"]) != quality.precision_recall(samples, k=1)
   assert out["accuracy"] == quality.accuracy(samples, digits.y_train[:200])
   assert "accuracy" not in quality.report(samples)
 
@@ -94,6 +137,12 @@ def test_bad_samples_raise(digits, quality):
     quality.frechet(np.full((4, 8, 8, 1), 17, np.uint8))
   with pytest.raises(ValueError, match="labels must have shape"):
     quality.accuracy(digits.x_test, digits.y_test[:-1])
+  with pytest.raises(ValueError, match="samples_levels must hold integer levels"):
+    quality.precision_recall(digits.x_test.astype(np.float32))
+  with pytest.raises(ValueError, match=r"samples_levels needs at least k \+ 1 = 4 images, got 3"):
+    quality.precision_recall(digits.x_test[:3])
+  with pytest.raises(ValueError, match=r"num_samples must be >= k \+ 1 = 4, got 3"):
+    quality.floor_precision_recall(3)
 
 
 def test_sharpness_matches_scipy_laplacian():

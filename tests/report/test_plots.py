@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 
+import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from ardiff.report import plots
@@ -29,6 +31,9 @@ CALLS = {
     "line_plot": lambda path, **kw: plots.line_plot(
         [("s", [1, 2, 3], [3.0, 1.0, 2.0])], path, xlabel="x", ylabel="y", hlines=[("h", 2.0)],
         **kw),
+    "line_plot_errorbars": lambda path, **kw: plots.line_plot(
+        [("s", [1, 2, 3], [3.0, 1.0, 2.0], [0.5, 2.0, 0.1]), ("t", [1, 3], [2.0, 2.5], None)],
+        path, xlabel="x", ylabel="y", logy=True, **kw),
 }
 
 
@@ -68,3 +73,63 @@ def test_import_chooses_no_backend_and_tables_do_not_import_matplotlib(tmp_path)
                        text=True, check=True).stdout.split()
   # Nothing forced at import; headless, matplotlib's own resolution then picks Agg.
   assert out == ["None", "agg"]
+
+
+def _bar_segments(container: ErrorbarContainer) -> np.ndarray:
+  """The vertical bars of an errorbar container as [N, 2 (ends), 2 (x, y)]."""
+  (bars,) = container.lines[2]
+  return np.array(bars.get_segments())
+
+
+def test_line_plot_draws_error_bars_only_for_series_with_yerr():
+  xs, ys, yerr = [1.0, 2.0, 4.0], [3.0, 1.0, 2.0], [0.5, 0.25, 1.0]
+  fig = plots.line_plot(
+      [("old", xs, [1.0, 2.0, 3.0]),  # the 3-tuple form: a plain line
+       ("bars", xs, ys, yerr),
+       ("none", xs, [2.0, 2.0, 2.0], None)],
+      xlabel="x", ylabel="y", title="t", styles={"bars": {"c": "#d62728", "ls": "--"}},
+      close=True)
+  ax = fig.axes[0]
+  bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+  assert len(bars) == 1 and bars[0].get_label() == "bars"
+  seg = _bar_segments(bars[0])
+  np.testing.assert_allclose(seg[:, :, 0], np.repeat(np.array(xs)[:, None], 2, 1))
+  np.testing.assert_allclose(seg[:, 0, 1], np.subtract(ys, yerr))  # symmetric: y -/+ yerr
+  np.testing.assert_allclose(seg[:, 1, 1], np.add(ys, yerr))
+  assert len(bars[0].lines[1]) == 2  # caps above and below
+  # The bars and the line share the series' style.
+  data_line = bars[0].lines[0]
+  assert data_line.get_linestyle() == "--"
+  np.testing.assert_allclose(bars[0].lines[2][0].get_colors()[0], mcolors.to_rgba("#d62728"))
+  np.testing.assert_allclose(data_line.get_ydata(), ys)
+  # The plain lines keep their data; every series is in the legend, in order.
+  plain = {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+  assert sorted(plain) == ["none", "old"]
+  np.testing.assert_allclose(plain["old"].get_ydata(), [1.0, 2.0, 3.0])
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ["old", "bars", "none"]
+  assert ax.get_ylabel() == "y" and fig.texts[0].get_text() == "t"
+
+
+def test_line_plot_log_axis_keeps_lower_bars_positive():
+  ys, yerr = np.array([1.0, 10.0, 100.0]), np.array([2.0, 5.0, 1000.0])
+  fig = plots.line_plot([("s", [1, 2, 3], ys, yerr)], xlabel="x", ylabel="y", logy=True,
+                        close=True)
+  seg = _bar_segments(fig.axes[0].containers[0])
+  np.testing.assert_allclose(seg[:, 0, 1], [0.001, 5.0, 0.1])  # min(y - yerr, 0.001 y)
+  np.testing.assert_allclose(seg[:, 1, 1], ys + yerr)  # upper bars untouched
+  assert fig.axes[0].get_yscale() == "log"
+  # On a linear axis the same bars go below zero, as asked.
+  lin = plots.line_plot([("s", [1, 2, 3], ys, yerr)], xlabel="x", ylabel="y", close=True)
+  np.testing.assert_allclose(_bar_segments(lin.axes[0].containers[0])[:, 0, 1], ys - yerr)
+
+
+def test_line_plot_rejects_bad_series():
+  with pytest.raises(ValueError, match=r"yerr of series 's' must have the shape of its ys \(3,\)"):
+    plots.line_plot([("s", [1, 2, 3], [1.0, 2.0, 3.0], [0.1, 0.2])], xlabel="x", ylabel="y",
+                    close=True)
+  with pytest.raises(ValueError, match="yerr of series 's' must be non-negative"):
+    plots.line_plot([("s", [1, 2], [1.0, 2.0], [0.1, -0.2])], xlabel="x", ylabel="y",
+                    close=True)
+  with pytest.raises(ValueError, match=r"series\[1\] must be \(label, xs, ys\)"):
+    plots.line_plot([("a", [1], [1.0]), ("s", [1], [1.0], [0.1], "extra")], xlabel="x",
+                    ylabel="y", close=True)
