@@ -84,17 +84,20 @@ def _same(a, b) -> bool:
 
 def fit_model(kind: str, config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
               model_cfg: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict,
-              *, key_sections: tuple = (), name: str | None = None, **build_extra
-              ) -> TrainedModel:
+              *, key_sections: tuple = (), name: str | None = None, process=None,
+              **build_extra) -> TrainedModel:
   """Build process `kind` from `model_cfg` (ardiff.build), train or restore it on the dataset's
   train split, and return it with its EMA parameters, directory and training record.
 
   The cache key is (dataset name, model section, extra build sections, train section, builder
   version, dtype); `key_sections` replaces (dataset name, model section, extras) where an
   experiment keyed its models differently before (so its cached models stay valid).
+  `process`: the process these sections build, built already (models of several training
+  seeds then share one process object, and its compiled samplers).
   """
-  process = builders.build(kind, model_cfg, dataset, config.get("dtype", "float32"),
-                           **build_extra)
+  if process is None:
+    process = builders.build(kind, model_cfg, dataset, config.get("dtype", "float32"),
+                             **build_extra)
   # remat trades memory for compute and leaves the trained model as it is: not in the key.
   model_key = {k: v for k, v in model_cfg.items() if k != "remat"}
   sections = key_sections or (dataset.name, model_key, *build_extra.values())

@@ -231,6 +231,24 @@ def step_flops(lowered) -> float | None:
     return None
 
 
+def train_step_flops(process: Process, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+                     mesh=None) -> float | None:
+  """FLOPs of one train step of `process` at cfg.batch_size (lowered, not compiled)."""
+  mesh = mesh or parallel.data_mesh()
+  repl = parallel.replicated(mesh)
+  tx = make_optimizer(cfg)
+  idx = parallel.process_slice(np.arange(cfg.batch_size) % len(x))
+  batch = parallel.put_global_batch({"x": x[idx], "y": y[idx]}, mesh)
+  key = jax.random.key(0)
+  abstract = jax.eval_shape(functools.partial(init_state, process, tx), batch, key)
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
+                        abstract)
+  step = jax.jit(functools.partial(train_step, process, tx, cfg.ema_decay),
+                 in_shardings=(repl, parallel.batch_sharding(mesh), repl),
+                 out_shardings=(repl, repl))
+  return step_flops(step.lower(target, batch, key))
+
+
 def validation_split(x: np.ndarray, y: np.ndarray, n_val: int):
   """(x_train, y_train, x_val, y_val): the last n_val examples held out."""
   if n_val >= len(x):
@@ -327,7 +345,8 @@ def train(
     if not flops:
       raise ConfigError("config key 'train.flops': this backend gives no FLOP count for the "
                         "train step; give the budget in train.steps")
-    cfg = dataclasses.replace(cfg, steps=max(1, int(cfg.flops // flops)))
+    # (1 + 1e-9): a budget of exactly n steps' FLOPs is n steps despite rounding.
+    cfg = dataclasses.replace(cfg, steps=max(1, int(cfg.flops / flops * (1 + 1e-9))))
   tx = make_optimizer(cfg)
   info_path = os.path.join(workdir, TRAINING_INFO)
   info = read_training_info(workdir)

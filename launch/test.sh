@@ -3,7 +3,7 @@
 # Usage: bash launch/test.sh [--dry-run] [PYTEST_ARGS...]
 #
 # Runs the whole test suite from the repo root, after sourcing launch/env.sh:
-#   python -m pytest -q -n auto --maxprocesses=4 --dist loadfile PYTEST_ARGS...
+#   python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup PYTEST_ARGS...
 # and exits with pytest's status. Examples:
 #   bash launch/test.sh                       (everything; what .ci/run calls)
 #   bash launch/test.sh -m 'not slow' tests/test_launch.py
@@ -19,6 +19,7 @@ case ${1:-} in
 esac
 
 use_env
-# Test files run in parallel (pytest-xdist), one file per worker so that module fixtures are
-# built once: on 2 cores the suite takes about half the time of a serial run.
-last_step python -m pytest -q -n auto --maxprocesses=4 --dist loadfile "$@"
+# Tests run in parallel (pytest-xdist): tests/conftest.py groups each file's tests on one
+# worker (module fixtures built once) and spreads the experiment smoke runs; on 2 cores the
+# suite takes about half the time of a serial run.
+last_step python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup "$@"

@@ -35,11 +35,13 @@ def test_experiment_runs_at_tiny_scale(path, tmp_path):
 
 
 # The MNIST comparison's own config (scale=mnist: bfloat16 compute, batched sampling, k dividing
-# 784) with tiny models and remat on, on tfds' mock MNIST (random 28x28 images, no download).
-MNIST_SMOKE = ["sample.runs.ardm=['ardm:k=392', 'ardm:k=392:order=contiguous', 'ardm:dp=2']",
-               "sample.runs.gaussian=['ddim:2']",
+# 784, 2x2 patches for the diffusion transformer) with tiny models and remat on, on tfds' mock
+# MNIST (random 28x28 images, no download); one training seed, no budget snapshots.
+MNIST_SMOKE = ["sample.runs.ardm=['ardm:k=392', 'ardm:k=392:order=contiguous']",
+               "sample.runs.diffusion_unet=['ddim:2']", "compute_specs.ardm=['ardm:k=392']",
                "unet.channel_mult=[1, 2]", "train.batch_size=8", "ar.heads=2",
-               "ar.remat=True", "num_samples=64", "sample_batch=32", "budget_examples=4"]
+               "ar.remat=True", "num_samples=32", "sample_batch=16", "train.val_examples=16",
+               "training_seeds=[0]", "train.snapshots=[]"]
 
 
 def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
@@ -47,16 +49,18 @@ def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
   path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
   module, _ = get_experiment_config(path, [])
   _, config = get_experiment_config(path, ["scale=mnist", *module.SMOKE_OVERRIDES, *MNIST_SMOKE])
-  assert (config.dataset, config.dtype) == ("mnist", "bfloat16")
+  assert (config.dataset, config.dtype, config.dit_patch_size) == ("mnist", "bfloat16", 2)
   with tfds.testing.mock_data(num_examples=80):
     rows = module.run(config, str(tmp_path))
   methods = {r["method"] for r in rows}
   assert methods == {"raster AR (1 pixel/step)", "ARDM, k contiguous pixels/step",
-                     "ARDM, k random pixels/step", "ARDM, random, DP budget", "diffusion DDIM"}
-  assert all(r["fd"] > 0 for r in rows)
+                     "ARDM, k random pixels/step", "diffusion (transformer) DDIM",
+                     "diffusion (UNet) DDIM"}
+  assert all(r["fd"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
   assert {r["NFE"] for r in rows if r["method"].startswith("ARDM")} == {2}
   assert next(r for r in rows if r["method"].startswith("raster"))["NFE"] == 28 * 28
   assert "mnist 28x28x1, 256 levels, split 80/80" in (tmp_path / "results.md").read_text()
+  assert "budget" in (tmp_path / "training.md").read_text()
   for name in ("quality_vs_nfe.png", "grids_by_nfe.png"):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -96,7 +100,8 @@ def test_mnist_config_is_paper_sized():
   path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
   _, config = get_experiment_config(path, ["scale=mnist"])
   ks = [parse_spec(s).get("k") for s in config.sample.runs.ardm]
-  assert all(784 % k == 0 for k in ks if k is not None) and len(set(ks) - {None}) == 10
+  assert all(784 % k == 0 for k in ks) and {1, 784} <= set(ks) and len(set(ks)) == 6
+  assert config.train.flops == 0 and config.budget_steps == 50_000  # FLOPs set at run time
 
 
 def test_in_batches_splits_labels_and_folds_keys():

@@ -99,7 +99,7 @@ def test_local_dry_run(repo):
 def test_test_dry_run(repo):
   assert _dry(repo, "test.sh", "-k", "x and y")[-2:] == [
       "source launch/env.sh",
-      "python -m pytest -q -n auto --maxprocesses=4 --dist loadfile -k 'x and y'"]
+      "python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup -k 'x and y'"]
 
 
 @pytest.mark.parametrize("cuda", ["12", "13"])
@@ -261,7 +261,7 @@ def test_local_and_test_run_through_the_venv(repo):
   out = _bash(root, env, "launch/local.sh", "spiral", "--config.seed=1")
   assert out.returncode == 0, out.stderr
   assert calls.read_text().splitlines() == [
-      "python -m pytest -q -n auto --maxprocesses=4 --dist loadfile -x",
+      "python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup -x",
       "ardiff run experiments/spiral.py --workdir=runs/spiral --config.seed=1"]
   out = _bash(root, env, "launch/local.sh", "nope")
   assert out.returncode == 1 and "experiments/nope.py" in out.stderr and "spiral" in out.stderr
