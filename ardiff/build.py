@@ -85,6 +85,17 @@ def ardm(cfg, dataset: Dataset, dtype):
                          data_shape=dataset.shape)
 
 
+@register("raster_bidirectional", example=lambda: (_tiny_transformer(), {}, [
+    "raster", "raster:temperature=0.8"]))
+def raster_bidirectional(cfg, dataset: Dataset, dtype):
+  """Raster order with a bidirectional transformer + mask token, one step per example
+  (`ardiff.processes.autoregressive.fixed_order`)."""
+  from ardiff.processes.autoregressive.fixed_order import RasterBidirectional
+
+  return RasterBidirectional(_transformer(cfg, dataset, dtype, False), p_uncond=cfg.p_uncond,
+                             data_shape=dataset.shape)
+
+
 # UNet version 2: its time embedding became the shared `models.embeddings` one (sin and cos
 # halves in the other order), so UNets trained before it must retrain. Points version 2: the
 # process standardises point data per dimension (its network sees unit-variance data).
@@ -114,6 +125,68 @@ def gaussian(cfg, dataset: Dataset, dtype, diffusion=None):
                            diffusion.clip_x0, data_shape=dataset.shape,
                            num_levels=dataset.num_levels if dataset.kind == "image" else None,
                            data_center=dataset.center, data_scale=dataset.scale)
+
+
+@register("gaussian_transformer",
+          example=lambda: (sections.transformer_section(width=16, depth=1, heads=2, dropout=0.0),
+                           {"diffusion": sections.diffusion_section(num_timesteps=20)},
+                           ["ddpm:4", "ddim:3", "dpmpp_2m:3"]))
+def gaussian_transformer(cfg, dataset: Dataset, dtype, diffusion=None):
+  """Diffusion on images with a transformer denoiser (`models.dit.DiffusionTransformer`).
+
+  cfg: the AR transformers' section (width, depth, heads, dropout, remat; optional patch_size,
+  default 1 = one token per pixel), so the backbone matches raster AR / ARDM's. `diffusion`: the
+  diffusion section; its p_uncond is the one used (the transformer section's is ignored, as
+  the UNet builder reads the diffusion section's). Images only.
+  """
+  from ardiff.configs.validation import ConfigError
+  from ardiff.models.dit import DiffusionTransformer
+  from ardiff.processes.gaussian.process import GaussianDiffusion
+
+  if dataset.kind != "image":
+    raise ConfigError(f"process 'gaussian_transformer' needs image data, got {dataset.kind!r} "
+                      f"data {dataset.name!r} (use 'gaussian' for points)")
+  sections.validate_diffusion(diffusion)
+  model = DiffusionTransformer(width=cfg.width, depth=cfg.depth, heads=cfg.heads,
+                               num_classes=dataset.num_classes,
+                               patch_size=cfg.get("patch_size", 1), dropout=cfg.dropout,
+                               dtype=dtype, remat=cfg.get("remat", False))
+  return GaussianDiffusion(model, dataset.num_classes, diffusion.schedule,
+                           diffusion.num_timesteps, diffusion.target, diffusion.p_uncond,
+                           diffusion.clip_x0, data_shape=dataset.shape,
+                           num_levels=dataset.num_levels)
+
+
+@register("gaussian_learned_var",
+          example=lambda: (sections.unet_section(base_channels=8, channel_mult=(1,),
+                                                 num_res_blocks=1, num_heads=2, dropout=0.0),
+                           {"diffusion": sections.diffusion_section(num_timesteps=20)},
+                           ["ddpm_learned:4", "ddim:3"]))
+def gaussian_learned_var(cfg, dataset: Dataset, dtype, diffusion=None, learned_variance=None):
+  """Image diffusion whose UNet (cfg: unet section, out_channels = 2C) also predicts the reverse
+  variances, trained with the hybrid objective (`ardiff.processes.gaussian.learned_variance`);
+  `diffusion` is the diffusion section (target eps), `learned_variance` an optional section
+  {vlb_weight: lambda, default 0.001}."""
+  from ardiff.configs.validation import require
+  from ardiff.models.unet import UNet
+  from ardiff.processes.gaussian.learned_variance import VLB_WEIGHT, LearnedVarianceDiffusion
+
+  sections.validate_diffusion(diffusion)
+  require(dataset.kind == "image", "dataset", "gaussian_learned_var needs image data (grey "
+          f"levels for its decoder term), got {dataset.kind!r} data")
+  require(diffusion.target == "eps", "diffusion.target",
+          f"learned variances are trained with the eps target, got {diffusion.target!r}")
+  weight = (learned_variance or {}).get("vlb_weight", VLB_WEIGHT)
+  require(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0,
+          "learned_variance.vlb_weight", f"must be a number >= 0, got {weight!r}")
+  model = UNet(base_channels=cfg.base_channels, channel_mult=tuple(cfg.channel_mult),
+               num_res_blocks=cfg.num_res_blocks, num_heads=cfg.num_heads,
+               dropout=cfg.dropout, num_classes=dataset.num_classes,
+               out_channels=2 * dataset.shape[-1], dtype=dtype)
+  return LearnedVarianceDiffusion(model, dataset.num_classes, diffusion.schedule,
+                                  diffusion.num_timesteps, diffusion.target, diffusion.p_uncond,
+                                  diffusion.clip_x0, data_shape=dataset.shape,
+                                  num_levels=dataset.num_levels, vlb_weight=float(weight))
 
 
 @register("oneshot", example=lambda: (sections.oneshot_section(width=16, depth=1), {},

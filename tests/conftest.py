@@ -10,6 +10,10 @@ os.environ["ARDIFF_COMPILATION_CACHE"] = "off"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def pytest_configure(config):
+  config.addinivalue_line("markers", "xdist_group(name): tests run on one xdist worker")
+
+
 def pytest_collection_modifyitems(config, items):
   """Parallel runs (pytest-xdist, `--dist loadgroup`): a test file's tests run on one worker,
   so its module-scoped trained fixtures are built once, except the experiment smoke runs, each

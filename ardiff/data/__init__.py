@@ -25,6 +25,16 @@ def _digits(**kw: Any) -> Dataset:
   return load_digits_dataset(**kw)
 
 
+@DATASETS.register("digits_independent")
+def _digits_independent(seed: int = 0) -> Dataset:
+  """digits with each pixel position's values shuffled across the images of its split
+  (ardiff.data.synthetic.independent_pixels): same marginals, no dependence between pixels."""
+  from ardiff.data.digits import load_digits_dataset
+  from ardiff.data.synthetic import independent_pixels
+
+  return independent_pixels(load_digits_dataset(), seed=seed)
+
+
 @DATASETS.register("npz")
 def _npz(**kw: Any) -> Dataset:
   from ardiff.data.arrays import load_npz_dataset
