@@ -182,7 +182,7 @@ def model_inputs(kind: str, dataset: Dataset) -> np.ndarray:
   one-shot regression, the points themselves for 2-D data."""
   if dataset.kind != "image":
     return dataset.x_train
-  if kind in ("raster", "ardm"):
+  if kind in ("raster", "ardm", "raster_bidirectional"):
     return to_tokens(dataset.x_train)
   return levels_to_unit(dataset.x_train, dataset.num_levels)
 

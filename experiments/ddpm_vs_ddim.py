@@ -36,8 +36,11 @@ that file, and its model cache `../spiral/models`, so `runs/spiral`'s trained mo
 trained here if absent); digits' is digits_diffusion.py's UNet (the shared `../models`).
 Cut for the 2-core CPU: 1000 spiral samples per set (spiral.py draws 2000), 200 digit samples
 per set, digits at NFE 8 / 32 / 128 (no 256 or 1000: DDPM-1000 on 500 digits is ~8 minutes
-here), 3 seeds. Writes distance_vs_nfe.png, spiral_panels.png, digits_panels.png,
-results.md/.csv.
+here), 3 seeds. Digits at 256 NFE alone (about 5 minutes here, models cached):
+  ardiff run experiments/ddpm_vs_ddim.py --workdir=runs/ddpm_vs_ddim/nfe256 \
+    --config.model_cache=../../models --config.spiral.model_cache=../../spiral/models \
+    '--config.sample.spiral_nfe=[4]' '--config.sample.digits_nfe=[256]'
+Writes distance_vs_nfe.png, spiral_panels.png, digits_panels.png, results.md/.csv.
 """
 
 from __future__ import annotations
@@ -287,8 +290,8 @@ def _plot(panels, path):
                 capsize=3, lw=2, label="DDPM vs DDIM (p: permutation test, seeds pooled)")
     for x, y, r in zip(nfe, d, rows):
       p, smallest = r["p_value"], 1.0 / (1 + r["permutations"])
-      ax.annotate(f"p≤{p:.2g}" if p <= smallest else f"p={p:.2g}", (x, y), xytext=(4, 7), textcoords="offset points",
-                  fontsize=8, color="#d62728")
+      ax.annotate(f"p≤{p:.2g}" if p <= smallest else f"p={p:.2g}", (x, y), xytext=(4, 7),
+                  textcoords="offset points", fontsize=8, color="#d62728")
     f = np.array([r["floor"] for r in rows])
     sf = np.array([r["floor_std"] for r in rows])
     ax.plot(nfe, f, color="#555555", marker="s", ms=4, lw=1.5,
