@@ -222,6 +222,23 @@ MUTANTS = (
        "a = root1 @ cov2 @ root1", "a = cov1 @ cov2", "tests/metrics/test_frechet.py"),
     _m("sliced-wasserstein-quantile-off-by-one", "metrics", "ardiff/metrics/points.py",
        "pos = q * (len(x) - 1)", "pos = q * len(x)", "tests/metrics/test_points.py"),
+    # ---- [4/7] seed-claim processes (caught when applied by hand; tests named per file)
+    _m("fixed-order-reveals-x_t-itself", "autoregressive",
+       "ardiff/processes/autoregressive/fixed_order.py", "[None, :] < t[:, None]",
+       "[None, :] <= t[:, None]", "tests/processes/autoregressive/test_fixed_order.py"),
+    _m("fixed-order-never-trains-step-0", "autoregressive",
+       "ardiff/processes/autoregressive/fixed_order.py", "jax.random.randint(key, (b,), 0, length)",
+       "jax.random.randint(key, (b,), 1, length)",
+       "tests/processes/autoregressive/test_fixed_order.py"),
+    _m("learned-variance-fraction-swapped", "learned_variance",
+       "ardiff/processes/gaussian/learned_variance.py", "d = frac * _bcast",
+       "d = (1 - frac) * _bcast", "tests/processes/gaussian/test_learned_variance.py"),
+    _m("learned-variance-vlb-trains-the-mean", "learned_variance",
+       "ardiff/processes/gaussian/learned_variance.py", "frozen = jax.lax.stop_gradient(eps_hat)",
+       "frozen = eps_hat", "tests/processes/gaussian/test_learned_variance.py"),
+    _m("learned-ddpm-scale-not-a-square-root", "learned_variance",
+       SAMPLERS + "ddpm_learned.py", "scale = jnp.exp(0.5 * frac", "scale = jnp.exp(frac",
+       "tests/processes/gaussian/test_learned_variance.py"),
 )
 
 
