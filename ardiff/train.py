@@ -222,7 +222,8 @@ def _write_json_atomic(path: str, payload: dict) -> None:
 
 
 def step_flops(lowered) -> float | None:
-  """FLOPs of one call of a lowered (not yet compiled) program, from XLA's cost analysis."""
+  """FLOPs of one call of a lowered or compiled program, from XLA's cost analysis (None if the
+  backend gives none)."""
   try:
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
