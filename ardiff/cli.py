@@ -26,6 +26,7 @@ import sys
 import time
 
 from ardiff.configs import ConfigError, get_experiment_config, to_json
+from ardiff.errors import ArdiffError
 
 from ardiff.bench import BENCHES  # names only: each bench imports its code when it runs
 
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     print(f"ardiff: config error: {e}", file=sys.stderr)
     return 2
+  except ArdiffError as e:
+    print(f"ardiff: {e}", file=sys.stderr)
+    return e.exit_code
   except Preempted as e:
     print(f"ardiff: {e}", file=sys.stderr)
     return 143  # the conventional exit status after SIGTERM

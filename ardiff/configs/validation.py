@@ -6,8 +6,10 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from ardiff.errors import ArdiffError
 
-class ConfigError(ValueError):
+
+class ConfigError(ArdiffError, ValueError):
   """A bad config value; the message names the key."""
 
 

@@ -1,0 +1,15 @@
+"""The errors a user can cause, and the exit status each one ends `ardiff` with.
+
+The CLI prints an `ArdiffError` as one line (no traceback unless ARDIFF_DEBUG=1 or --debug)
+and exits with its `exit_code`: 2 for bad input of any kind (a config value, a data file, a
+damaged checkpoint with no good one to fall back to, a diverged run, a locked work dir).
+Every message names what is wrong (the key, the file, the step) and what would be allowed.
+"""
+
+from __future__ import annotations
+
+
+class ArdiffError(Exception):
+  """A problem the user can fix; the message is the whole story."""
+
+  exit_code = 2
