@@ -13,3 +13,12 @@ class ArdiffError(Exception):
   """A problem the user can fix; the message is the whole story."""
 
   exit_code = 2
+
+
+class DataError(ArdiffError, ValueError):
+  """Bad data: a file or array that does not hold what it must (the message names the file or
+  dataset, the field, the first bad index and what is allowed)."""
+
+
+class DataNotFound(ArdiffError, FileNotFoundError):
+  """Data that is not where it was looked for (a tfds dataset not prepared); says how to get it."""

@@ -60,6 +60,11 @@ DATASETS.register("cifar10")(_tfds("cifar10"))
 
 
 def load_dataset(name: str, **kwargs: Any) -> Dataset:
+  """The dataset registered as `name`, loaded and checked (a DataError names what is wrong)."""
+  from ardiff.errors import DataError
+
+  if name not in DATASETS:
+    raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}")
   return DATASETS.get(name)(**kwargs)
 
 

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from ardiff.data.checks import check_images, check_labels, check_num_levels, check_points, fail
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -57,25 +59,28 @@ class Dataset:
   num_levels: int | None = None
 
   def __post_init__(self):
+    source = f"dataset {self.name!r}"
     if self.kind not in ("points", "image"):
-      raise ValueError(f"dataset {self.name!r}: kind must be 'points' or 'image', got {self.kind!r}")
-    for split in ("train", "test"):
-      x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-      if len(x) != len(y):
-        raise ValueError(
-            f"dataset {self.name!r}: {split} split has {len(x)} examples but {len(y)} labels")
-      if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
-        raise ValueError(
-            f"dataset {self.name!r}: {split} labels must lie in 0..{self.num_classes - 1}")
+      fail(source, f"kind must be 'points' or 'image', got {self.kind!r}")
+    if (not isinstance(self.num_classes, (int, np.integer)) or isinstance(self.num_classes, bool)
+        or self.num_classes < 1):
+      fail(source, f"num_classes must be an integer >= 1, got {self.num_classes!r}")
     if self.kind == "image":
-      if self.x_train.ndim != 4:
-        raise ValueError(
-            f"dataset {self.name!r}: images must be [N, H, W, C], got shape {self.x_train.shape}")
-      if self.num_levels is None or self.num_levels < 2:
-        raise ValueError(f"dataset {self.name!r}: images need num_levels >= 2")
-      if self.x_train.max() >= self.num_levels:
-        raise ValueError(
-            f"dataset {self.name!r}: pixel value {self.x_train.max()} >= num_levels {self.num_levels}")
+      check_num_levels(source, "num_levels", self.num_levels)
+    shape = None
+    for split in ("train", "test"):
+      x, y = np.asarray(getattr(self, f"x_{split}")), np.asarray(getattr(self, f"y_{split}"))
+      if self.kind == "image":
+        check_images(source, f"x_{split}", x, self.num_levels)
+      else:
+        check_points(source, f"x_{split}", x)
+      if split == "train" and not len(x):
+        fail(source, "field 'x_train' has no examples")
+      if shape is not None and x.shape[1:] != shape:
+        fail(source, f"field 'x_{split}' holds examples of shape {x.shape[1:]}, x_train of "
+                     f"shape {shape}")
+      shape = x.shape[1:]
+      check_labels(source, f"y_{split}", y, len(x), self.num_classes)
 
   @property
   def shape(self) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from ardiff.data.base import Dataset
+from ardiff.errors import DataError, DataNotFound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,15 +41,15 @@ SPECS: dict[str, _Spec] = {
 def _check_args(name: str, process_index: int, process_count: int,
                 max_examples: int | None) -> _Spec:
   if name not in SPECS:
-    raise ValueError(
+    raise DataError(
         f"unknown tfds dataset name={name!r}; supported: {', '.join(sorted(SPECS))}")
   if process_count < 1:
-    raise ValueError(f"process_count must be >= 1, got {process_count}")
+    raise DataError(f"process_count must be >= 1, got {process_count}")
   if not 0 <= process_index < process_count:
-    raise ValueError(
+    raise DataError(
         f"process_index must lie in 0..{process_count - 1}, got {process_index}")
   if max_examples is not None and max_examples < 1:
-    raise ValueError(f"max_examples must be None or >= 1, got {max_examples}")
+    raise DataError(f"max_examples must be None or >= 1, got {max_examples}")
   return SPECS[name]
 
 
@@ -68,7 +69,7 @@ def _not_prepared(name: str, data_dir: str | None, cause: Exception) -> Exceptio
   else:
     what, verb = f"is not prepared: searched {searched}", "build it"
   target = data_dir or "DIR"
-  return FileNotFoundError(
+  return DataNotFound(
       f"tfds dataset {name!r} {what}. Nothing is downloaded at run time; {verb} once on a "
       f"machine with network and TensorFlow (pip install tensorflow tensorflow-datasets) with "
       f"`tfds build {name} --file_format=array_record --data_dir={target}` (or "
@@ -101,8 +102,10 @@ def load_tfds_dataset(name: str, data_dir: str | None = None, process_index: int
     A Dataset with this process's shard of the train split and the whole test split.
 
   Raises:
-    ValueError: an unknown name or bad process_index/process_count/max_examples.
-    FileNotFoundError: the dataset is not prepared under data_dir (the message says how).
+    DataError (a ValueError): an unknown name or bad process_index/process_count/max_examples,
+      images of the wrong shape, labels or levels out of range.
+    DataNotFound (a FileNotFoundError): the dataset is not prepared under data_dir (the
+      message says how).
   """
   spec = _check_args(name, process_index, process_count, max_examples)
   import tensorflow_datasets as tfds
@@ -124,12 +127,12 @@ def load_tfds_dataset(name: str, data_dir: str | None = None, process_index: int
     if split == "train":
       indices = indices[process_index::process_count]
       if not len(indices):
-        raise ValueError(
+        raise DataError(
             f"dataset {name!r}: process_index {process_index} of process_count "
             f"{process_count} gets no train examples out of {n}")
     x, y = _read(source, indices)
     if x.shape[1:] != spec.shape:
-      raise ValueError(
+      raise DataError(
           f"dataset {name!r}: expected images of shape {spec.shape}, got {x.shape[1:]}")
     splits[split] = (x, y)
 
