@@ -10,7 +10,13 @@ Config overrides: every key of the experiment's config (list them with `ardiff c
 EXPERIMENT.py`) can be set with --config.KEY=VALUE, nested keys with dots
 (--config.train.steps=2000), lists as Python literals (--config.ks="[1, 4]"); the value must
 have the key's type. --config.scale=paper|mnist selects a scale's defaults first, and the other
-overrides apply on top. Bad keys and values stop with one line naming the key (exit 2).
+overrides apply on top. Your own data: --config.dataset=npz --config.data.path=FILE.npz (see
+README "Your own data").
+
+Bad input (a key, a value, a data file, an experiment path) stops with one line naming it,
+exit status 2, before anything is trained or written: `run` writes WORKDIR/config.json only
+once the config is valid, and only when it changed (the old one is kept as
+config.<UTC time>.json). --debug (or ARDIFF_DEBUG=1) shows the traceback instead.
 
 Compilation cache: run, sample and bench keep compiled XLA programs on disk (default
 $XDG_CACHE_HOME/ardiff/jax or ~/.cache/ardiff/jax), so that a second run skips compilation;
@@ -21,6 +27,7 @@ it off (see ardiff/compile_cache.py).
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 import time
@@ -45,16 +52,30 @@ def cmd_run(args, extra) -> int:
   from ardiff.distributed import maybe_initialize
 
   maybe_initialize()
-  module, config = get_experiment_config(args.experiment, _split_overrides(extra))
+  module, config = get_experiment_config(args.experiment, _split_overrides(extra))  # validates
   workdir = args.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(args.experiment))[0])
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(to_json(config))
+  write_config(workdir, to_json(config))
   start = time.perf_counter()
   module.run(config, workdir)
   print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", file=sys.stderr)
   return 0
+
+
+def write_config(workdir: str, text: str) -> None:
+  """WORKDIR/config.json := text, unless it holds text already; a different one is kept as
+  config.<UTC time>.json (a run with new settings never loses the record of the old ones)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    os.replace(path, os.path.join(workdir, f"config.{stamp}.json"))
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
 
 
 def cmd_config(args, extra) -> int:
@@ -74,10 +95,23 @@ def cmd_sample(args, extra) -> int:
 def cmd_bench(args, extra) -> int:
   if extra:
     raise ConfigError(f"unexpected arguments {extra}")
+  if args.out:  # checked before the benches run, not after
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+      raise ConfigError(f"--out {args.out!r}: folder {folder!r} does not exist")
+    if os.path.isdir(args.out):
+      raise ConfigError(f"--out {args.out!r} is a directory")
   from ardiff import bench
 
   bench.run(args.what, quick=args.quick, out=args.out)
   return 0
+
+
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      "--debug", action="store_true",
+      help="show the traceback of a bad-input error instead of its one line (also: ARDIFF_DEBUG=1)")
+  _add_compile_cache_flag(parser)
 
 
 def _add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
@@ -98,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
       epilog="Example: ardiff run experiments/spiral.py --config.train.steps=2000")
   p_run.add_argument("experiment", help="path to an experiment file, e.g. experiments/spiral.py")
   p_run.add_argument("--workdir", default=None, help="output directory (default runs/<name>)")
-  _add_compile_cache_flag(p_run)
+  _add_common_flags(p_run)
   p_run.set_defaults(fn=cmd_run)
   p_config = sub.add_parser("config", help="print an experiment's resolved config (JSON)")
   p_config.add_argument("experiment", help="path to an experiment file")
+  p_config.add_argument("--debug", action="store_true", help="show tracebacks of errors")
   p_config.set_defaults(fn=cmd_config)
   p_sample = sub.add_parser("sample", help="draw samples from a trained model")
   p_sample.add_argument("path", help="a model directory (with model.json) or a work dir")
@@ -115,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="negative label to steer away from (needs --guidance)")
   p_sample.add_argument("--seed", type=int, default=0)
   p_sample.add_argument("--out", required=True, help="output .npz (a PNG is written beside it)")
-  _add_compile_cache_flag(p_sample)
+  _add_common_flags(p_sample)
   p_sample.set_defaults(fn=cmd_sample)
   p_bench = sub.add_parser("bench", help="print a benchmark table")
   p_bench.add_argument("what", choices=BENCHES + ("all",))
   p_bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
   p_bench.add_argument("--out", default=None, help="also write the table to this markdown file")
-  _add_compile_cache_flag(p_bench)
+  _add_common_flags(p_bench)
   p_bench.set_defaults(fn=cmd_bench)
   args, extra = parser.parse_known_args(argv)
   if getattr(args, "compile_cache", False):  # before anything compiles (see compile_cache.py)
@@ -130,13 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
   from ardiff.train import Preempted
 
+  debug = args.debug or os.environ.get("ARDIFF_DEBUG", "") not in ("", "0")
   try:
     return args.fn(args, extra)
-  except ConfigError as e:
-    print(f"ardiff: config error: {e}", file=sys.stderr)
-    return 2
-  except ArdiffError as e:
-    print(f"ardiff: {e}", file=sys.stderr)
+  except ArdiffError as e:  # bad input: one line; anything else is a bug and keeps its traceback
+    if debug:
+      raise
+    kind = "config error: " if isinstance(e, ConfigError) else ""
+    print(f"ardiff: {kind}{' '.join(str(e).split())}", file=sys.stderr)
     return e.exit_code
   except Preempted as e:
     print(f"ardiff: {e}", file=sys.stderr)

@@ -36,6 +36,7 @@ def sample_command(args) -> int:
   import jax
 
   from ardiff.processes.guidance import make_guidance
+  from ardiff.processes.spec import parse_spec
   from ardiff.runs import load_model
 
   if args.num < 1:
@@ -44,9 +45,16 @@ def sample_command(args) -> int:
     raise ConfigError(f"--out must name a .npz file, got {args.out!r}")
   if os.path.isdir(args.out):
     raise ConfigError(f"--out {args.out!r} is a directory")
-  model_dir = _pick_model(args.path)
+  try:  # what can be checked without the model, before it is loaded
+    parse_spec(args.spec)
+  except ValueError as e:
+    raise ConfigError(f"--spec: {e}") from None
   try:
     guidance = make_guidance(args.guidance, args.negative)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  model_dir = _pick_model(args.path)
+  try:
     process, params, card = load_model(model_dir)
     label = process.num_classes if args.label is None else args.label
     if not 0 <= label <= process.num_classes:

@@ -48,7 +48,7 @@ import numpy as np
 from ardiff import runs
 from ardiff.configs import require
 from ardiff.configs.sections import image_config, unet_section, validate_image_config
-from ardiff.data import data_spec, load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.processes.spec import parse_spec
@@ -171,7 +171,7 @@ def _extra(c, family: Family) -> dict:
 def validate(c: ml_collections.ConfigDict) -> None:
   from ardiff import build
 
-  validate_image_config(c)
+  spec = validate_image_config(c)
   names = [f.name for f in FAMILIES]
   require(len(c.training_seeds) >= 1, "training_seeds", "needs at least one training seed")
   require(len(set(c.training_seeds)) == len(c.training_seeds), "training_seeds",
@@ -184,11 +184,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   require(isinstance(c.budget_steps, int) and c.budget_steps >= 1, "budget_steps",
           f"must be an integer >= 1, got {c.budget_steps!r}")
   require(c.dit_patch_size >= 1, "dit_patch_size", f"must be >= 1, got {c.dit_patch_size}")
+  require(all(d % c.dit_patch_size == 0 for d in spec.shape[:2]), "dit_patch_size",
+          f"{c.dit_patch_size} must divide the image height and width "
+          f"({spec.shape[0]}x{spec.shape[1]})")
   for key in ("runs", "compute"):
     specs = c.sample.runs if key == "runs" else c.compute_specs
     prefix = "sample.runs" if key == "runs" else "compute_specs"
     require(set(specs) == set(names), prefix, f"needs spec lists for {names}")
-  spec = data_spec(c.dataset)
   for family in FAMILIES:
     process = build.build(family.kind, _model_section(c, family), spec, c.dtype,
                           **_extra(c, family))
@@ -277,7 +279,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   if c.get("quick"):
     c = quick_config(c)
   validate(c)
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   n = c.num_samples
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
                                  steps=c.classifier_steps)

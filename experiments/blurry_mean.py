@@ -22,7 +22,7 @@ from ardiff import runs
 from ardiff.configs import require
 from ardiff.configs.sections import (image_config, oneshot_section, train_section,
                                      validate_image_config, validate_train)
-from ardiff.data import data_spec, load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality, pixel_entropy, sharpness
 from ardiff.processes.guidance import Guidance
@@ -49,7 +49,7 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 def validate(c: ml_collections.ConfigDict) -> None:
   from ardiff import build
 
-  validate_image_config(c)
+  data = validate_image_config(c)
   validate_train(c.oneshot_train, "oneshot_train")
   require(c.oneshot.width >= 1, "oneshot.width", f"must be >= 1, got {c.oneshot.width}")
   require(c.oneshot.depth >= 0, "oneshot.depth", f"must be >= 0, got {c.oneshot.depth}")
@@ -59,7 +59,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "must be > 0: the null label ('from nothing') is only trained through label dropout")
   require(c.sample.num_samples >= 2, "sample.num_samples", "must be >= 2")
   require(c.sample.per_class >= 1, "sample.per_class", "must be >= 1")
-  data = data_spec(c.dataset)
   runs.check_specs(build.build("oneshot", c.oneshot, data), [c.sample.oneshot], "sample.oneshot")
   runs.check_specs(build.build("raster", c.ar, data, c.dtype), [c.sample.raster], "sample.raster",
                    guidance=Guidance(c.sample.guidance))
@@ -67,7 +66,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   levels, C, L = data.num_levels, data.num_classes, data.num_tokens
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
                                  steps=c.classifier_steps)

@@ -21,7 +21,7 @@ import numpy as np
 from ardiff import runs
 from ardiff.configs import require
 from ardiff.configs.sections import image_config, validate_image_config
-from ardiff.data import load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.processes.autoregressive.budget import budget_cost, resolve_dp
 from ardiff.processes.autoregressive.evaluate import budget_losses
@@ -47,7 +47,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   L, n = data.num_tokens, c.num_samples
   require(all(s <= L for s in c.steps), "steps", f"each must be <= the {L} pixels")
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),

@@ -42,7 +42,7 @@ from ardiff.bench.timer import MIN_REPEATS, interleaved
 from ardiff.bench.train import train_case
 from ardiff.configs import require
 from ardiff.configs.sections import image_config, train_section, validate_image_config
-from ardiff.data import load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.fixed_order import exact_test_bpd
@@ -72,7 +72,7 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  validate_image_config(c)
+  validate_image_config(c, null_label=False)
   for key in ("causal_multiples", "bidirectional_multiples"):
     require(len(c[key]) >= 1 and all(m > 0 for m in c[key]), key,
             f"must be a non-empty list of positive budget multiples, got {list(c[key])}")
@@ -124,7 +124,7 @@ def _train(kind, process, c, workdir, data, steps, evaluate):
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   L = data.num_tokens
   x_train, y_train = to_tokens(data.x_train), data.y_train
   n_eval = c.eval_examples or len(data.x_test)

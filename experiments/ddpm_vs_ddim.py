@@ -55,7 +55,7 @@ from ardiff import build, runs
 from ardiff.configs import require, require_choice
 from ardiff.configs.overrides import load_experiment
 from ardiff.configs.sections import SCALES, image_config, validate_image_config
-from ardiff.data import data_spec, load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.spiral import spiral_dataset
 from ardiff.metrics.frechet import frechet_distance
 from ardiff.data.levels import levels_to_unit
@@ -114,7 +114,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
                         diffusion=s.diffusion)
   for sampler in SAMPLERS:
     runs.check_specs(process, [f"{sampler}:{n}" for n in c.sample.spiral_nfe], "sample.spiral_nfe")
-  data_spec(c.dataset)
 
 
 def _spiral_data(s, num_test=None):
@@ -238,7 +237,7 @@ def run_spiral(c, workdir):
 
 
 def run_digits(c, workdir):
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   levels = data.num_levels
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
                                  steps=c.classifier_steps)

@@ -21,7 +21,7 @@ import numpy as np
 from ardiff import runs
 from ardiff.configs import require
 from ardiff.configs.sections import image_config, validate_image_config
-from ardiff.data import data_spec, load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.processes.autoregressive.budget import budget_cost, optimal_budget
@@ -51,11 +51,10 @@ TITLES = {"raster": "raster AR (KV cache)", "ardm": "ARDM (random order)"}
 def validate(c: ml_collections.ConfigDict) -> None:
   from ardiff import build
 
-  validate_image_config(c)
+  data = validate_image_config(c)
   require(c.sample.num_samples >= 2, "sample.num_samples", "must be >= 2")
   require(all(s >= 1 for s in c.sample.budget_steps), "sample.budget_steps", "must be >= 1")
   require(set(c.sample.runs) == set(TITLES), "sample.runs", f"needs spec lists for {list(TITLES)}")
-  data = data_spec(c.dataset)
   require(all(s <= data.num_tokens for s in c.sample.budget_steps), "sample.budget_steps",
           f"steps must be <= the number of pixels ({data.num_tokens})")
   for kind in TITLES:
@@ -65,7 +64,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   L = data.num_tokens
   x_test, y_test = to_tokens(data.x_test), data.y_test
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),

@@ -25,7 +25,7 @@ from ardiff import build, runs
 from ardiff.configs import require
 from ardiff.configs.sections import (image_config, train_section, validate_image_config,
                                      validate_train)
-from ardiff.data import data_spec, load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.models.noisy_classifier import NoisyClassifierNet
@@ -70,13 +70,14 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  validate_image_config(c)
+  dspec = validate_image_config(c)
   T = c.diffusion.num_timesteps
-  dspec = data_spec(c.dataset)
   process = _process(c, dspec)
   runs.check_specs(process, c.sample.runs, "sample.runs")
   runs.check_specs(process, [c.sample.guidance_sampler], "sample.guidance_sampler",
                    guidance=Guidance(1.0))
+  require(0 <= c.sample.negative_class < dspec.num_classes, "sample.negative_class",
+          f"must be a class id in 0..{dspec.num_classes - 1}, got {c.sample.negative_class}")
   require(1 <= c.sample.completion_steps <= T, "sample.completion_steps",
           f"must be in 1..num_timesteps={T}")
   require(c.sample.num_samples >= max(2, dspec.num_classes), "sample.num_samples",
@@ -158,7 +159,7 @@ def _plot_guidance_compare(cfg_curve, cg_curve, path, *, spec_label, num_samples
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   levels = data.num_levels
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
                                  steps=c.classifier_steps)

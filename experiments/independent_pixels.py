@@ -63,7 +63,7 @@ import numpy as np
 from ardiff import runs
 from ardiff.configs import require, require_choice
 from ardiff.configs.sections import image_config, train_section, validate_image_config
-from ardiff.data import data_spec, load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
 from ardiff.data.synthetic import (independent_pixels, marginal_cross_entropy_bits,
                                    marginal_entropy_bits)
@@ -100,8 +100,7 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  validate_image_config(c)
-  L = data_spec(c.dataset).num_tokens
+  L = validate_image_config(c).num_tokens
   require(len(c.ks) >= 1 and all(isinstance(k, int) and 1 <= k <= L for k in c.ks), "ks",
           f"must be pixel counts per step in 1..{L}, got {list(c.ks)}")
   require(1 in c.ks, "ks", "must contain 1: every increase is measured against k = 1")
@@ -185,7 +184,7 @@ def _plot(curves, closed, ks, path, *, condition, num_test):
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  real = load_dataset(c.dataset)
+  real = config_dataset(c)
   shuffled = independent_pixels(real, seed=c.shuffle_seed)
   L, levels = real.num_tokens, real.num_levels
   key = jax.random.key(c.seed)

@@ -43,7 +43,7 @@ import numpy as np
 from ardiff import runs
 from ardiff.configs import require
 from ardiff.configs.sections import image_config, validate_image_config
-from ardiff.data import load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.frechet import frechet_distance_from_stats, gaussian_stats
 from ardiff.metrics.sample_quality import SampleQuality
@@ -246,7 +246,7 @@ def _plot(fd, floor, bounds, profile, path, *, num_samples, T):
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   levels, T, n = data.num_levels, c.diffusion.num_timesteps, c.sample.num_samples
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
                                  steps=c.classifier_steps)

@@ -35,7 +35,7 @@ import numpy as np
 from ardiff import build, runs
 from ardiff.configs import require
 from ardiff.configs.sections import image_config, train_section, validate_image_config
-from ardiff.data import load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
 from ardiff.processes.autoregressive import orders
 from ardiff.processes.autoregressive.step_restricted import (StepRestrictedAR, revealed_counts,
@@ -64,7 +64,7 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  validate_image_config(c)
+  validate_image_config(c, null_label=False)
   require(isinstance(c.num_steps, int) and c.num_steps >= 2, "num_steps",
           f"must be an integer >= 2, got {c.num_steps!r}")
   require(c.eval_draws >= 1, "eval_draws", f"must be >= 1, got {c.eval_draws}")
@@ -93,7 +93,7 @@ def _train(name, process, c, workdir, data, steps, extra_key, kind=None):
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   L, S = data.num_tokens, c.num_steps
   require(L % S == 0, "num_steps", f"must divide the {L} pixels, got {S}")
   k = L // S

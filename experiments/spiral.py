@@ -1,10 +1,12 @@
 """2-D spiral: every diffusion solver, DDPM without its injected noise, vector fields, guidance.
 
   ardiff run experiments/spiral.py --workdir=runs/spiral [--config.train.steps=2000]
-  ardiff run experiments/spiral.py --workdir=runs/mine --config.data.path=points.npz
+  ardiff run experiments/spiral.py --workdir=runs/mine --config.dataset=npz \
+      --config.data.path=points.npz
 
 The second form trains on your own 2-D points (an .npz with `x` [N, 2] float and optional
-integer `y`); nothing else needs changing: the process standardises the data per dimension,
+integer `y`, README "Your own data"; `data.path` alone means dataset=npz too); nothing else
+needs changing: the process standardises the data per dimension,
 so no clip or noise scale has to be tuned to its range.
 
 One class-conditional MLP denoiser (labels dropped with probability p_uncond) serves every
@@ -23,9 +25,11 @@ import ml_collections
 import numpy as np
 
 from ardiff import build, runs
-from ardiff.configs import ConfigError, require, require_choice, require_positive
-from ardiff.configs.sections import diffusion_section, train_section, validate_diffusion
+from ardiff.configs import require, require_choice, require_positive
+from ardiff.configs.sections import (diffusion_section, require_null_label, train_section,
+                                     validate_diffusion, validate_train)
 from ardiff.data.arrays import load_npz_dataset
+from ardiff.data.checks import check_batch
 from ardiff.data.spiral import spiral_dataset
 from ardiff.metrics.points import nearest_label, point_metrics
 from ardiff.precision import COMPUTE_DTYPES
@@ -46,6 +50,7 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c.scale = scale
   c.seed = 0
   c.model_cache = ""
+  c.dataset = "spiral"  # or npz: your own points from data.path
   c.dtype = "float32"  # compute dtype: bfloat16 runs matmuls in bf16, params stay float32
   # path: your own points (.npz with x [N, 2], optional y) instead of the spiral; then
   # num_classes / noise / num_train / num_test are ignored and 10% of the points are held out.
@@ -75,11 +80,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
   require_choice(c.dtype, "dtype", COMPUTE_DTYPES)
   require_positive(c.data, "data", "num_classes", "num_train", "num_test")
   require(c.data.noise >= 0, "data.noise", f"must be >= 0, got {c.data.noise}")
+  require_choice(c.dataset, "dataset", ["spiral", "npz"])
+  require(c.dataset != "npz" or bool(c.data.path), "data.path",
+          "dataset=npz reads a file: add --config.data.path=FILE.npz")
   require_positive(c.model, "model", "width", "depth")
   validate_diffusion(c.diffusion)
-  require_positive(c.train, "train", "steps", "batch_size", "learning_rate")
+  require_null_label(c.diffusion.p_uncond, "diffusion.p_uncond")
+  validate_train(c.train, "train")
   require_positive(c.sample, "sample", "num_samples", "field_grid")
-  process = _process(c, _data(c, num_test=1))
+  data = _data(c, num_test=1)
+  if c.data.path:
+    check_batch(f"data file {c.data.path}", len(data.x_train), c.train.batch_size)
+  else:
+    require(c.data.num_train >= c.train.batch_size, "data.num_train",
+            f"{c.data.num_train} training points are fewer than train.batch_size "
+            f"{c.train.batch_size}")
+  process = _process(c, data)
   runs.check_specs(process, c.sample.runs, "sample.runs")
   runs.check_specs(process, c.sample.same_nfe, "sample.same_nfe")
   runs.check_specs(process, [c.sample.guidance_sampler], "sample.guidance_sampler",
@@ -93,15 +109,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def _data(c, num_test=None):
-  if c.data.path:
-    try:
-      data = load_npz_dataset(c.data.path, seed=c.seed)
-    except FileNotFoundError as e:  # its message names data.path
-      raise ConfigError(str(e)) from None
-    except ValueError as e:
-      raise ConfigError(f"data.path: {e}") from None
+  if c.data.path:  # a DataError names the file and field
+    data = load_npz_dataset(c.data.path, seed=c.seed)
     require(data.kind == "points" and data.shape == (2,), "data.path",
-            f"must hold 2-D points x [N, 2], got {data.kind} of shape {data.shape}")
+            f"{c.data.path} holds {data.kind} of shape {data.shape}; this experiment needs "
+            "2-D points x [N, 2]")
     return data
   return spiral_dataset(c.data.num_train, num_test or c.data.num_test, c.data.num_classes,
                         c.data.noise, seed=c.seed)
@@ -116,7 +128,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   data = _data(c)
   # Keyed as before the model cache took builder versions, so trained spirals stay valid.
   process, params = runs.train_model("gaussian", c, workdir, data, c.model, c.train,
-                                     key_sections=(c.data, c.model, c.diffusion),
+                                     key_sections=(c.data, c.model, c.diffusion)
+                                     + ((data.name,) if c.data.path else ()),
                                      name="spiral-diffusion", diffusion=c.diffusion)
 
   key = jax.random.key(c.seed + 1)

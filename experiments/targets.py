@@ -25,7 +25,7 @@ import numpy as np
 from ardiff import build, runs
 from ardiff.configs import require, require_choice
 from ardiff.configs.sections import image_config, validate_image_config
-from ardiff.data import data_spec, load_dataset
+from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.processes.gaussian.targets import TARGETS, eps_to_x0
@@ -56,13 +56,13 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  validate_image_config(c)
+  spec = validate_image_config(c)
   require(len(c.targets) >= 1, "targets", "needs at least one target")
   for t in c.targets:
     require_choice(t, "targets", TARGETS)
   require(len(set(c.targets)) == len(c.targets), "targets", f"has duplicates: {list(c.targets)}")
   require(len(c.runs) >= 1, "runs", "needs at least one sampling spec")
-  runs.check_specs(build.build("gaussian", c.unet, data_spec(c.dataset), c.dtype,
+  runs.check_specs(build.build("gaussian", c.unet, spec, c.dtype,
                                diffusion=c.diffusion), c.runs, "runs")
   require(c.num_samples >= 2, "num_samples", "must be >= 2")
   require(all(1 <= t <= c.diffusion.num_timesteps for t in c.error_ts), "error_ts",
@@ -92,7 +92,7 @@ def implied_errors(process, params, x0: np.ndarray, ts, key) -> list[dict]:
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
-  data = load_dataset(c.dataset)
+  data = config_dataset(c)
   n, levels = c.num_samples, data.num_levels
   quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
                                  steps=c.classifier_steps)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ardiff.configs import get_experiment_config
+from ardiff.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
@@ -83,7 +84,7 @@ def test_spiral_trains_on_a_users_unlabelled_points(tmp_path):
   assert not (out / "guidance.png").exists() and (out / "samplers.png").exists()
   assert "Points from" in (out / "results.md").read_text()
   assert all(np.isfinite(r["sliced_w1"]) for r in rows)
-  with pytest.raises(ConfigError, match="data.path=.*none.npz' does not exist"):
+  with pytest.raises(DataError, match="none.npz: does not exist"):
     module.validate(get_experiment_config(path, [f"data.path={tmp_path / 'none.npz'}"])[1])
 
 

@@ -16,12 +16,16 @@ from typing import Any, Iterable
 import ml_collections
 
 from ardiff.configs.validation import ConfigError
+from ardiff.errors import ArdiffError
 
 
 def load_experiment(path: str) -> ModuleType:
   """Import an experiment file (must define get_config() and run(config, workdir))."""
-  if not os.path.isfile(path):
+  if not os.path.exists(path):
     raise ConfigError(f"experiment file {path!r} not found")
+  if not os.path.isfile(path) or not path.endswith(".py"):
+    raise ConfigError(f"{path!r} is not an experiment file: give a .py file that defines "
+                      "get_config() and run(config, workdir), e.g. experiments/spiral.py")
   name = "ardiff_experiment_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
@@ -29,7 +33,8 @@ def load_experiment(path: str) -> ModuleType:
   spec.loader.exec_module(module)
   for attr in ("get_config", "run"):
     if not callable(getattr(module, attr, None)):
-      raise ConfigError(f"experiment file {path!r} must define {attr}()")
+      raise ConfigError(f"experiment file {path!r} must define {attr}(); it is not an "
+                        "experiment (see experiments/spiral.py)")
   return module
 
 
@@ -77,6 +82,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
 def _coerce(key: str, old: Any, new: Any) -> Any:
   if old is None or new is None:
     return new
+  if isinstance(new, bool) and not isinstance(old, bool):  # True is an int to Python, not here
+    raise ConfigError(
+        f"config key {key!r} expects {type(old).__name__}, got bool {new!r}")
   if isinstance(old, bool):
     if not isinstance(new, bool):
       raise ConfigError(f"config key {key!r} expects a bool (True/False), got {new!r}")
@@ -121,5 +129,10 @@ def get_experiment_config(path: str, overrides: list[str]):
     raise ConfigError(str(e)) from None
   config = apply_overrides(config, [o for o in overrides if not o.startswith("scale=")])
   if hasattr(module, "validate"):
-    module.validate(config)
+    try:
+      module.validate(config)
+    except ArdiffError:
+      raise
+    except ValueError as e:  # a check that does not name its key still rejects the value
+      raise ConfigError(f"{os.path.basename(path)}: invalid config: {e}") from None
   return module, config

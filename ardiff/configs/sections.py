@@ -17,6 +17,7 @@ import dataclasses
 import ml_collections
 
 from ardiff.configs.validation import ConfigError, require, require_choice, require_positive
+from ardiff.data.base import DataSpec
 from ardiff.precision import COMPUTE_DTYPES
 from ardiff.processes.gaussian.schedules import SCHEDULES
 from ardiff.processes.gaussian.targets import TARGETS
@@ -85,6 +86,8 @@ def image_config(scale: str, *, ar: bool = False, diffusion: bool = False) -> ml
   c.scale = scale
   c.seed = 0
   c.dataset = "mnist" if scale == "mnist" else "digits"
+  # dataset=npz: your own images from data.path (README "Your own data").
+  c.data = ml_collections.ConfigDict(dict(path=""))
   # Compute dtype of every model: bfloat16 runs activations and matmuls in bf16 with float32
   # parameters and optimiser state (ardiff.precision); on CPUs bf16 is emulated, hence float32.
   c.dtype = "bfloat16" if scale == "mnist" else "float32"
@@ -112,15 +115,44 @@ def image_config(scale: str, *, ar: bool = False, diffusion: bool = False) -> ml
   return c
 
 
-def validate_image_config(c: ml_collections.ConfigDict) -> None:
-  """Checks for the sections `image_config` made."""
+def validate_image_config(c: ml_collections.ConfigDict, null_label: bool = True) -> DataSpec:
+  """Checks for the sections `image_config` made, and of the data they name; the DataSpec.
+
+  null_label: the experiment samples with the null label (unconditional samples, guidance),
+  so each model's p_uncond must be > 0 (label dropout is what trains the null label).
+  """
+  from ardiff.data.from_config import config_data_spec
+
   require_choice(c.scale, "scale", SCALES)
   require_choice(c.dtype, "dtype", COMPUTE_DTYPES)
   if "ar" in c:
     validate_transformer(c.ar, "ar")
   if "diffusion" in c:
     validate_diffusion(c.diffusion)
+  if null_label:
+    for name in ("ar", "diffusion"):
+      if name in c:
+        require_null_label(c[name].p_uncond, f"{name}.p_uncond")
   validate_train(c.train, "train")
+  spec = config_data_spec(c, "image")
+  if "unet" in c:
+    validate_unet_shape(c.unet, spec.shape, "unet")
+  return spec
+
+
+def validate_unet_shape(cfg, shape: tuple[int, ...], prefix: str) -> None:
+  """The UNet halves the resolution once per extra level: H and W must allow it."""
+  factor = 2 ** (len(cfg.channel_mult) - 1)
+  require(all(d % factor == 0 for d in shape[:2]), f"{prefix}.channel_mult",
+          f"{list(cfg.channel_mult)} halves the resolution {len(cfg.channel_mult) - 1} time(s), "
+          f"so image height and width must be divisible by {factor}; the data's images are "
+          f"{shape[0]}x{shape[1]}")
+
+
+def require_null_label(p_uncond: float, key: str) -> None:
+  """Unconditional sampling and guidance use the null label, trained only by label dropout."""
+  require(p_uncond > 0, key, f"must be > 0, got {p_uncond}: unconditional samples and guidance "
+          "use the null label, which only label dropout (p_uncond) trains")
 
 
 def validate_transformer(cfg, prefix: str) -> None:
@@ -132,5 +164,12 @@ def validate_transformer(cfg, prefix: str) -> None:
 
 
 def validate_train(cfg, prefix: str) -> None:
+  """Every check of `TrainConfig`, with the keys named under `prefix`."""
   require_positive(cfg, prefix, "steps", "batch_size", "learning_rate", "log_every",
                    "checkpoint_every")
+  try:
+    TrainConfig.from_config(cfg)
+  except ConfigError as e:
+    raise ConfigError(str(e).replace("'train.", f"'{prefix}.", 1)) from None
+  except (TypeError, ValueError) as e:  # e.g. a snapshot fraction that is not a number
+    raise ConfigError(f"config section {prefix!r}: {e}") from None
