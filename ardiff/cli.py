@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
       raise
     kind = "config error: " if isinstance(e, ConfigError) else ""
-    print(f"ardiff: {kind}{' '.join(str(e).split())}", file=sys.stderr)
+    print(f"ardiff: {kind}{str(e).replace(chr(10), ' ')}", file=sys.stderr)  # one line
     return e.exit_code
   except Preempted as e:
     print(f"ardiff: {e}", file=sys.stderr)

@@ -57,6 +57,10 @@ def sample_command(args) -> int:
   try:
     process, params, card = load_model(model_dir)
     label = process.num_classes if args.label is None else args.label
+    if _p_uncond(card) == 0 and (label == process.num_classes or guidance is not None):
+      raise ValueError("this model was trained with p_uncond=0, so its null label (used by "
+                       "unconditional samples and by --guidance) was never trained; give "
+                       "--label without --guidance")
     if not 0 <= label <= process.num_classes:
       raise ValueError(f"--label must lie in 0..{process.num_classes - 1} (or be left out for "
                        f"unconditional samples), got {label}")
@@ -76,6 +80,13 @@ def sample_command(args) -> int:
   print(f"{len(samples)} samples from {model_dir} (step {card['step']}, {args.spec}, {nfe} NFE) "
         f"-> {args.out}, {png}", file=sys.stderr)
   return 0
+
+
+def _p_uncond(card: dict) -> float | None:
+  """The label-dropout rate the model was trained with (the diffusion section's, else the
+  model section's), None where it has none."""
+  section = card.get("extra", {}).get("diffusion") or card.get("model", {})
+  return section.get("p_uncond")
 
 
 def _figure(samples: np.ndarray, card: dict, title: str, path: str) -> None:

@@ -73,7 +73,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   key = jax.random.key(c.seed)
   null = np.full((n,), data.num_classes, np.int32)
   labels = np.arange(n) % data.num_classes
-  per = np.arange(100) // 10  # per-class grid: one row per class, 10 samples each
+  per = np.arange(10 * data.num_classes) // 10  # per-class grid: a row of 10 per class
   guidance = Guidance(c.sample.guidance)
   rows = [{"model": "data (train split)", "NFE": 0, "fd": quality.floor(n),
            "accuracy": quality.test_accuracy()}]
@@ -98,10 +98,10 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                      title=f"{TITLES[kind]}, unconditional ({spec})", vmax=data.num_levels - 1,
                      close=True)
     per_class.append(np.asarray(process.sample(params, key, per, spec, guidance=guidance))
-                     .reshape(10, 10, *data.shape))
+                     .reshape(data.num_classes, 10, *data.shape))
   both = np.concatenate(per_class, axis=1)
   plots.image_grid(both.reshape(-1, *data.shape), os.path.join(workdir, "per_class.png"),
-                   nrow=10 * len(per_class), row_labels=[str(i) for i in range(10)],
+                   nrow=10 * len(per_class), row_labels=[str(i) for i in range(data.num_classes)],
                    vmax=data.num_levels - 1, close=True,
                    title=f"Per class (guidance w={c.sample.guidance:g}): "
                          + " | ".join(TITLES[k] for k in TITLES))

@@ -388,3 +388,108 @@ def test_bad_data_raises_one_line_naming_the_field(make, pattern, data_dir):
 def test_table_size():
   """The issue asks for at least 60 bad inputs."""
   assert len(CLI_CASES) + len(API_CASES) >= 60 and len(CLI_CASES) >= 60
+
+
+@pytest.fixture
+def recorded_run(monkeypatch):
+  """Experiments whose run() only records its call (config and the work dir's files then)."""
+  calls = []
+  real = overrides.load_experiment
+
+  def load(path):
+    module = real(path)
+    module.run = lambda config, workdir: calls.append((config, sorted(os.listdir(workdir))))
+    return module
+
+  monkeypatch.setattr(overrides, "load_experiment", load)
+  monkeypatch.chdir(ROOT)
+  return calls
+
+
+def test_run_writes_config_only_when_valid_and_changed(tmp_path, recorded_run, capsys):
+  work = tmp_path / "new" / "work"
+  run = ["run", SPIRAL, f"--workdir={work}"]
+  assert cli_main(run + ["--config.train.steps=0"]) == 2
+  assert not (tmp_path / "new").exists()  # validation comes before the work dir
+  assert cli_main(run + ["--config.train.steps=5"]) == 0
+  assert recorded_run[-1][1] == ["config.json"]  # written before run() starts
+  first = (work / "config.json").read_text()
+  assert '"steps": 5' in first
+  assert cli_main(run + ["--config.train.steps=5"]) == 0  # same config: nothing new
+  assert sorted(os.listdir(work)) == ["config.json"]
+  assert cli_main(run + ["--config.train.steps=6"]) == 0  # changed: the old one is kept
+  kept = [n for n in os.listdir(work) if n != "config.json"]
+  assert len(kept) == 1 and re.fullmatch(r"config\.\d{8}T\d{6}\.\d{6}Z\.json", kept[0])
+  assert (work / kept[0]).read_text() == first
+  assert '"steps": 6' in (work / "config.json").read_text()
+  capsys.readouterr()
+
+
+def test_unexpected_errors_keep_their_traceback_and_debug_shows_bad_input(tmp_path, monkeypatch):
+  real = overrides.load_experiment
+
+  def load(path):
+    module = real(path)
+
+    def run(config, workdir):
+      raise RuntimeError("a bug, not bad input")
+
+    module.run = run
+    return module
+
+  monkeypatch.setattr(overrides, "load_experiment", load)
+  monkeypatch.chdir(ROOT)
+  monkeypatch.delenv("ARDIFF_DEBUG", raising=False)
+  with pytest.raises(RuntimeError, match="a bug"):
+    cli.main(["run", SPIRAL, f"--workdir={tmp_path}", "--config.train.steps=5"])
+  bad = ["config", SPIRAL, "--config.train.steps=True"]
+  with pytest.raises(ArdiffError, match="train.steps"):
+    cli.main(bad + ["--debug"])
+  monkeypatch.setenv("ARDIFF_DEBUG", "1")
+  with pytest.raises(ArdiffError, match="train.steps"):
+    cli.main(bad)
+
+
+def test_bad_input_end_to_end_exits_2_with_one_line(tmp_path):
+  """The real process: exit status 2 and one line on stderr, no traceback."""
+  env = dict(os.environ, PYTHONPATH=ROOT, ARDIFF_DEBUG="")
+  done = subprocess.run([sys.executable, "-m", "ardiff.cli", "run", "README.md",
+                         f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 2, done.stderr
+  assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+  assert "README.md" in done.stderr and not (tmp_path / "w").exists()
+
+
+def test_own_images_from_the_cli_config(data_dir, monkeypatch, capsys):
+  """dataset=npz with data.path: the image experiments validate on the file's images."""
+  from ardiff.configs import get_experiment_config
+  from ardiff.data.from_config import config_data_spec, config_dataset
+
+  monkeypatch.chdir(ROOT)
+  path = os.path.join(data_dir, "good_images.npz")
+  for experiment in (DIGITS_AR, DIGITS_DIFF, AR_VS_DIFF):
+    extra = ["sample.negative_class=1"] if experiment == DIGITS_DIFF else []
+    _, c = get_experiment_config(experiment, ["dataset=npz", f"data.path={path}", *extra])
+  spec = config_data_spec(c, "image")
+  assert (spec.kind, spec.shape, spec.num_levels, spec.num_classes) == ("image", (8, 8, 1), 4, 3)
+  data = config_dataset(c)
+  assert data.x_train.dtype == np.uint8 and len(data.x_train) + len(data.x_test) == 80
+  np.testing.assert_array_equal(np.sort(np.r_[data.y_train, data.y_test]), np.sort(np.arange(80) % 3))
+  assert cli_main(["config", DIGITS_AR, "--config.dataset=npz", f"--config.data.path={path}"]) == 0
+  assert '"path": "' + path in capsys.readouterr().out
+
+
+def test_npz_levels_default_and_name_follows_contents(tmp_path):
+  """No `levels`: the largest value + 1; no `y`: one class; the name hashes the contents, so
+  two files of one name never share a cached model."""
+  from ardiff.data import load_dataset
+
+  x = _images(levels=5)
+  np.savez(tmp_path / "a.npz", x=x)
+  first = load_dataset("npz", path=str(tmp_path / "a.npz"))
+  assert first.num_levels == 5 and first.num_classes == 1
+  np.savez(tmp_path / "a.npz", x=x[::-1])
+  second = load_dataset("npz", path=str(tmp_path / "a.npz"))
+  assert first.name.startswith("a-") and second.name.startswith("a-")
+  assert first.name != second.name

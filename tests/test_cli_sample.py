@@ -96,3 +96,20 @@ def test_run_help_says_how_overrides_work(capsys):
     main(["run", "--help"])
   out = capsys.readouterr().out
   assert "--config.KEY=VALUE" in out and "ardiff config" in out
+
+
+def test_sample_refuses_the_null_label_of_a_model_trained_without_dropout(workdir, tmp_path,
+                                                                          capsys):
+  """p_uncond=0: unconditional samples and guidance would use an untrained null label."""
+  import shutil
+
+  model = tmp_path / "model"
+  shutil.copytree(runs.find_models(str(workdir))[0], model)
+  card = json.loads((model / "model.json").read_text())
+  card["extra"]["diffusion"]["p_uncond"] = 0.0
+  (model / "model.json").write_text(json.dumps(card))
+  for args in (["--label=1", "--guidance=2"], []):
+    assert main(["sample", str(model), "--spec=ddim:5", *args, f"--out={tmp_path / 'x.npz'}"]) == 2
+    err = capsys.readouterr().err
+    assert "p_uncond=0" in err and err.count("\n") == 1
+  assert not (tmp_path / "x.npz").exists()
