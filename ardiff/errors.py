@@ -13,3 +13,16 @@ class ArdiffError(Exception):
   """A problem the user can fix; the message is the whole story."""
 
   exit_code = 2
+
+
+class TrainingDiverged(ArdiffError):
+  """A non-finite loss, gradient norm or parameter during training; nothing non-finite was
+  saved (ardiff.train)."""
+
+
+class CheckpointDamaged(ArdiffError):
+  """No checkpoint step of a directory could be restored intact (ardiff.checkpoints)."""
+
+
+class WorkdirLocked(ArdiffError):
+  """Another live process holds the directory's lock (ardiff.workdir)."""
