@@ -50,14 +50,18 @@ def _split_overrides(extra: list[str]) -> list[str]:
 
 def cmd_run(args, extra) -> int:
   from ardiff.distributed import maybe_initialize
+  from ardiff.runs import is_chief
+  from ardiff.workdir import workdir_lock
 
   maybe_initialize()
   module, config = get_experiment_config(args.experiment, _split_overrides(extra))  # validates
   workdir = args.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(args.experiment))[0])
-  write_config(workdir, to_json(config))
-  start = time.perf_counter()
-  module.run(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock(workdir, "ardiff run", take=is_chief()):  # one run per work dir
+    write_config(workdir, to_json(config))
+    start = time.perf_counter()
+    module.run(config, workdir)
   print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", file=sys.stderr)
   return 0
 
@@ -174,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     kind = "config error: " if isinstance(e, ConfigError) else ""
     print(f"ardiff: {kind}{str(e).replace(chr(10), ' ')}", file=sys.stderr)  # one line
     return e.exit_code
-  except Preempted as e:
+  except Preempted as e:  # SIGTERM: 143, Ctrl-C (Interrupted): 130
     print(f"ardiff: {e}", file=sys.stderr)
-    return 143  # the conventional exit status after SIGTERM
+    return e.exit_code
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop: nothing to save there
+    print("ardiff: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -22,3 +22,16 @@ class DataError(ArdiffError, ValueError):
 
 class DataNotFound(ArdiffError, FileNotFoundError):
   """Data that is not where it was looked for (a tfds dataset not prepared); says how to get it."""
+
+
+class TrainingDiverged(ArdiffError):
+  """A non-finite loss, gradient norm or parameter during training; nothing non-finite was
+  saved (ardiff.train)."""
+
+
+class CheckpointDamaged(ArdiffError):
+  """No checkpoint step of a directory could be restored intact (ardiff.checkpoints)."""
+
+
+class WorkdirLocked(ArdiffError):
+  """Another live process holds the directory's lock (ardiff.workdir)."""

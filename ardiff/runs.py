@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from ardiff import build as builders
+from ardiff import checkpoints
 from ardiff.configs.overrides import config_hash
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
@@ -40,6 +42,9 @@ def model_dir(config: ml_collections.ConfigDict, workdir: str, name: str, *secti
   different model. float32 adds nothing, so caches made before the switch existed stay valid.
   The builder's code `version` is part of the key too (version 1 adds nothing, for the same
   reason): a change to a network's maths bumps it, and the old model is not loaded.
+  A section made by `train_key` leaves out fields that do not change the model; if no directory
+  exists under the key without them but one exists under the key with them (a model cached
+  before), that one is returned and used where it is.
   """
   dtype = config.get("dtype", "float32")
   if dtype != "float32":
@@ -47,7 +52,14 @@ def model_dir(config: ml_collections.ConfigDict, workdir: str, name: str, *secti
   if version != 1:
     sections = (*sections, {"code_version": version})
   root = os.path.join(workdir, config.get("model_cache") or "models")
-  return os.path.join(root, f"{name}-{config_hash(*sections)}")
+  directory = os.path.join(root, f"{name}-{config_hash(*sections)}")
+  legacy = tuple(s.legacy if isinstance(s, TrainKey) else s for s in sections)
+  if not os.path.isdir(directory) and any(isinstance(s, TrainKey) for s in sections):
+    # A model cached before `train_key` left the loop-only fields out: reuse it where it is.
+    old = os.path.join(root, f"{name}-{config_hash(*legacy)}")
+    if old != directory and os.path.isdir(old):
+      return old
+  return directory
 
 
 def train_cached(process, x: np.ndarray, y: np.ndarray, train_cfg: ml_collections.ConfigDict,
@@ -70,12 +82,43 @@ class TrainedModel:
     return per_step * self.info["step"] if per_step and "step" in self.info else None
 
 
-def train_key(train_cfg) -> dict:
-  """The train section as it enters a model's cache key: fields added later are left out at
-  the defaults that train as before (`ardiff.train.LATER_FIELDS`), so older models stay valid."""
+class TrainKey(dict):
+  """A train section as it enters a model's key, remembering the key such a model had before
+  (`legacy`), so that `model_dir` finds models cached under it."""
+
+  def __init__(self, values: dict, legacy: dict):
+    super().__init__(values)
+    self.legacy = legacy
+
+
+# Train fields that cannot change a model's parameters at a given step: left out of its key,
+# so changing them finds the same directory. `steps` is the budget: more steps extend the run
+# from its last checkpoint (the learning-rate schedule then follows the new budget from there:
+# see ardiff.train), fewer return it as it is. Kept in the key: everything that changes the
+# parameters a step produces (learning rate, batch, seed, ...) or which parameters are
+# returned (`eval_every` decides which EMAs compete for the best one, `patience` when training
+# stops, `val_examples` what is trained on), `flops` (a budget compared at matched compute,
+# each its own model), and `snapshots`, which no later run can make up for (with snapshots,
+# `steps` stays in the key too: snapshots are fractions of it).
+LOOP_ONLY_FIELDS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
+def train_key(train_cfg, *, keep_steps: bool = False) -> TrainKey:
+  """The train section as it enters a model's cache key: the loop-only fields are left out
+  (`LOOP_ONLY_FIELDS`; `keep_steps` keeps `steps`, for experiments that train one model at
+  several budgets and need each kept), and fields added later at the defaults that train as
+  before (`ardiff.train.LATER_FIELDS`), so older models stay valid.
+
+  Models cached before the loop-only fields left the key are found under their old key
+  (`TrainKey.legacy`, see `model_dir`) when rerun with the same config; after a change to a
+  loop-only field such a model is retrained once.
+  """
   values = _plain(train_cfg)
-  return {k: v for k, v in values.items()
-          if not (k in LATER_FIELDS and _same(v, LATER_FIELDS[k]))}
+  legacy = {k: v for k, v in values.items()
+            if not (k in LATER_FIELDS and _same(v, LATER_FIELDS[k]))}
+  keep = {"steps"} if keep_steps or values.get("snapshots") else set()
+  return TrainKey({k: v for k, v in legacy.items()
+                   if k not in LOOP_ONLY_FIELDS or k in keep}, legacy)
 
 
 def _same(a, b) -> bool:
@@ -150,10 +193,11 @@ def load_model(directory: str):
                            DataSpec.from_dict(card["data"]), card["dtype"], **extra)
   ckpt = os.path.join(os.path.abspath(directory), "checkpoints")
   with ocp.CheckpointManager(ckpt) as manager:
-    step = manager.latest_step()
+    # A reader: damaged steps are reported and skipped, never moved (a run may be training).
+    state, step = checkpoints.restore_latest(
+        manager, None, lambda msg: print(msg, file=sys.stderr, flush=True), move=False)
     if step is None:
       raise ConfigError(f"model directory {directory!r} has no checkpoint yet")
-    state = manager.restore(step, args=ocp.args.StandardRestore())
   return process, state["ema_params"], dict(card, step=int(step))
 
 

@@ -4,7 +4,32 @@ A run lives in a work dir: `checkpoints/` (orbax, atomic, keep N), `metrics.json
 `training.json` (the budget, the stopping step and the best validation loss). Calling `train`
 again on the same dir resumes from the latest checkpoint; batches are a function of
 (seed, step) alone, so an interrupted-and-resumed run equals an uninterrupted one. SIGTERM
-(preemptible TPUs send it) saves a checkpoint at the next step and stops cleanly.
+(preemptible TPUs send it) and Ctrl-C (SIGINT) save a checkpoint at the next step and stop
+cleanly (`Preempted`, `Interrupted`; a second Ctrl-C stops at once, as usual).
+
+Nothing lost, nothing silent:
+  lock          one process trains in a directory at a time (`ardiff.workdir`: a second one
+                stops at once naming the holder's pid and host);
+  divergence    the jitted step also returns `Divergence`: the first step whose loss, gradient
+                norm or updated parameters were not finite, carried on the device beside the
+                state, so finite steps cost no host sync. The host reads it at every boundary
+                (log, evaluation, snapshot, checkpoint, stop) before anything is written, and
+                stops with `TrainingDiverged` naming the step: a non-finite state is never
+                saved, the last good checkpoint stays the latest. The state itself is computed
+                exactly as without the guard (the flag is an extra output; tested bit for bit);
+                the cost is one pass over the parameters per step. Detection lags by up to
+                `log_every` steps of wasted compute, never by a save;
+  checkpoints   verified by a sha256 manifest; a damaged latest step falls back to the previous
+                one (`ardiff.checkpoints`), for `checkpoints/` and `best/` alike;
+  metrics       `metrics.jsonl` is cut back to the restored step on resume (rows of steps the
+                checkpoint does not hold would otherwise appear twice).
+
+Extending a run: `train.steps` is not part of a model's cache key (`ardiff.runs.train_key`),
+so rerunning with more steps resumes from the saved step. The warmup-cosine learning rate
+depends on `steps`: from the resumed step on, the extended run follows the schedule of the new
+budget (its rate jumps up where the old schedule had decayed further), so an extended run is
+close to, not equal to, a run trained to the new budget from the start. A run that stopped
+early (`patience`) stays stopped. Fewer steps than a run has done returns it as it is.
 
 Budgets and convergence (`TrainConfig`):
   flops         a budget in FLOPs instead of steps: steps = floor(flops / F), with F the FLOPs
@@ -42,14 +67,24 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from ardiff import parallel
+from ardiff import checkpoints, parallel
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import batch_indices
+from ardiff.errors import TrainingDiverged
 from ardiff.processes.base import Process
+from ardiff.workdir import workdir_lock
 
 
 class Preempted(Exception):
   """Raised after SIGTERM once a checkpoint is saved: rerun the same command to resume."""
+
+  exit_code = 143  # the conventional exit status after SIGTERM (128 + 15)
+
+
+class Interrupted(Preempted):
+  """Raised after Ctrl-C (SIGINT) once a checkpoint is saved."""
+
+  exit_code = 130  # 128 + SIGINT
 
 
 @flax.struct.dataclass
@@ -156,6 +191,38 @@ def train_step(process: Process, tx, ema_decay: float, state: TrainState, batch,
   return TrainState(state.step + 1, params, ema, opt_state), metrics
 
 
+@flax.struct.dataclass
+class Divergence:
+  """The first step (counted from 1; 0: none yet) whose loss, gradient norm or updated
+  parameters were not finite, with that step's loss and gradient norm."""
+
+  step: jax.Array
+  loss: jax.Array
+  grad_norm: jax.Array
+
+  @classmethod
+  def none(cls) -> "Divergence":
+    return cls(jnp.int32(0), jnp.float32(0.0), jnp.float32(0.0))
+
+
+def guarded_train_step(process: Process, tx, ema_decay: float, state: TrainState,
+                       divergence: Divergence, batch, key):
+  """`train_step`, and `divergence` updated if this step is the first non-finite one.
+
+  The new state is `train_step`'s, untouched: the guard only adds outputs (the flag, and one
+  finiteness reduction over the new parameters), so finite runs train bit for bit as before.
+  A non-finite state is never used, since the host stops at the next boundary before saving.
+  """
+  state, metrics = train_step(process, tx, ema_decay, state, batch, key)
+  loss, grad_norm = metrics["loss"], metrics["grad_norm"]
+  params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)
+                                     if jnp.issubdtype(p.dtype, jnp.inexact)]))
+  first = (divergence.step == 0) & ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite)
+  now = Divergence(state.step, loss.astype(jnp.float32), grad_norm.astype(jnp.float32))
+  divergence = jax.tree.map(lambda n, o: jnp.where(first, n, o), now, divergence)
+  return state, divergence, metrics
+
+
 def init_state(process: Process, tx, example_batch, key) -> TrainState:
   params = process.init_params(key, example_batch)
   return TrainState(jnp.int32(0), params, params, tx.init(params))
@@ -166,24 +233,31 @@ def num_params(params) -> int:
 
 
 class _Preemption(contextlib.AbstractContextManager):
-  """Turns SIGTERM into a flag the loop checks, so the run saves and exits cleanly."""
+  """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks, so the run saves
+  and exits cleanly; `requested` is the signal's number (0: none). A second Ctrl-C raises
+  KeyboardInterrupt at once, as Python does by default."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested = 0
+    self._previous = {}
 
   def __enter__(self):
-    if hasattr(signal, "SIGTERM") and _in_main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if _in_main_thread():
+      for name in ("SIGTERM", "SIGINT"):
+        if hasattr(signal, name):
+          sig = getattr(signal, name)
+          self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.requested == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = self.requested or signum
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
     return False
 
 
@@ -310,9 +384,98 @@ def train(
   eval_fn(ema_params) -> metrics, run every `eval_every` steps and at the end.
   With validation, the returned state's `ema_params` are the best EMA parameters (lowest
   validation loss) and its `step` the step training stopped at; `training.json` records both.
+  Raises WorkdirLocked (another process trains in `workdir`), TrainingDiverged, CheckpointDamaged
+  (no intact checkpoint to resume from), Preempted (SIGTERM) and Interrupted (Ctrl-C).
   """
-  log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
   workdir = os.fspath(workdir)
+  with workdir_lock(workdir, "training", take=_is_chief()):
+    return _train(process, x, y, cfg, workdir, stop_at=stop_at,
+                  log=log or (lambda msg: print(msg, file=sys.stderr, flush=True)),
+                  eval_fn=eval_fn, eval_every=eval_every, mesh=mesh)
+
+
+# Compiled programs of recent (process, config, mesh) triples: see `_programs`.
+_PROGRAMS: dict = {}
+_PROGRAMS_KEPT = 4
+
+
+def _programs(process: Process, cfg: TrainConfig, mesh):
+  """(guarded train step, initialiser), jitted once per (process, config, mesh) and kept across
+  calls of `train` in one Python process (the last few), so that resuming a run, or training
+  several seeds of one model, compiles once. The key is the whole config except fields that
+  only steer the loop around the step (seed, logging, checkpointing, validation), so a field
+  added later is in it. Processes are frozen dataclasses: equal ones (same class, same fields)
+  compute the same, so they share programs; one that is not hashable is keyed by its identity
+  (and held in the cache, so that its id is not reused while keyed)."""
+  loop_only = dict(seed=0, log_every=1, checkpoint_every=1, keep_checkpoints=1, flops=0.0,
+                   val_examples=0, eval_every=0, patience=0, snapshots=())
+  try:
+    hash(process)
+    which = process
+  except TypeError:
+    which = ("id", id(process))
+  key = (which, dataclasses.replace(cfg, **loop_only), mesh)
+  if key not in _PROGRAMS:
+    while len(_PROGRAMS) >= _PROGRAMS_KEPT:
+      _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    tx = make_optimizer(cfg)
+    repl = parallel.replicated(mesh)
+    step = jax.jit(functools.partial(guarded_train_step, process, tx, cfg.ema_decay),
+                   in_shardings=(repl, repl, parallel.batch_sharding(mesh), repl),
+                   out_shardings=(repl, repl, repl), donate_argnums=0)
+    init = jax.jit(functools.partial(init_state, process, tx), out_shardings=repl)
+    _PROGRAMS[key] = (process, step, init)
+  return _PROGRAMS[key][1:]
+
+
+def _truncate_metrics(path: str, step: int) -> int:
+  """Drop the rows of `metrics.jsonl` past `step` (and torn lines), atomically; how many."""
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        dropped += 1
+        continue
+      if row.get("step", 0) > step:
+        dropped += 1
+      else:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return dropped
+
+
+def _divergence_message(divergence, cfg: TrainConfig, x: np.ndarray, last_saved: int | None,
+                        checkpoint_dir: str) -> str:
+  """One line: the step, the values, the likely cause (the data is checked now, on failure),
+  and what is kept."""
+  step = int(divergence.step)
+  loss, grad_norm = float(divergence.loss), float(divergence.grad_norm)
+  what = f"loss {loss:g}, gradient norm {grad_norm:g}"
+  if np.isfinite(loss) and np.isfinite(grad_norm):
+    what += ", non-finite parameters after the update"
+  cause = (f"likely causes: a learning rate too high (train.learning_rate="
+           f"{cfg.learning_rate:g}), or NaN/inf in the training data")
+  if np.issubdtype(x.dtype, np.inexact):
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if len(bad):
+      in_batch = np.intersect1d(bad, batch_indices(cfg.seed, step - 1, cfg.batch_size, len(x)))
+      cause = (f"the training data holds NaN/inf in {len(bad)} example(s) (index "
+               f"{', '.join(str(i) for i in bad[:5])}{', ...' if len(bad) > 5 else ''}; "
+               f"{len(in_batch)} in step {step}'s batch): fix the data")
+  kept = (f"the last good checkpoint, step {last_saved}, stays the latest in {checkpoint_dir}"
+          if last_saved is not None else "no checkpoint was saved")
+  return f"training diverged at step {step} ({what}); {cause}; {kept}"
+
+
+def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, mesh):
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh or parallel.data_mesh()
   parallel.check_global_batch(cfg.batch_size, mesh)
@@ -324,33 +487,34 @@ def train(
     validate = _validation_loss_fn(process, x_val, y_val, cfg.batch_size, cfg.seed, mesh)
   repl = parallel.replicated(mesh)
   init_key, loop_key = jax.random.split(jax.random.key(cfg.seed))
+  chief = _is_chief()
 
   def global_batch(step: int):
     idx = parallel.process_slice(batch_indices(cfg.seed, step, cfg.batch_size, len(x)))
     return parallel.put_global_batch({"x": x[idx], "y": y[idx]}, mesh)
 
-  def jitted_step(tx):
-    return jax.jit(functools.partial(train_step, process, tx, cfg.ema_decay),
-                   in_shardings=(repl, parallel.batch_sharding(mesh), repl),
-                   out_shardings=(repl, repl), donate_argnums=0)
-
   # The abstract state does not depend on the schedule's length, so the step's FLOPs are
   # counted before the number of steps is known (lowering only traces; nothing compiles).
+  # They are the plain step's: the divergence guard is not the model's compute.
   abstract = jax.eval_shape(functools.partial(init_state, process, make_optimizer(cfg)),
                             global_batch(0), init_key)
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
                         abstract)
   example_batch = global_batch(0)
-  flops = step_flops(jitted_step(make_optimizer(cfg)).lower(target, example_batch, loop_key))
+  plain_step = jax.jit(functools.partial(train_step, process, make_optimizer(cfg), cfg.ema_decay),
+                       in_shardings=(repl, parallel.batch_sharding(mesh), repl),
+                       out_shardings=(repl, repl), donate_argnums=0)
+  flops = step_flops(plain_step.lower(target, example_batch, loop_key))
   if cfg.flops > 0:
     if not flops:
       raise ConfigError("config key 'train.flops': this backend gives no FLOP count for the "
                         "train step; give the budget in train.steps")
     # (1 + 1e-9): a budget of exactly n steps' FLOPs is n steps despite rounding.
     cfg = dataclasses.replace(cfg, steps=max(1, int(cfg.flops / flops * (1 + 1e-9))))
-  tx = make_optimizer(cfg)
+  step_fn, init_fn = _programs(process, cfg, mesh)
   info_path = os.path.join(workdir, TRAINING_INFO)
   info = read_training_info(workdir)
+  previous_steps = info.get("steps")
   info.update(flops_per_step=flops, steps=cfg.steps, batch_size=cfg.batch_size,
               train_examples=len(x), val_examples=cfg.val_examples)
   info.setdefault("wall_seconds", 0.0)
@@ -368,44 +532,83 @@ def train(
     if snapshot_steps:
       snapshot_manager = stack.enter_context(ocp.CheckpointManager(
           os.path.join(absdir, "snapshots"), options=ocp.CheckpointManagerOptions(create=True)))
-    latest = manager.latest_step()
+    state, latest = checkpoints.restore_latest(manager, target, log, move=chief)
     if latest is not None:
-      state = manager.restore(latest, args=ocp.args.StandardRestore(target))
       log(f"resumed from step {latest} in {workdir}")
     else:
-      state = jax.jit(functools.partial(init_state, process, tx), out_shardings=repl)(
-          example_batch, init_key)
+      state = init_fn(example_batch, init_key)
       log(f"initialised {num_params(state.params):,} parameters")
-    best_step = best_val = None
-    if best_manager is not None and best_manager.latest_step() is not None:
-      best_step = best_manager.latest_step()
-      best_val = info.get("best_val")
-      if best_val is None or info.get("best_step") != best_step:
-        best_val = validate(_restore_params(best_manager, best_step, target.ema_params))["loss"]
-
-    step_fn = jitted_step(tx)
     start = int(state.step)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    dropped = _truncate_metrics(metrics_path, start) if chief else 0
+    if dropped:
+      log(f"{metrics_path}: dropped {dropped} row(s) past step {start}, the restored step")
+    if start and previous_steps is not None and previous_steps != cfg.steps:
+      log(f"train.steps is now {cfg.steps} (was {previous_steps}) for the run at step {start}"
+          + (": it is past that, kept as it is" if start > cfg.steps else
+             ": extending it; from here the learning rate follows the new budget's schedule"))
+    info["steps"] = max(cfg.steps, start)
+    best_step = best_val = None
+    if best_manager is not None:
+      had_best = bool(best_manager.all_steps())
+      best_params, best_step = checkpoints.restore_latest(best_manager, target.ema_params, log,
+                                                          move=chief, required=False)
+      if best_step is not None:
+        best_val = info.get("best_val")
+        if best_val is None or info.get("best_step") != best_step:
+          best_val = validate(best_params)["loss"]
+      elif had_best:
+        info.pop("best_step", None)
+        info.pop("best_val", None)
+        log(f"the best EMA parameters in {best_manager.directory} are lost"
+            + (f"; the EMA of step {start} is the best so far" if start else ""))
+        if start:
+          best_val = validate(state.ema_params)["loss"]
+          if np.isfinite(best_val):
+            best_step = start
+            checkpoints.save(best_manager, start, state.ema_params, chief=chief)
+            info.update(best_step=best_step, best_val=best_val)
+          else:
+            best_val = None
+      del best_params
+
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     if info.get("stopped_early_at") is not None and start >= info["stopped_early_at"]:
       end = start  # converged earlier: nothing left to train
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
     t0, last_log_step = time.perf_counter(), start
     stopped_early = False
     clock = [time.perf_counter()]  # wall time since training.json last counted it
+    divergence = jax.device_put(Divergence.none(), repl)
+
+    def stop_if_diverged():
+      seen = jax.device_get(divergence)
+      if int(seen.step):
+        raise TrainingDiverged(_divergence_message(seen, cfg, x, manager.latest_step(),
+                                                   os.fspath(manager.directory)))
 
     def save_info():
       now = time.perf_counter()
       info["wall_seconds"] += now - clock[0]
       clock[0] = now
-      if _is_chief():
+      if chief:
         _write_json_atomic(info_path, info)
 
     with _Preemption() as preemption:
       for step in range(start, end):
-        state, metrics = step_fn(state, global_batch(step), jax.random.fold_in(loop_key, step))
+        state, divergence, metrics = step_fn(state, divergence, global_batch(step),
+                                             jax.random.fold_in(loop_key, step))
         done = step + 1
         record = None
-        if done % cfg.log_every == 0 or done == end:
+        log_now = done % cfg.log_every == 0 or done == end
+        validate_now = validate is not None and (done % cfg.eval_every == 0 or done == cfg.steps
+                                                 or done in snapshot_steps)
+        eval_now = eval_fn is not None and eval_every and (done % eval_every == 0
+                                                           or done == cfg.steps)
+        save_now = done % cfg.checkpoint_every == 0 or done == end
+        boundary = log_now or validate_now or eval_now or save_now or done in snapshot_steps
+        if boundary:  # the guard's one host sync, before anything is logged, evaluated or saved
+          stop_if_diverged()
+        if log_now:
           metrics = jax.device_get(metrics)
           now = time.perf_counter()
           rate = (done - last_log_step) / max(now - t0, 1e-9)
@@ -414,47 +617,47 @@ def train(
                     "steps_per_sec": rate}
           log(f"step {done}/{cfg.steps}  loss {record['loss']:.4f}  {rate:.1f} steps/s  "
               f"ETA {_format_seconds((cfg.steps - done) / max(rate, 1e-9))}")
-        if validate is not None and (done % cfg.eval_every == 0 or done == cfg.steps
-                                     or done in snapshot_steps):
+        if validate_now:
           evals = validate(state.ema_params)
           record = record or {"step": done}
           record.update({f"val/{k}": v for k, v in evals.items()})
           if not np.isfinite(evals["loss"]):
-            pass  # never a best; the non-finite guard of the loss itself is the run's concern
+            pass  # never a best (the parameters are finite: the held-out data may not be)
           elif best_val is None or evals["loss"] < best_val:
             best_step, best_val = done, evals["loss"]
-            best_manager.save(done, args=ocp.args.StandardSave(state.ema_params), force=True)
+            checkpoints.save(best_manager, done, state.ema_params, chief=chief)
             info.update(best_step=best_step, best_val=best_val)
-          log(f"step {done} validation loss {evals['loss']:.4f} (best {best_val:.4f} at step "
-              f"{best_step})")
-          if cfg.patience and done - best_step >= cfg.patience * cfg.eval_every:
+          best = (f"best {best_val:.4f} at step {best_step}" if best_step is not None
+                  else "no finite best yet")
+          log(f"step {done} validation loss {evals['loss']:.4f} ({best})")
+          if cfg.patience and done - (best_step or 0) >= cfg.patience * cfg.eval_every:
             stopped_early = True
-        if eval_fn is not None and eval_every and (done % eval_every == 0 or done == cfg.steps):
+        if eval_now:
           record = record or {"step": done}
           evals = {f"eval/{k}": float(v) for k, v in eval_fn(state.ema_params).items()}
           record.update(evals)
           log(f"step {done} eval " + "  ".join(f"{k} {v:.4f}" for k, v in evals.items()))
-        if record is not None and _is_chief():
+        if record is not None and chief:
           with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if done in snapshot_steps:
-          if best_manager is not None:
-            best_manager.wait_until_finished()
-            snap = _restore_params(best_manager, best_step, target.ema_params)
+          if best_step is not None:
+            snap = checkpoints.restore(best_manager, best_step, target.ema_params)
           else:
             snap = state.ema_params
-          snapshot_manager.save(done, args=ocp.args.StandardSave(snap), force=True)
+          checkpoints.save(snapshot_manager, done, snap, chief=chief)
         if stopped_early:
           info["stopped_early_at"] = done
           log(f"early stop at step {done}: no better validation loss for {cfg.patience} "
               f"evaluations; best at step {best_step}")
-        if (done % cfg.checkpoint_every == 0 or done == end or preemption.requested
-            or stopped_early):
-          manager.save(done, args=ocp.args.StandardSave(state), force=True)
-          manager.wait_until_finished()
+        requested = preemption.requested  # read once: a later signal is the next step's
+        if save_now or stopped_early or requested:
+          if not boundary:
+            stop_if_diverged()
+          checkpoints.save(manager, done, state, chief=chief)
           info["step"] = done
           save_info()
-        if preemption.requested or stopped_early:
+        if requested or stopped_early:
           break
     manager.wait_until_finished()
     for m in (best_manager, snapshot_manager):
@@ -462,24 +665,22 @@ def train(
         m.wait_until_finished()
     if best_manager is not None and best_step is not None:
       state = state.replace(
-          ema_params=_restore_params(best_manager, best_step, target.ema_params))
+          ema_params=checkpoints.restore(best_manager, best_step, target.ema_params))
   if preemption.requested:
     # Stop the whole program, not just this loop: a caller must not go on with a half-trained
     # model as if it were finished.
-    raise Preempted(f"SIGTERM: saved a checkpoint at step {int(state.step)} in {workdir}; "
-                    "rerun the same command to resume")
+    error, what = ((Interrupted, "Ctrl-C") if preemption.requested == signal.SIGINT
+                   else (Preempted, "SIGTERM"))
+    raise error(f"{what}: saved a checkpoint at step {int(state.step)} in {workdir}; "
+                "rerun the same command to resume")
   return state
 
 
-def _restore_params(manager, step: int, target):
-  return manager.restore(step, args=ocp.args.StandardRestore(target))
-
-
 def snapshot_params(workdir: str | os.PathLike, target=None) -> dict[int, Any]:
-  """{step: EMA parameters} kept at the budget fractions `TrainConfig.snapshots`."""
+  """{step: EMA parameters} kept at the budget fractions `TrainConfig.snapshots` (verified:
+  CheckpointDamaged names a damaged one)."""
   path = os.path.join(os.path.abspath(os.fspath(workdir)), "snapshots")
   if not os.path.isdir(path):
     return {}
   with ocp.CheckpointManager(path) as manager:
-    args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
-    return {int(s): manager.restore(s, args=args) for s in manager.all_steps()}
+    return {int(s): checkpoints.restore(manager, s, target) for s in manager.all_steps()}

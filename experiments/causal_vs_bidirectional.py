@@ -92,7 +92,7 @@ def _train(kind, process, c, workdir, data, steps, evaluate):
   model_key = {k: v for k, v in c.ar.items() if k != "remat"}
   curve = {"curve_points": c.curve_points, "eval_examples": c.eval_examples}
   directory = runs.model_dir(c, workdir, f"{data.name}-{kind}-curve", data.name, model_key,
-                             runs.train_key(train_cfg), curve,
+                             runs.train_key(train_cfg, keep_steps=True), curve,
                              version=build.code_version(kind, data))
   runs.write_model_card(directory, kind, c.ar, data, c.dtype, {})
   eval_seconds = [0.0]

@@ -83,7 +83,7 @@ def _train(name, process, c, workdir, data, steps, extra_key, kind=None):
   train_cfg = ml_collections.ConfigDict(dict(c.train, steps=int(steps)))
   model_key = {k: v for k, v in c.ar.items() if k != "remat"}
   directory = runs.model_dir(c, workdir, f"{data.name}-{name}", data.name, model_key, extra_key,
-                             runs.train_key(train_cfg))
+                             runs.train_key(train_cfg, keep_steps=True))
   if kind is not None:  # a registered process: `ardiff sample` can load it
     runs.write_model_card(directory, kind, c.ar, data, c.dtype, {})
   state = runs.train_cached(process, to_tokens(data.x_train), data.y_train, train_cfg,

@@ -4,23 +4,12 @@ validation loss with the best EMA kept, budget snapshots, and their resumption."
 import dataclasses
 import json
 
-import jax
-import numpy as np
 import pytest
 
 from ardiff import train as training
 from ardiff.configs.validation import ConfigError
 from ardiff.train import TrainConfig, read_training_info, snapshot_params, train
-from tests._train_helpers import tiny_setup
-
-
-def _leaves(tree):
-  return [np.asarray(x) for x in jax.tree.leaves(tree)]
-
-
-def _assert_same(a, b):
-  for x, y in zip(_leaves(a), _leaves(b), strict=True):
-    np.testing.assert_array_equal(x, y)
+from tests._train_helpers import assert_same_leaves as _assert_same, tiny_setup
 
 
 def _metrics(workdir):
