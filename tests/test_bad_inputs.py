@@ -22,6 +22,7 @@ import pytest
 from ardiff import cli
 from ardiff.configs import overrides
 from ardiff.errors import ArdiffError
+from ardiff.workdir import LOCK_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPIRAL, DIGITS_AR = "experiments/spiral.py", "experiments/digits_ar.py"
@@ -398,12 +399,17 @@ def recorded_run(monkeypatch):
 
   def load(path):
     module = real(path)
-    module.run = lambda config, workdir: calls.append((config, sorted(os.listdir(workdir))))
+    module.run = lambda config, workdir: calls.append((config, _listing(workdir)))
     return module
 
   monkeypatch.setattr(overrides, "load_experiment", load)
   monkeypatch.chdir(ROOT)
   return calls
+
+
+def _listing(workdir) -> list[str]:
+  """The work dir's files, less the lock file `ardiff run` holds (ardiff.workdir)."""
+  return sorted(n for n in os.listdir(workdir) if n != LOCK_FILE)
 
 
 def test_run_writes_config_only_when_valid_and_changed(tmp_path, recorded_run, capsys):
@@ -416,9 +422,9 @@ def test_run_writes_config_only_when_valid_and_changed(tmp_path, recorded_run, c
   first = (work / "config.json").read_text()
   assert '"steps": 5' in first
   assert cli_main(run + ["--config.train.steps=5"]) == 0  # same config: nothing new
-  assert sorted(os.listdir(work)) == ["config.json"]
+  assert _listing(work) == ["config.json"]
   assert cli_main(run + ["--config.train.steps=6"]) == 0  # changed: the old one is kept
-  kept = [n for n in os.listdir(work) if n != "config.json"]
+  kept = [n for n in _listing(work) if n != "config.json"]
   assert len(kept) == 1 and re.fullmatch(r"config\.\d{8}T\d{6}\.\d{6}Z\.json", kept[0])
   assert (work / kept[0]).read_text() == first
   assert '"steps": 6' in (work / "config.json").read_text()
