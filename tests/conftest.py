@@ -10,8 +10,39 @@ os.environ["ARDIFF_COMPILATION_CACHE"] = "off"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# One persistent compilation cache for the whole test session, shared by the xdist workers
+# (the controller makes it before the workers start; they inherit the variable) and removed at
+# the end: many tests compile the same programs (the tiny UNet's train step costs ~15-30 CPU-s
+# to compile on 2 cores; the digit classifier of every experiment smoke run is one program), and
+# a program loaded from the cache is the one XLA compiled, so results are unchanged. It is not
+# the user's cache (ARDIFF_COMPILATION_CACHE stays off for the CLI) and it starts empty.
+SESSION_CACHE_VAR = "ARDIFF_TEST_SESSION_JAX_CACHE"
+
+
+def _use_session_compile_cache(config):
+  import tempfile
+
+  import jax
+
+  if os.environ.get(SESSION_CACHE_VAR) is None:  # the controller, or a run without xdist
+    os.environ[SESSION_CACHE_VAR] = tempfile.mkdtemp(prefix="ardiff-test-jax-cache-")
+    config._ardiff_session_cache = os.environ[SESSION_CACHE_VAR]
+  jax.config.update("jax_compilation_cache_dir", os.environ[SESSION_CACHE_VAR])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def pytest_configure(config):
   config.addinivalue_line("markers", "xdist_group(name): tests run on one xdist worker")
+  _use_session_compile_cache(config)
+
+
+def pytest_unconfigure(config):
+  import shutil
+
+  owned = getattr(config, "_ardiff_session_cache", None)
+  if owned:  # made by this process (the controller): every worker has finished
+    shutil.rmtree(owned, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,9 +20,11 @@ CONFIG_KEYS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_ti
 
 @pytest.fixture
 def jax_config():
-  """Puts back the cache settings, so that a failing test cannot turn the cache on for the
-  tests after it (nothing compiles between the update and the restore)."""
+  """Starts from no cache directory (the test session has its own, tests/conftest.py) and puts
+  the settings back, so that a failing test cannot turn a cache on or off for the tests after
+  it (nothing compiles between the update and the restore)."""
   saved = {k: getattr(jax.config, k) for k in CONFIG_KEYS}
+  jax.config.update("jax_compilation_cache_dir", None)
   yield
   for k, v in saved.items():
     jax.config.update(k, v)
