@@ -175,9 +175,10 @@ def ema_decay_at(step: jax.Array, ema_decay: float, warmup: bool = True) -> jax.
   return jnp.minimum(jnp.float32(ema_decay), (1.0 + n) / (10.0 + n))
 
 
-def train_step(process: Process, tx, ema_decay: float, state: TrainState, batch, key,
-               ema_warmup: bool = True):
-  """One AdamW step and one EMA update (decay `ema_decay_at(state.step, ...)`)."""
+def train_step(process: Process, tx, ema_decay: float, state: TrainState, batch, key, *,
+               ema_warmup: bool = False):
+  """One AdamW step and one EMA update (decay `ema_decay_at(state.step, ...)`). `train` passes
+  `TrainConfig.ema_warmup` (default on); a direct call without it keeps the fixed decay."""
   def loss_fn(params):
     return process.loss(params, batch, key, train=True)
 
