@@ -108,6 +108,9 @@ class TrainConfig:
   weight_decay: float = 0.0
   grad_clip: float = 1.0
   ema_decay: float = 0.999
+  # Warm the EMA up: decay min(ema_decay, (1 + n) / (10 + n)) at update n (see `ema_decay_at`);
+  # False: the fixed decay of models trained before the switch existed.
+  ema_warmup: bool = True
   seed: int = 0
   log_every: int = 250
   checkpoint_every: int = 1000
@@ -130,6 +133,9 @@ class TrainConfig:
       raise ConfigError(f"config key 'train.warmup_steps': must be >= 0, got {self.warmup_steps}")
     if not 0.0 <= self.ema_decay < 1.0:
       raise ConfigError(f"config key 'train.ema_decay': must lie in [0, 1), got {self.ema_decay}")
+    if not isinstance(self.ema_warmup, bool):
+      raise ConfigError(f"config key 'train.ema_warmup': must be true or false, got "
+                        f"{self.ema_warmup!r}")
     if self.grad_clip <= 0:
       raise ConfigError(f"config key 'train.grad_clip': must be positive, got {self.grad_clip}")
     for name in ("val_examples", "eval_every", "patience"):
@@ -168,7 +174,7 @@ class TrainConfig:
 # training as it was: `ardiff.runs` leaves them out of a model's key at these values, so models
 # trained before they existed stay valid.
 LATER_FIELDS = {"flops": 0.0, "val_examples": 0, "eval_every": 0, "patience": 0,
-                "snapshots": ()}
+                "snapshots": (), "ema_warmup": False}
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -179,14 +185,43 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                      optax.adamw(lr, weight_decay=cfg.weight_decay))
 
 
-def train_step(process: Process, tx, ema_decay: float, state: TrainState, batch, key):
+def ema_decay_at(step: jax.Array, ema_decay: float, warmup: bool = True) -> jax.Array | float:
+  """The EMA decay d_n of update n (n = `step`, the number of updates done before this one):
+
+      warmup:  d_n = min(ema_decay, (1 + n) / (10 + n))      else  d_n = ema_decay,
+
+  and the update is ema_{n+1} = d_n ema_n + (1 - d_n) params_{n+1}, from ema_0 = params_0.
+
+  Why: with a fixed d = 0.999 the initialisation keeps weight d^N in the EMA after N updates
+  (83% at N = 187, 22% at N = 1500), so short runs and early budget snapshots are mostly the
+  untrained network. The warm-up (the `num_updates` form of TensorFlow's
+  ExponentialMovingAverage) gives the initialisation weight prod_{n<N} d_n = 9! N! / (N + 9)!
+  (1e-5 after 10 updates) and averages over about the last (10 + n) / 9 updates, i.e. the last
+  ~11% of the run so far, until d_n reaches ema_decay (n = 8990 for 0.999); from then on it is
+  the plain EMA. Adam-style bias correction (an EMA from zero divided by 1 - d^N) was not
+  chosen: it removes the initialisation too, but for N << 1 / (1 - d) it is a near-uniform
+  average of every iterate since the start, the early poor ones included.
+  Traced: `step` may be a jit-traced int; the ratio is computed in float32 (relative error
+  ~1e-7). Without warm-up the Python float itself, so the update is bit for bit the old one.
+  """
+  if not warmup:
+    return ema_decay
+  n = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(ema_decay), (1.0 + n) / (10.0 + n))
+
+
+def train_step(process: Process, tx, ema_decay: float, state: TrainState, batch, key, *,
+               ema_warmup: bool = False):
+  """One AdamW step and one EMA update (decay `ema_decay_at(state.step, ...)`). `train` passes
+  `TrainConfig.ema_warmup` (default on); a direct call without it keeps the fixed decay."""
   def loss_fn(params):
     return process.loss(params, batch, key, train=True)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+  d = ema_decay_at(state.step, ema_decay, ema_warmup)
+  ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
   metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   return TrainState(state.step + 1, params, ema, opt_state), metrics
 
@@ -206,14 +241,14 @@ class Divergence:
 
 
 def guarded_train_step(process: Process, tx, ema_decay: float, state: TrainState,
-                       divergence: Divergence, batch, key):
+                       divergence: Divergence, batch, key, *, ema_warmup: bool = False):
   """`train_step`, and `divergence` updated if this step is the first non-finite one.
 
   The new state is `train_step`'s, untouched: the guard only adds outputs (the flag, and one
   finiteness reduction over the new parameters), so finite runs train bit for bit as before.
   A non-finite state is never used, since the host stops at the next boundary before saving.
   """
-  state, metrics = train_step(process, tx, ema_decay, state, batch, key)
+  state, metrics = train_step(process, tx, ema_decay, state, batch, key, ema_warmup=ema_warmup)
   loss, grad_norm = metrics["loss"], metrics["grad_norm"]
   params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)
                                      if jnp.issubdtype(p.dtype, jnp.inexact)]))
@@ -318,7 +353,8 @@ def train_step_flops(process: Process, x: np.ndarray, y: np.ndarray, cfg: TrainC
   abstract = jax.eval_shape(functools.partial(init_state, process, tx), batch, key)
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
                         abstract)
-  step = jax.jit(functools.partial(train_step, process, tx, cfg.ema_decay),
+  step = jax.jit(functools.partial(train_step, process, tx, cfg.ema_decay,
+                                   ema_warmup=cfg.ema_warmup),
                  in_shardings=(repl, parallel.batch_sharding(mesh), repl),
                  out_shardings=(repl, repl))
   return step_flops(step.lower(target, batch, key))
@@ -420,7 +456,8 @@ def _programs(process: Process, cfg: TrainConfig, mesh):
       _PROGRAMS.pop(next(iter(_PROGRAMS)))
     tx = make_optimizer(cfg)
     repl = parallel.replicated(mesh)
-    step = jax.jit(functools.partial(guarded_train_step, process, tx, cfg.ema_decay),
+    step = jax.jit(functools.partial(guarded_train_step, process, tx, cfg.ema_decay,
+                                     ema_warmup=cfg.ema_warmup),
                    in_shardings=(repl, repl, parallel.batch_sharding(mesh), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
     init = jax.jit(functools.partial(init_state, process, tx), out_shardings=repl)
@@ -501,7 +538,8 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, me
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
                         abstract)
   example_batch = global_batch(0)
-  plain_step = jax.jit(functools.partial(train_step, process, make_optimizer(cfg), cfg.ema_decay),
+  plain_step = jax.jit(functools.partial(train_step, process, make_optimizer(cfg), cfg.ema_decay,
+                                         ema_warmup=cfg.ema_warmup),
                        in_shardings=(repl, parallel.batch_sharding(mesh), repl),
                        out_shardings=(repl, repl), donate_argnums=0)
   flops = step_flops(plain_step.lower(target, example_batch, loop_key))

@@ -61,7 +61,14 @@ def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
   assert {r["NFE"] for r in rows if r["method"].startswith("ARDM")} == {2}
   assert next(r for r in rows if r["method"].startswith("raster"))["NFE"] == 28 * 28
   assert "mnist 28x28x1, 256 levels, split 80/80" in (tmp_path / "results.md").read_text()
-  assert "budget" in (tmp_path / "training.md").read_text()
+  training = (tmp_path / "training.md").read_text()
+  assert "budget" in training
+  # Each family's own learning rate (`learning_rates`) reaches its row; the others keep 1e-3.
+  header, _, *table = [[cell.strip() for cell in line.strip("|").split("|")]
+                       for line in training.splitlines() if line.startswith("|")]
+  lr = {row[0]: row[header.index("lr")] for row in table}
+  assert lr == {"raster AR": "0.001", "ARDM": "0.001", "diffusion (transformer)": "0.003",
+                "diffusion (UNet)": "0.001"}
   for name in ("quality_vs_nfe.png", "grids_by_nfe.png"):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -103,6 +110,18 @@ def test_mnist_config_is_paper_sized():
   ks = [parse_spec(s).get("k") for s in config.sample.runs.ardm]
   assert all(784 % k == 0 for k in ks) and {1, 784} <= set(ks) and len(set(ks)) == 6
   assert config.train.flops == 0 and config.budget_steps == 50_000  # FLOPs set at run time
+
+
+def test_ar_vs_diffusion_learning_rates_name_a_family():
+  from ardiff.configs import ConfigError
+
+  path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
+  with pytest.raises(ConfigError, match="learning_rates.diffusion_transformer"):
+    get_experiment_config(path, ["learning_rates.diffusion_transformer=0.0"])  # validates
+  module, config = get_experiment_config(path, [])
+  config.learning_rates.unet = 1e-3  # a family is 'diffusion_unet'
+  with pytest.raises(ConfigError, match="learning_rates.unet.*not a family"):
+    module.validate(config)
 
 
 def test_in_batches_splits_labels_and_folds_keys():

@@ -2,12 +2,14 @@
 equals 8 devices."""
 
 import dataclasses
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from fractions import Fraction
 
 import jax
 import numpy as np
@@ -15,7 +17,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ardiff.data.base import batch_indices
-from ardiff.train import Preempted, TrainConfig, train
+from ardiff.train import (Preempted, TrainConfig, init_state, make_optimizer, train,
+                          train_step)
 from tests._train_helpers import tiny_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +46,11 @@ def test_batch_indices_depend_on_seed_and_step_only():
 
 # EMA: a small decay so that e_k = d e_{k-1} + (1 - d) p_k is far from both p_k and e_{k-1}; a
 # swapped decay, or an EMA of the pre-update params, then misses the recursion by ~1e-3, while
-# float32 rounding stays ~1e-7.
+# float32 rounding stays ~1e-7. With warm-up (the default) d_n = min(0.9, (1 + n) / (10 + n))
+# for n = 0..EMA_STEPS-1 is 0.1, 0.18, ..., 0.4: every step is in warm-up, and an off-by-one in
+# n (0.18 for 0.1 at the first step) or a swapped ratio ((10 + n) / (1 + n) > 1) misses by far
+# more than the tolerance. The cap (min with ema_decay) and the fixed decay of ema_warmup=False
+# have their own runs below.
 EMA_DECAY = 0.9
 EMA_STEPS = 6
 EMA_RTOL, EMA_ATOL = 1e-6, 1e-7
@@ -61,8 +68,8 @@ def _assert_trees_equal(a, b, what):
     np.testing.assert_array_equal(a[name], b[name], err_msg=f"{what}{name}")
 
 
-def _ema_setup():
-  process, data, cfg = tiny_setup(steps=EMA_STEPS, ema_decay=EMA_DECAY)
+def _ema_setup(**overrides):
+  process, data, cfg = tiny_setup(steps=EMA_STEPS, **{"ema_decay": EMA_DECAY, **overrides})
   # A checkpoint after every step, all kept: one run yields the whole parameter trajectory.
   cfg = dataclasses.replace(cfg, checkpoint_every=1, keep_checkpoints=EMA_STEPS + 1)
   return process, data, cfg
@@ -80,10 +87,18 @@ def _trajectory(workdir):
   return out
 
 
-def _assert_ema_recursion(p0, trajectory, decay):
-  """ema_k == d ema_{k-1} + (1 - d) params_k from ema_0 = params_0, in float64, every leaf."""
+def _warmup_decays(decay, steps):
+  """d_n = min(decay, (1 + n) / (10 + n)) for updates n = 0..steps-1, as exact fractions."""
+  return [min(decay, float(Fraction(1 + n, 10 + n))) for n in range(steps)]
+
+
+def _assert_ema_recursion(p0, trajectory, decays):
+  """ema_k == d_k ema_{k-1} + (1 - d_k) params_k from ema_0 = params_0, in float64, every leaf
+  (decays: one per step, or one number for all)."""
+  if np.isscalar(decays):
+    decays = [decays] * len(trajectory)
   expected = {name: x.astype(np.float64) for name, x in _named_leaves(p0).items()}
-  for k, (params, ema) in enumerate(trajectory, 1):
+  for k, ((params, ema), decay) in enumerate(zip(trajectory, decays, strict=True), 1):
     params, ema = _named_leaves(params), _named_leaves(ema)
     assert ema.keys() == expected.keys()
     for name in expected:
@@ -113,7 +128,7 @@ def test_ema_follows_decay_recursion(ema_run):
   _assert_trees_equal(final.params, trajectory[-1][0], "final params vs checkpoint")
   _assert_trees_equal(final.ema_params, trajectory[-1][1], "final ema_params vs checkpoint")
 
-  _assert_ema_recursion(initial.params, trajectory, EMA_DECAY)
+  _assert_ema_recursion(initial.params, trajectory, _warmup_decays(EMA_DECAY, EMA_STEPS))
 
   # Not vacuous: the params move, and the EMA lags them by far more than the tolerance.
   def max_gap(a, b):
@@ -147,7 +162,48 @@ def test_resume_gives_identical_state_and_ema(ema_run, tmp_path):
   for k, ((p, e), (p_straight, e_straight)) in enumerate(zip(trajectory, straight), 1):
     _assert_trees_equal(p, p_straight, f"params after step {k}")
     _assert_trees_equal(e, e_straight, f"ema_params after step {k}")
-  _assert_ema_recursion(ema_run["initial"].params, trajectory, EMA_DECAY)
+  _assert_ema_recursion(ema_run["initial"].params, trajectory,
+                        _warmup_decays(EMA_DECAY, EMA_STEPS))
+
+
+def _step_trajectory(**overrides):
+  """(initial params, [(params, ema_params)] after each of EMA_STEPS calls of `train_step`):
+  the recursion without the loop's checkpoints (one compile, no orbax)."""
+  process, data, cfg = _ema_setup(**overrides)
+  tx = make_optimizer(cfg)
+  x, y = data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size]
+  state = init_state(process, tx, {"x": x, "y": y}, jax.random.key(0))
+  step = jax.jit(functools.partial(train_step, process, tx, cfg.ema_decay,
+                                   ema_warmup=cfg.ema_warmup))
+  p0, out = state.params, []
+  for k in range(EMA_STEPS):
+    state, _ = step(state, {"x": x, "y": y}, jax.random.key(k))
+    out.append((state.params, state.ema_params))
+  return p0, out
+
+
+def test_ema_without_warmup_is_the_fixed_decay_recursion():
+  """ema_warmup=False (models trained before warm-up existed): d = ema_decay at every step."""
+  p0, trajectory = _step_trajectory(ema_warmup=False)
+  _assert_ema_recursion(p0, trajectory, EMA_DECAY)
+
+
+def test_ema_warmup_is_capped_by_the_decay():
+  """decay 0.15 < (1 + n) / (10 + n) from n = 1 on: d = 0.1, 0.15, 0.15, ... (the cap)."""
+  decays = _warmup_decays(0.15, EMA_STEPS)
+  assert decays[0] == 0.1 and decays[1:] == [0.15] * (EMA_STEPS - 1)
+  p0, trajectory = _step_trajectory(ema_decay=0.15)
+  _assert_ema_recursion(p0, trajectory, decays)
+
+
+def test_ema_warmup_gets_a_new_model_key_and_old_models_keep_theirs():
+  from ardiff.configs.sections import train_section
+  from ardiff.runs import train_key
+
+  assert TrainConfig().ema_warmup
+  old = train_key(train_section(ema_warmup=False))
+  assert "ema_warmup" not in old  # as before the field existed: cached models stay valid
+  assert train_key(train_section())["ema_warmup"] is True
 
 
 def test_finished_run_is_restored_not_retrained(tmp_path):
