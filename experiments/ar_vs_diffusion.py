@@ -125,6 +125,9 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c.training_seeds = [0, 1, 2]
   c.num_samples = 300  # per training seed
   c.sample_batch = 0  # samples per network call; 0: all num_samples at once
+  # Test images scored for bits per pixel (0: the whole test split). The ARDM bound runs the
+  # network once per pixel of each image (784 passes at 784 tokens on MNIST).
+  c.test_bits_examples = 0
   # The budget: `budget_steps` train steps of the reference model, in FLOPs, for every model.
   c.budget_reference = "raster"
   c.budget_steps = 1500
@@ -205,6 +208,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   require(len(set(c.training_seeds)) == len(c.training_seeds), "training_seeds",
           f"must be distinct, got {list(c.training_seeds)}")
   require(c.num_samples >= 5, "num_samples", "must be >= 5 (k-NN precision/recall, k=3)")
+  require(isinstance(c.test_bits_examples, int) and c.test_bits_examples >= 0,
+          "test_bits_examples", f"must be an integer >= 0 (0: the whole test split), got "
+          f"{c.test_bits_examples!r}")
   require(c.sample_batch >= 0, "sample_batch", f"must be >= 0 (0: all at once), got "
           f"{c.sample_batch}")
   require(c.budget_reference in names, "budget_reference",
@@ -284,18 +290,20 @@ def _budget(c, data, processes) -> tuple[float, dict]:
   return c.budget_steps * per_step[c.budget_reference], per_step
 
 
-def _test_bits(family: Family, model, data, key) -> float:
-  """Held-out test bits per pixel: exact (raster), the ARDM bound along one random order per
-  image, the diffusion bound (32 sampled timesteps per image, unbiased)."""
+def _test_bits(family: Family, model, data, key, num: int = 0) -> float:
+  """Held-out test bits per pixel on the first `num` test images (0: all): exact (raster), the
+  ARDM bound along one random order per image, the diffusion bound (32 sampled timesteps per
+  image, unbiased)."""
   from ardiff.processes.autoregressive.evaluate import ardm_test_bpd, raster_test_bpd
   from ardiff.processes.gaussian.likelihood import bpd
 
-  null = np.full((len(data.x_test),), data.num_classes, np.int32)
+  x = data.x_test[:num or None]
+  null = np.full((len(x),), data.num_classes, np.int32)
   if family.kind == "raster":
-    return raster_test_bpd(model.process, model.params, to_tokens(data.x_test), null)
+    return raster_test_bpd(model.process, model.params, to_tokens(x), null)
   if family.kind == "ardm":
-    return ardm_test_bpd(model.process, model.params, to_tokens(data.x_test), null, key)
-  return bpd(model.process, model.params, data.x_test, None, data.num_levels, key,
+    return ardm_test_bpd(model.process, model.params, to_tokens(x), null, key)
+  return bpd(model.process, model.params, x, None, data.num_levels, key,
              num_t_samples=32)["total"]
 
 
@@ -333,7 +341,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   rows, series, grids, training = [], {}, {}, []
   for family in FAMILIES:
     trained = models[family.name]
-    bits = [_test_bits(family, m, data, jax.random.key(11)) for m in trained]
+    bits = [_test_bits(family, m, data, jax.random.key(11), c.test_bits_examples)
+            for m in trained]
     stops = [m.info.get("stopped_early_at") for m in trained]
     training.append({
         "model": family.label, "kind": family.kind, "params": _params(trained[0].params),

@@ -42,7 +42,7 @@ MNIST_SMOKE = ["sample.runs.ardm=['ardm:k=392', 'ardm:k=392:order=contiguous']",
                "sample.runs.diffusion_unet=['ddim:2']", "compute_specs.ardm=['ardm:k=392']",
                "unet.channel_mult=[1, 2]", "train.batch_size=8", "ar.heads=2",
                "ar.remat=True", "num_samples=32", "sample_batch=16", "train.val_examples=16",
-               "training_seeds=[0]", "train.snapshots=[]"]
+               "training_seeds=[0]", "train.snapshots=[]", "test_bits_examples=8"]
 
 
 def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
