@@ -345,15 +345,29 @@ def train_step_flops(process: Process, x: np.ndarray, y: np.ndarray, cfg: TrainC
                      mesh=None) -> float | None:
   """FLOPs of one train step of `process` at cfg.batch_size (lowered, not compiled)."""
   mesh = mesh or parallel.data_mesh()
-  repl = parallel.replicated(mesh)
-  tx = make_optimizer(cfg)
   idx = parallel.process_slice(np.arange(cfg.batch_size) % len(x))
   batch = parallel.put_global_batch({"x": x[idx], "y": y[idx]}, mesh)
   key = jax.random.key(0)
-  abstract = jax.eval_shape(functools.partial(init_state, process, tx), batch, key)
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
-                        abstract)
-  step = jax.jit(functools.partial(train_step, process, tx, cfg.ema_decay,
+  return _plain_step_flops(process, cfg, _state_target(process, cfg, batch, key, mesh), batch,
+                           key, mesh)
+
+
+def _state_target(process: Process, cfg: TrainConfig, batch, key, mesh):
+  """The train state's shapes and dtypes, replicated over `mesh` (traced, nothing runs)."""
+  repl = parallel.replicated(mesh)
+  abstract = jax.eval_shape(functools.partial(init_state, process, make_optimizer(cfg)), batch,
+                            key)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
+
+
+def _plain_step_flops(process: Process, cfg: TrainConfig, target, batch, key,
+                      mesh) -> float | None:
+  """XLA's FLOP count of the plain train step on this global batch, from `target`
+  (`_state_target`). Not the guarded step's: the divergence guard is not the model's compute.
+  The state's shapes do not depend on the schedule's length, so this works before the number
+  of steps is known; lowering only traces, nothing compiles."""
+  repl = parallel.replicated(mesh)
+  step = jax.jit(functools.partial(train_step, process, make_optimizer(cfg), cfg.ema_decay,
                                    ema_warmup=cfg.ema_warmup),
                  in_shardings=(repl, parallel.batch_sharding(mesh), repl),
                  out_shardings=(repl, repl))
@@ -530,19 +544,9 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, me
     idx = parallel.process_slice(batch_indices(cfg.seed, step, cfg.batch_size, len(x)))
     return parallel.put_global_batch({"x": x[idx], "y": y[idx]}, mesh)
 
-  # The abstract state does not depend on the schedule's length, so the step's FLOPs are
-  # counted before the number of steps is known (lowering only traces; nothing compiles).
-  # They are the plain step's: the divergence guard is not the model's compute.
-  abstract = jax.eval_shape(functools.partial(init_state, process, make_optimizer(cfg)),
-                            global_batch(0), init_key)
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
-                        abstract)
   example_batch = global_batch(0)
-  plain_step = jax.jit(functools.partial(train_step, process, make_optimizer(cfg), cfg.ema_decay,
-                                         ema_warmup=cfg.ema_warmup),
-                       in_shardings=(repl, parallel.batch_sharding(mesh), repl),
-                       out_shardings=(repl, repl), donate_argnums=0)
-  flops = step_flops(plain_step.lower(target, example_batch, loop_key))
+  target = _state_target(process, cfg, example_batch, init_key, mesh)
+  flops = _plain_step_flops(process, cfg, target, example_batch, loop_key, mesh)
   if cfg.flops > 0:
     if not flops:
       raise ConfigError("config key 'train.flops': this backend gives no FLOP count for the "

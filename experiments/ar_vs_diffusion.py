@@ -83,7 +83,7 @@ from ardiff.train import TrainConfig, snapshot_params, train_step_flops
 
 SMOKE_OVERRIDES = ["budget_steps=6", "train.log_every=2", "train.eval_every=2",
                    "train.val_examples=64", "train.warmup_steps=2", "ar.width=16",
-                   "ar.depth=1", "ar.heads=2", "unet.base_channels=8",
+                   "ar.depth=1", "ar.heads=2", "unet.base_channels=8", "unet.channel_mult=[1]",
                    "diffusion.num_timesteps=8", "num_samples=40", "training_seeds=[0]",
                    "train.snapshots=[0.5]",
                    "sample.runs.raster=['raster']",

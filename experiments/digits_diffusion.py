@@ -37,7 +37,7 @@ from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
-                   "diffusion.num_timesteps=10", "sample.num_samples=40",
+                   "unet.channel_mult=[1]", "diffusion.num_timesteps=10", "sample.num_samples=40",
                    "sample.runs=['ddim:2']", "sample.guidance_scales=[2.0]",
                    "sample.guidance_sampler=ddim:2", "sample.classifier_guidance_scales=[2.0]",
                    "noisy_classifier.widths=[4, 8]", "noisy_classifier.feature_dim=8",

@@ -33,7 +33,7 @@ from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
-                   "diffusion.num_timesteps=10", "num_samples=40",
+                   "unet.channel_mult=[1]", "diffusion.num_timesteps=10", "num_samples=40",
                    "runs=['ddim:2']",
                    "targets=['next_step', 'eps']", "error_ts=[1, 5, 10]", "classifier_steps=20"]
 

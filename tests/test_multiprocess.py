@@ -21,6 +21,8 @@ import time
 import numpy as np
 import pytest
 
+from tests._xla import with_device_count
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 TIMEOUT_S = 240  # the whole test; a hung collective or barrier fails instead of blocking CI
@@ -57,7 +59,7 @@ def _free_port() -> int:
 
 def _env(num_devices: int, **extra: str) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+  env.update(XLA_FLAGS=with_device_count(num_devices),
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **extra)
   return env
 

@@ -20,6 +20,7 @@ from ardiff.data.base import batch_indices
 from ardiff.train import (Preempted, TrainConfig, init_state, make_optimizer, train,
                           train_step)
 from tests._train_helpers import tiny_setup
+from tests._xla import with_device_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -274,7 +275,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_one_device_equals_eight_devices(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=with_device_count(8),
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=300)

@@ -18,6 +18,7 @@ from ardiff import build
 from ardiff.data.base import Dataset
 from ardiff.processes.guidance import Guidance
 from ardiff.runs import model_inputs
+from tests._xla import with_device_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = build.BUILDERS.names()
@@ -139,7 +140,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_samples_do_not_depend_on_the_device_count(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=with_device_count(8),
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=600)

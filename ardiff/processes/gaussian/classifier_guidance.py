@@ -207,8 +207,8 @@ class NoisyClassifier:
     return self.net.apply(params, x, jnp.asarray(u, jnp.float32))
 
   def init_params(self, key, batch):
-    x = batch["x"]
-    return self.net.init(key, x, jnp.ones((x.shape[0],), jnp.float32))
+    x = batch["x"][:1]  # jitted on one example, as `GaussianDiffusion.init_params`
+    return jax.jit(self.net.init)(key, x, jnp.ones((1,), jnp.float32))
 
   def noisy(self, x0: jax.Array, t: jax.Array, key: jax.Array) -> jax.Array:
     """x_t ~ q(x_t | x0) at integer timesteps t [B] in 0..T."""
