@@ -104,7 +104,8 @@ def _process(c, data):
 def _noisy_classifier(c, workdir, data, process):
   """The noise-aware classifier for classifier guidance: trained with the project's loop on
   x_t = sqrt(ab) x0 + sqrt(1 - ab) eps at t ~ U{1..T} of the process's schedule, cached in the
-  model cache (keyed by its section, the dataset and the schedule); (classifier, EMA params)."""
+  model cache (keyed by its section, the dataset, the schedule and `runs.train_key` of its train
+  section, so that a longer run extends it); (classifier, EMA params)."""
   nc = c.noisy_classifier
   net = NoisyClassifierNet(data.num_classes, widths=tuple(nc.widths),
                            feature_dim=nc.feature_dim, time_dim=nc.time_dim)
@@ -112,7 +113,7 @@ def _noisy_classifier(c, workdir, data, process):
   schedule = {"schedule": process.schedule_name, "num_timesteps": process.num_timesteps}
   net_section = {k: v for k, v in nc.items() if k != "train"}
   directory = runs.model_dir(c, workdir, f"{data.name}-noisy-classifier", data.name,
-                             net_section, schedule, nc.train)
+                             net_section, schedule, runs.train_key(nc.train))
   state = runs.train_cached(classifier, runs.model_inputs("gaussian", data), data.y_train,
                             nc.train, directory)
   return classifier, state.ema_params

@@ -142,3 +142,27 @@ def test_in_batches_splits_labels_and_folds_keys():
                            for i, s in enumerate((0, 3, 6))])
   np.testing.assert_array_equal(out, expect)
   assert out.shape == (7,)
+
+
+def test_noisy_classifier_key_leaves_out_loop_only_fields(tmp_path, monkeypatch):
+  """digits_diffusion's noise-aware classifier is keyed like every model (`runs.train_key`): a
+  longer run extends the cached one; a change that trains a different model gets its own."""
+  import types
+
+  from ardiff import runs
+  from ardiff.data.digits import load_digits_dataset
+
+  path = os.path.join(ROOT, "experiments", "digits_diffusion.py")
+  module, _ = get_experiment_config(path, [])
+  data = load_digits_dataset()
+  process = types.SimpleNamespace(schedule_name="cosine", num_timesteps=10, num_classes=10)
+  dirs = []
+  monkeypatch.setattr(runs, "train_cached", lambda *args, **kw: dirs.append(args[4]) or
+                      types.SimpleNamespace(ema_params=None))
+  for extra in (["noisy_classifier.train.steps=4"], ["noisy_classifier.train.steps=8"],
+                ["noisy_classifier.train.steps=4", "noisy_classifier.train.log_every=1"],
+                ["noisy_classifier.train.learning_rate=0.01"]):
+    _, config = get_experiment_config(path, [*module.SMOKE_OVERRIDES, *extra])
+    module._noisy_classifier(config, str(tmp_path), data, process)
+  assert dirs[0] == dirs[1] == dirs[2] != dirs[3]
+  assert os.path.basename(dirs[0]).startswith("digits-noisy-classifier-")
