@@ -77,7 +77,8 @@ def raster(cfg, dataset: Dataset, dtype):
 
 
 @register("ardm", example=lambda: (_tiny_transformer(), {}, [
-    "ardm", "ardm:k=3", "ardm:k=4:order=contiguous", "ardm:sizes=(1,15)"]))
+    "ardm", "ardm:k=3", "ardm:k=4:order=contiguous", "ardm:sizes=(1,15)", "confidence:4",
+    "confidence:5:temperature=0:schedule=uniform:noise=1.0"]))
 def ardm(cfg, dataset: Dataset, dtype):
   from ardiff.processes.autoregressive.order_agnostic import OrderAgnosticAR
 

@@ -33,7 +33,7 @@ from ardiff.processes import discrete
 from ardiff.processes import guidance as guide
 
 
-def _cond(model: Transformer, y: jax.Array, guidance, neg_y) -> dict | None:
+def guidance_streams(model: Transformer, y: jax.Array, guidance, neg_y) -> dict | None:
   """The guidance streams' labels and weight (None: the conditional stream alone)."""
   if guidance is None:
     return None
@@ -41,7 +41,7 @@ def _cond(model: Transformer, y: jax.Array, guidance, neg_y) -> dict | None:
   return {"y": y, "neg": neg, "w": guidance}
 
 
-def _call(model, params, tokens, cond, y, *args, **kwargs):
+def model_call(model, params, tokens, cond, y, *args, **kwargs):
   """One model call, doubled into [conditional; negative] streams and combined when guiding."""
   if cond is None:
     return model.apply(params, tokens, *args, y, **kwargs)
@@ -75,7 +75,7 @@ def _check_num_steps(model: Transformer, num_steps: int | None) -> int:
 
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "use_cache"))
 def _raster(model, params, key, y, temperature, guidance, neg_y, num_steps, use_cache):
-  cond = _cond(model, y, guidance, neg_y)
+  cond = guidance_streams(model, y, guidance, neg_y)
   b = y.shape[0]
   keys = discrete.example_keys(key, b)
 
@@ -83,10 +83,10 @@ def _raster(model, params, key, y, temperature, guidance, neg_y, num_steps, use_
     tokens, cache = carry
     if use_cache:
       prev = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(pos - 1, 0), axis=1, keepdims=False)
-      logits, cache = _call(model, params, prev, cond, y, pos, cache,
+      logits, cache = model_call(model, params, prev, cond, y, pos, cache,
                             method=Transformer.decode_step)
     else:
-      logits = _call(model, params, tokens, cond, y)
+      logits = model_call(model, params, tokens, cond, y)
       logits = jax.lax.dynamic_index_in_dim(logits, pos, axis=1, keepdims=False)
     z = discrete.draw(discrete.step_keys(keys, pos), logits, temperature)
     return (tokens.at[:, pos].set(z), cache), None
@@ -128,14 +128,14 @@ def raster_sample_nocache(model: Transformer, params, key: jax.Array, y: jax.Arr
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def _parallel(model, params, key, y, plan, temperature, guidance, neg_y, known_mask, known_tokens):
-  cond = _cond(model, y, guidance, neg_y)
+  cond = guidance_streams(model, y, guidance, neg_y)
   keys = discrete.example_keys(key, y.shape[0])
   tokens = jnp.where(known_mask, known_tokens, model.mask_id).astype(jnp.int32)
   steps = jnp.swapaxes(plan, 0, 1)  # [S, B, L]
 
   def step(tokens, xs):
     reveal, s = xs
-    z = discrete.draw(discrete.step_keys(keys, s), _call(model, params, tokens, cond, y),
+    z = discrete.draw(discrete.step_keys(keys, s), model_call(model, params, tokens, cond, y),
                       temperature)
     return jnp.where(reveal & ~known_mask, z, tokens), None
 

@@ -10,6 +10,13 @@ Sampling specs (`ardm`), options:
                          `budget.resolve_dp(spec, step_losses)`, which adds `sizes`;
   temperature=1.0.
 Without k, sizes or dp, one pixel per step (L steps).
+
+Confidence decoding (`confidence`, `ardiff.processes.autoregressive.confidence`): the model
+chooses which hidden positions to reveal, the most confident first; `confidence:8` takes 8
+steps (a step count is required), options:
+  schedule=cosine|uniform  positions per step (MaskGIT's cosine: few first, many last);
+  temperature=1.0          candidates from softmax(logits / temperature); 0: argmax (greedy);
+  noise=0.0                Gumbel noise on the confidences, annealed to 0 over the steps.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import jax
 
 from ardiff.processes import discrete
-from ardiff.processes.autoregressive import decode, objectives, orders
+from ardiff.processes.autoregressive import confidence, decode, objectives, orders
 from ardiff.processes.autoregressive.transformer_process import TransformerProcess
 
 
@@ -27,7 +34,10 @@ class OrderAgnosticAR(TransformerProcess):
   causal = False
   _nll_key, _bpd_key = "bound", "bound_bpd"  # one-sample ARDM estimate of the NLL bound
   samplers = {"ardm": {"k": None, "order": "random", "sizes": None, "dp": None,
-                       "temperature": 1.0}}
+                       "temperature": 1.0},
+              "confidence": {"schedule": "cosine", "temperature": 1.0, "noise": 0.0}}
+  _greedy_samplers = ("confidence",)  # temperature 0 allowed: argmax
+  _needs_steps = ("confidence",)
 
   def _nll(self, logits_fn, x, y, key):
     return objectives.ardm_loss(logits_fn, x, y, key, self.model.mask_id)
@@ -58,7 +68,20 @@ class OrderAgnosticAR(TransformerProcess):
       raise ValueError(f"sampler 'ardm': k must be an integer in 1..{self.seq_len}, got {k!r}")
     return orders.uniform_step_sizes(self.seq_len, k)
 
+  def confidence_sizes(self, spec) -> tuple[int, ...]:
+    """Positions revealed per step by a `confidence` spec."""
+    spec = self.parse(spec)
+    noise = spec.get("noise", 0.0)
+    if not isinstance(noise, (int, float)) or noise < 0:
+      raise ValueError(f"sampler 'confidence': noise must be a number >= 0, got {noise!r}")
+    try:
+      return confidence.reveal_schedule(self.seq_len, spec.steps, spec.get("schedule", "cosine"))
+    except ValueError as e:
+      raise ValueError(f"sampler 'confidence': {e}") from None
+
   def _steps(self, spec):
+    if spec.name == "confidence":
+      return len(self.confidence_sizes(spec))
     dp = spec.get("dp")
     if dp is not None and spec.get("sizes") is None:  # not resolved yet: its count is known
       if not isinstance(dp, int) or not 1 <= dp <= self.seq_len:
@@ -68,6 +91,13 @@ class OrderAgnosticAR(TransformerProcess):
     return len(self.step_sizes(spec))
 
   def _decode(self, params, keys, labels, spec, w, neg_y):
+    if spec.name == "confidence":
+      cond = decode.guidance_streams(self.model, labels, w, neg_y)
+      tokens = jax.numpy.full((labels.shape[0], self.seq_len), self.mask_id, jax.numpy.int32)
+      return confidence.confidence_decode(
+          lambda t: decode.model_call(self.model, params, t, cond, labels), keys, tokens,
+          self.confidence_sizes(spec), mask_id=self.mask_id,
+          temperature=spec.get("temperature", 1.0), noise=spec.get("noise", 0.0))
     sizes = self.step_sizes(spec)
     b = labels.shape[0]
     if spec.get("order", "random") == "contiguous":

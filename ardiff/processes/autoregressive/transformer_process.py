@@ -33,6 +33,7 @@ class TransformerProcess:
   _bpd_key: str  # metric name of the same in bits per dimension
   samplers: dict[str, dict]  # spec name -> {option: default}
   _needs_steps: tuple[str, ...] = ()
+  _greedy_samplers: tuple[str, ...] = ()  # samplers that take temperature 0 (argmax)
 
   def __init__(self, model: Transformer, p_uncond: float = 0.1,
                data_shape: Sequence[int] | None = None):
@@ -111,9 +112,11 @@ class TransformerProcess:
     check_spec(spec, self.samplers, process=type(self).__name__,
                needs_steps=self._needs_steps)
     temperature = spec.get("temperature", 1.0)
-    if not isinstance(temperature, (int, float)) or temperature <= 0:
-      raise ValueError(f"sampler {spec.name!r}: temperature must be a number > 0, "
-                       f"got {temperature!r}")
+    greedy_ok = spec.name in self._greedy_samplers
+    if (not isinstance(temperature, (int, float)) or temperature < 0
+        or (temperature == 0 and not greedy_ok)):
+      raise ValueError(f"sampler {spec.name!r}: temperature must be a number "
+                       f"{'>=' if greedy_ok else '>'} 0, got {temperature!r}")
     return spec
 
   def _decode(self, params, keys, labels, spec: SampleSpec, cond_w, neg):

@@ -20,6 +20,7 @@ from tests.models.test_transformer import rough_params
 from ardiff.processes.autoregressive import decode, objectives, orders
 from ardiff.processes.autoregressive.order_agnostic import OrderAgnosticAR
 from ardiff.processes.autoregressive.raster import RasterAR
+from ardiff.processes.guidance import Guidance
 from ardiff.models.transformer import Transformer
 
 V, L, C = 3, 3, 2  # values, positions, classes
@@ -716,3 +717,35 @@ def test_ardm_specs_follow_their_plans():
     proc.nfe("ardm:k=4:order=spiral")
   with pytest.raises(ValueError, match="resolve_dp"):
     proc.sample(params, key, y, "ardm:dp=2")
+
+
+def test_confidence_spec_runs_the_confidence_decoder_on_the_model():
+  """`confidence:S` on an ARDM model equals `confidence_decode` with the model as the logits
+  callback (guided: the combined streams); its options are checked by name."""
+  from ardiff.processes import discrete
+  from ardiff.processes.autoregressive.confidence import confidence_decode, reveal_schedule
+
+  proc = _process(OrderAgnosticAR, length=16, width=16, depth=1, heads=2)
+  params = rough_params(proc.model, 3, scale=0.7)
+  y = jnp.array([0, 1, 2, 10])
+  key = jax.random.key(4)
+  keys = discrete.example_keys(key, 4)
+  for spec, w, temperature in [("confidence:5", None, 1.0),
+                               ("confidence:3:temperature=0", 2.0, 0.0)]:
+    cond = decode.guidance_streams(proc.model, y, w, None)
+    ref = confidence_decode(lambda t: decode.model_call(proc.model, params, t, cond, y), keys,
+                            jnp.full((4, 16), proc.mask_id, jnp.int32),
+                            reveal_schedule(16, int(spec.split(":")[1])), mask_id=proc.mask_id,
+                            temperature=temperature)
+    guidance = None if w is None else Guidance(w)
+    got = proc.sample(params, key, y, spec, guidance=guidance)
+    np.testing.assert_array_equal(np.asarray(got).reshape(4, 16), np.asarray(ref))
+  assert proc.nfe("confidence:16") == 16 and proc.nfe("confidence:4:schedule=uniform") == 4
+  for bad, message in [("confidence", "needs a step count"),
+                       ("confidence:17", "steps must be an integer in 1..16"),
+                       ("confidence:4:schedule=linear", "schedule must be one of"),
+                       ("confidence:4:noise=-1", "noise must be a number >= 0"),
+                       ("confidence:4:temperature=-1", "temperature must be a number >= 0"),
+                       ("ardm:k=4:temperature=0", "temperature must be a number > 0")]:
+    with pytest.raises(ValueError, match=message):
+      proc.nfe(bad)

@@ -1,0 +1,149 @@
+"""Confidence decoding (`ardiff.processes.autoregressive.confidence`) on toy logits callbacks,
+against a brute-force NumPy decoder and the categorical law of one position."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from ardiff.processes import discrete
+from ardiff.processes.autoregressive.confidence import confidence_decode, reveal_schedule
+
+V, L, MASK = 5, 16, 5
+
+
+def test_cosine_schedule_is_the_closed_form_and_uniform_is_even():
+  # 64 positions in 8 steps: hidden after step s = floor(64 cos(pi/2 (s+1)/8)), no step empty.
+  hidden = [64] + [math.floor(64 * math.cos(math.pi / 2 * (s + 1) / 8)) for s in range(8)]
+  hidden[-1] = 0
+  assert reveal_schedule(64, 8) == tuple(hidden[s] - hidden[s + 1] for s in range(8))
+  assert reveal_schedule(64, 8) == (2, 3, 6, 8, 10, 11, 12, 12)
+  assert reveal_schedule(64, 8, "uniform") == (8,) * 8
+  assert reveal_schedule(10, 4, "uniform") == (2, 2, 3, 3)
+  for length, steps in [(16, 16), (10, 7), (64, 1), (784, 12), (5, 4)]:
+    for schedule in ("cosine", "uniform"):
+      sizes = reveal_schedule(length, steps, schedule)
+      assert len(sizes) == steps and sum(sizes) == length and min(sizes) >= 1
+  with pytest.raises(ValueError, match="steps must be an integer in 1..16"):
+    reveal_schedule(16, 17)
+  with pytest.raises(ValueError, match="schedule must be one of"):
+    reveal_schedule(16, 4, "linear")
+
+
+def _table(seed=0, batch=3):
+  return np.random.default_rng(seed).normal(0, 1.5, (batch, L, V)).astype(np.float32)
+
+
+def _feedback_logits(base):
+  """Logits that depend on the revealed tokens: value (sum of revealed tokens mod V) gains 2."""
+  def fn(tokens):
+    revealed = jnp.where(tokens == MASK, 0, tokens)
+    bonus = jax.nn.one_hot(revealed.sum(axis=1) % V, V) * 2.0  # [B, V]
+    return jnp.asarray(base) + bonus[:, None, :]
+  return fn
+
+
+def _brute_force_greedy(base, sizes, tokens):
+  """The greedy decoder written out: each step, argmax tokens at every hidden position, reveal
+  the n most probable (ties: lower position)."""
+  tokens = tokens.copy()
+  for n in sizes:
+    for b in range(tokens.shape[0]):
+      revealed = np.where(tokens[b] == MASK, 0, tokens[b])
+      logits = base[b].astype(np.float64).copy()
+      logits[:, revealed.sum() % V] += 2.0
+      logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+      hidden = np.flatnonzero(tokens[b] == MASK)
+      best = sorted(hidden, key=lambda i: (-logp[i].max(), i))[:n]
+      tokens[b, best] = logp[best].argmax(-1)
+  return tokens
+
+
+@pytest.mark.parametrize("schedule,steps", [("cosine", 5), ("uniform", 16), ("cosine", 1)])
+def test_greedy_decoding_equals_the_brute_force_decoder_and_ignores_the_key(schedule, steps):
+  base = _table()
+  sizes = reveal_schedule(L, steps, schedule)
+  start = np.full((3, L), MASK, np.int32)
+  fn = _feedback_logits(base)
+  out = [np.asarray(confidence_decode(fn, discrete.example_keys(jax.random.key(k), 3), start,
+                                      sizes, mask_id=MASK, temperature=0.0))
+         for k in (0, 1)]
+  np.testing.assert_array_equal(out[0], out[1])  # greedy: no randomness left
+  np.testing.assert_array_equal(out[0], _brute_force_greedy(base, sizes, start))
+
+
+def test_revealed_tokens_never_change_and_each_step_reveals_its_count():
+  base = _table(1, batch=4)
+  start = np.full((4, L), MASK, np.int32)
+  start[:, [0, 7]] = [[1, 2]] * 4  # known tokens (inpainting): never changed
+  sizes = reveal_schedule(L - 2, 4)
+  tokens, history = confidence_decode(
+      _feedback_logits(base), discrete.example_keys(jax.random.key(3), 4), start, sizes,
+      mask_id=MASK, temperature=1.0, noise=2.0, return_history=True)
+  history = np.concatenate([start[None], np.asarray(history)])  # [S + 1, B, L]
+  revealed = (history != MASK).sum(axis=2)  # [S + 1, B]
+  np.testing.assert_array_equal(revealed, np.broadcast_to(
+      2 + np.concatenate([[0], np.cumsum(sizes)])[:, None], revealed.shape))
+  for s in range(1, len(history)):
+    was = history[s - 1] != MASK
+    np.testing.assert_array_equal(history[s][was], history[s - 1][was])
+  np.testing.assert_array_equal(np.asarray(tokens)[:, [0, 7]], [[1, 2]] * 4)
+  assert np.asarray(tokens).max() < V
+  with pytest.raises(ValueError, match="sizes sum to 16 but the examples hide \\[14\\]"):
+    confidence_decode(_feedback_logits(base), discrete.example_keys(jax.random.key(3), 4),
+                      start, reveal_schedule(L, 4), mask_id=MASK)
+
+
+def test_noise_randomises_the_reveal_order_and_zero_noise_follows_the_confidences():
+  base = np.broadcast_to(_table(2, batch=1), (64, L, V))  # one model output, 64 examples
+  fn = lambda tokens: jnp.asarray(base)  # noqa: E731 - logits independent of the tokens
+  start = np.full((64, L), MASK, np.int32)
+  keys = discrete.example_keys(jax.random.key(4), 64)
+  first = {}
+  for noise in (0.0, 5.0):
+    _, history = confidence_decode(fn, keys, start, (4, 12), mask_id=MASK, temperature=0.0,
+                                   noise=noise, return_history=True)
+    first[noise] = {tuple(np.flatnonzero(row != MASK)) for row in np.asarray(history[0])}
+  logp = jax.nn.log_softmax(base[0], axis=-1).max(axis=-1)
+  assert first[0.0] == {tuple(sorted(np.argsort(-np.asarray(logp), kind="stable")[:4]))}
+  assert len(first[5.0]) > 10
+
+
+def test_candidates_follow_the_tempered_categorical():
+  """One hidden position, one step: the token is drawn from softmax(logits / T)."""
+  logits = np.array([1.0, 0.0, -1.0, 0.5, 2.0], np.float32)
+  n = 4000
+  fn = lambda tokens: jnp.broadcast_to(jnp.asarray(logits), (tokens.shape[0], 1, V))  # noqa: E731
+  for temperature in (1.0, 0.5):
+    out = np.asarray(confidence_decode(fn, discrete.example_keys(jax.random.key(5), n),
+                                       np.full((n, 1), MASK, np.int32), (1,), mask_id=MASK,
+                                       temperature=temperature))[:, 0]
+    z = logits.astype(np.float64) / temperature
+    p = np.exp(z) / np.exp(z).sum()
+    counts = np.bincount(out, minlength=V)
+    assert scipy.stats.chisquare(counts, n * p).pvalue > 1e-3, (temperature, counts, n * p)
+    wrong = np.exp(logits.astype(np.float64))  # the untempered law: rejected at T = 0.5
+    wrong /= wrong.sum()
+    if temperature != 1.0:
+      assert scipy.stats.chisquare(counts, n * wrong).pvalue < 1e-6
+
+
+def test_sampled_candidates_are_revealed_by_the_models_own_probability():
+  """temperature 0.5, no noise, logits independent of the tokens: step 0 reveals the n drawn
+  candidates with the highest untempered log-probability (the draws: `discrete.draw` with the
+  step's keys, as every sampler draws)."""
+  base = _table(6, batch=8)
+  keys = discrete.example_keys(jax.random.key(7), 8)
+  tokens, history = confidence_decode(lambda t: jnp.asarray(base), keys,
+                                      np.full((8, L), MASK, np.int32), (5, 11), mask_id=MASK,
+                                      temperature=0.5, return_history=True)
+  z = np.asarray(discrete.draw(discrete.step_keys(keys, 0), jnp.asarray(base), 0.5))
+  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(base), axis=-1))
+  conf = np.take_along_axis(logp, z[..., None], axis=-1)[..., 0]
+  for b in range(8):
+    top = np.argsort(-conf[b], kind="stable")[:5]
+    assert set(np.flatnonzero(np.asarray(history[0][b]) != MASK)) == set(top), b
+    np.testing.assert_array_equal(np.asarray(tokens)[b, top], z[b, top])
