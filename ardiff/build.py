@@ -86,6 +86,28 @@ def ardm(cfg, dataset: Dataset, dtype):
                          data_shape=dataset.shape)
 
 
+@register("masked", example=lambda: (_tiny_transformer(), {"masking": {"schedule": "cosine"}},
+                                    ["masked:4", "masked:3:temperature=0.8", "confidence:4"]))
+def masked(cfg, dataset: Dataset, dtype, masking=None):
+  """Masked (absorbing) diffusion on ARDM's bidirectional transformer (cfg: the transformer
+  section); `masking`: an optional section {schedule: linear|cosine|polynomial, power}."""
+  from ardiff.configs.validation import ConfigError
+  from ardiff.processes.masked.process import MaskedDiffusion
+  from ardiff.processes.masked.schedules import MaskingSchedule
+
+  masking = dict(masking or {})
+  unknown = sorted(set(masking) - {"schedule", "power"})
+  if unknown:
+    raise ConfigError(f"config section 'masking' has no key(s) {unknown}; it has: power, "
+                      "schedule")
+  try:
+    schedule = MaskingSchedule(masking.get("schedule", "linear"), masking.get("power", 2.0))
+  except ValueError as e:
+    raise ConfigError(f"config key 'masking': {e}") from None
+  return MaskedDiffusion(_transformer(cfg, dataset, dtype, False), p_uncond=cfg.p_uncond,
+                         data_shape=dataset.shape, schedule=schedule)
+
+
 @register("raster_bidirectional", example=lambda: (_tiny_transformer(), {}, [
     "raster", "raster:temperature=0.8"]))
 def raster_bidirectional(cfg, dataset: Dataset, dtype):

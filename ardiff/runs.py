@@ -221,12 +221,16 @@ def find_models(path: str) -> list[str]:
   return found
 
 
+# The processes (`ardiff.build` kinds) that model images as tokens (levels), not floats.
+TOKEN_KINDS = ("raster", "ardm", "raster_bidirectional", "masked")
+
+
 def model_inputs(kind: str, dataset: Dataset) -> np.ndarray:
   """The training inputs of a process: tokens for AR, [-1, 1] floats for image diffusion and
   one-shot regression, the points themselves for 2-D data."""
   if dataset.kind != "image":
     return dataset.x_train
-  if kind in ("raster", "ardm", "raster_bidirectional"):
+  if kind in TOKEN_KINDS:
     return to_tokens(dataset.x_train)
   return levels_to_unit(dataset.x_train, dataset.num_levels)
 

@@ -89,7 +89,7 @@ def test_nfe_is_counted_and_guidance_doubles_it(case):
   expected = {"raster": 16, "raster:temperature=0.8": 16, "ardm": 16, "ardm:k=3": 6,
               "ardm:k=4:order=contiguous": 4, "ardm:sizes=(1,15)": 2, "oneshot": 1,
               "ddpm:4": 4, "ddim:3": 3, "ddim:3:eta=0.5": 3, "ddpm:5:noise=0": 5,
-              "confidence:4": 4, "confidence:5:temperature=0:schedule=uniform:noise=1.0": 5}
+              "confidence:4": 4, "masked:4": 4, "masked:3:temperature=0.8": 3, "confidence:5:temperature=0:schedule=uniform:noise=1.0": 5}
   for spec in specs:
     if spec in expected:
       assert process.nfe(spec) == expected[spec], (kind, spec)

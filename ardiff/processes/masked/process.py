@@ -1,0 +1,114 @@
+"""Continuous-time masked diffusion (absorbing state; MD4, Shi et al. 2024; Sahoo et al. 2024).
+
+Forward: at time t every pixel is masked independently with probability 1 - alpha(t)
+(`schedules`). The network is ARDM's bidirectional transformer with a mask token; it does not
+see t (with an absorbing state the posterior of a masked pixel does not depend on it).
+
+Loss: the continuous-time ELBO, per example in nats,
+
+  -log p(x) <= E_{t ~ U(0,1)} E_{x_t} [ -alpha'(t) / (1 - alpha(t)) sum_{i masked} -log p(x_i | x_t) ],
+
+estimated with one t and one mask per example (t drawn antithetically over the batch, t >= 1e-5
+so that the weight stays finite). With u = 1 - alpha(t) it is sum_k B(k, L - k + 1) S_k, S_k the
+summed NLL over masks of size k: the ARDM bound, for every schedule (tested by enumeration).
+
+Samplers (the spec grammar of `ardiff.processes.spec`):
+  masked:S        ancestral, S steps on t_k = 1 - k / S: from t to s < t each still-masked pixel
+                  is unmasked with probability (alpha(s) - alpha(t)) / (1 - alpha(t)) and drawn
+                  from the model's categorical (option temperature=1.0); the last step unmasks
+                  the rest. S network calls (twice with guidance).
+  confidence:S, ardm:...   as for ARDM (`OrderAgnosticAR`): the network is the same kind.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ardiff.models.transformer import Transformer
+from ardiff.processes import discrete
+from ardiff.processes.autoregressive import decode
+from ardiff.processes.autoregressive.order_agnostic import OrderAgnosticAR
+from ardiff.processes.masked.schedules import MaskingSchedule
+
+T_MIN = 1e-5  # the smallest t drawn by the loss: the weight -alpha'/(1 - alpha) ~ 1/t there
+
+
+def antithetic_times(key: jax.Array, batch: int) -> jax.Array:
+  """t [B] in [T_MIN, 1): one uniform shift of the grid i / B (lower variance than i.i.d.)."""
+  u = jnp.mod(jax.random.uniform(key) + jnp.arange(batch) / batch, 1.0)
+  return T_MIN + (1.0 - T_MIN) * u
+
+
+def masked_diffusion_loss(logits_fn, x: jax.Array, y: jax.Array, key: jax.Array, mask_id: int,
+                          schedule: MaskingSchedule) -> jax.Array:
+  """One-sample estimate of the continuous-time ELBO's NLL bound per example: [B] nats."""
+  k_t, k_mask = jax.random.split(key)
+  b, length = x.shape
+  t = antithetic_times(k_t, b)
+  p_masked = schedule.masked(t)
+  masked = jax.random.uniform(k_mask, (b, length)) < p_masked[:, None]
+  nll = discrete.token_nll(logits_fn(jnp.where(masked, mask_id, x), y), x)
+  weight = -schedule.dalpha(t) / p_masked
+  return weight * jnp.sum(jnp.where(masked, nll, 0.0), axis=1)
+
+
+def ancestral_sample(logits_fn, keys: jax.Array, tokens: jax.Array, steps: int, *, mask_id: int,
+                     schedule: MaskingSchedule, temperature: float = 1.0,
+                     return_history: bool = False):
+  """Masked-diffusion ancestral sampling from t = 1 to 0 in `steps` steps: int32 [B, L].
+
+  logits_fn: tokens [B, L] -> logits [B, L, V]; keys: per-example keys [B]; tokens: the start,
+  mask_id at every position to generate (others are kept: inpainting). return_history: also
+  the tokens after every step, int32 [steps, B, L].
+  """
+  grid = 1.0 - jnp.arange(steps + 1, dtype=jnp.float32) / steps
+
+  def step(tokens, k):
+    t, s = grid[k], grid[k + 1]
+    m_t, m_s = schedule.masked(t), schedule.masked(s)  # (alpha_s - alpha_t) / (1 - alpha_t)
+    p_unmask = jnp.where(k == steps - 1, 1.0, (m_t - m_s) / m_t)
+    step_keys = discrete.step_keys(keys, k)
+    z = discrete.draw(step_keys, logits_fn(tokens), temperature)
+    u = jax.vmap(lambda kk: jax.random.uniform(jax.random.fold_in(kk, 1), tokens.shape[1:]))(
+        step_keys)
+    reveal = (tokens == mask_id) & (u < p_unmask)
+    tokens = jnp.where(reveal, z, tokens)
+    return tokens, tokens if return_history else None
+
+  tokens, history = jax.lax.scan(step, jnp.asarray(tokens, jnp.int32), jnp.arange(steps))
+  return (tokens, history) if return_history else tokens
+
+
+class MaskedDiffusion(OrderAgnosticAR):
+  """Masked diffusion with an injected bidirectional `Transformer` and a `MaskingSchedule`."""
+
+  samplers = {**OrderAgnosticAR.samplers, "masked": {"temperature": 1.0}}
+  _needs_steps = ("confidence", "masked")
+
+  def __init__(self, model: Transformer, p_uncond: float = 0.1,
+               data_shape: Sequence[int] | None = None,
+               schedule: MaskingSchedule = MaskingSchedule()):
+    super().__init__(model, p_uncond=p_uncond, data_shape=data_shape)
+    self.schedule = schedule
+
+  def _nll(self, logits_fn, x, y, key):
+    return masked_diffusion_loss(logits_fn, x, y, key, self.model.mask_id, self.schedule)
+
+  def _steps(self, spec):
+    if spec.name == "masked":
+      if not 1 <= spec.steps:
+        raise ValueError(f"sampler 'masked': steps must be >= 1, got {spec.steps}")
+      return spec.steps
+    return super()._steps(spec)
+
+  def _decode(self, params, keys, labels, spec, w, neg_y):
+    if spec.name != "masked":
+      return super()._decode(params, keys, labels, spec, w, neg_y)
+    cond = decode.guidance_streams(self.model, labels, w, neg_y)
+    start = jnp.full((labels.shape[0], self.seq_len), self.mask_id, jnp.int32)
+    return ancestral_sample(lambda t: decode.model_call(self.model, params, t, cond, labels),
+                            keys, start, self._steps(spec), mask_id=self.mask_id,
+                            schedule=self.schedule, temperature=spec.get("temperature", 1.0))

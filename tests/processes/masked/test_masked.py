@@ -1,0 +1,182 @@
+"""Masked diffusion (`ardiff.processes.masked`) against enumeration on a tiny model (3 positions,
+3 values): the continuous-time ELBO by numerical integration over t, and the ancestral sampler's
+exact law by enumerating when each position is unmasked."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
+from tests.models.test_transformer import rough_params
+
+from ardiff.models.transformer import Transformer
+from ardiff.processes import discrete
+from ardiff.processes.masked.process import (MaskedDiffusion, ancestral_sample,
+                                             masked_diffusion_loss)
+from ardiff.processes.masked.schedules import MaskingSchedule
+
+V, L, C = 3, 3, 2
+SEQS = np.asarray(list(itertools.product(range(V), repeat=L)), np.int32)  # [27, 3]
+MASKS = [m for k in range(1, L + 1) for m in itertools.combinations(range(L), k)]
+
+# The schedules written out again (float64), independent of the library's.
+ALPHA = {"linear": (lambda t: 1 - t, lambda t: -1.0),
+         "cosine": (lambda t: 1 - math.cos(math.pi / 2 * (1 - t)),
+                    lambda t: -math.pi / 2 * math.sin(math.pi / 2 * (1 - t))),
+         "polynomial": (lambda t: 1 - t**3, lambda t: -3 * t**2)}
+
+
+def _tiny(seed=0):
+  model = Transformer(vocab_size=V, seq_len=L, num_classes=C, width=16, depth=2, heads=2,
+                      causal=False)
+  params = rough_params(model, seed, scale=0.7)
+  return model, params, jax.jit(lambda t, y: model.apply(params, t, y))
+
+
+def _logp64(fn, inputs, label):
+  z = np.asarray(fn(jnp.asarray(inputs), jnp.full((len(inputs),), label, jnp.int32)),
+                 np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _masked_nll_sums(fn, label):
+  """{mask set M: [27] sum over i in M of -log p(x_i | x with M masked)} (float64)."""
+  out = {}
+  for m in MASKS:
+    inputs = SEQS.copy()
+    inputs[:, list(m)] = V
+    logp = _logp64(fn, inputs, label)
+    out[m] = -sum(logp[np.arange(len(SEQS)), i, SEQS[:, i]] for i in m)
+  return out
+
+
+def _elbo_by_quadrature(sums, schedule):
+  """int_0^1 -alpha'/(1 - alpha) E_M[sum_{i in M} nll_i] dt with P(M | t) = (1-a)^|M| a^(L-|M|),
+  the 1/(1 - alpha) folded into (1 - alpha)^(|M| - 1) so the integrand is finite at t = 0."""
+  alpha, dalpha = ALPHA[schedule]
+  out = np.zeros(len(SEQS))
+  for m, s in sums.items():
+    k = len(m)
+    w, _ = scipy.integrate.quad(
+        lambda t: -dalpha(t) * (1 - alpha(t)) ** (k - 1) * alpha(t) ** (L - k), 0, 1,
+        epsabs=1e-12, epsrel=1e-10)
+    out += w * s
+  return out
+
+
+def _order_mixture_logp(fn, label):
+  """log of the order mixture's probability: mean over the 6 orders of the chain rule."""
+  probs = []
+  for order in itertools.permutations(range(L)):
+    total = np.zeros(len(SEQS))
+    for t, pos in enumerate(order):
+      inputs = np.full_like(SEQS, V)
+      inputs[:, list(order[:t])] = SEQS[:, list(order[:t])]
+      total += _logp64(fn, inputs, label)[np.arange(len(SEQS)), pos, SEQS[:, pos]]
+    probs.append(np.exp(total))
+  return np.log(np.mean(probs, axis=0)), [np.log(p) for p in probs]
+
+
+def test_elbo_is_the_ardm_bound_for_every_schedule_and_bounds_the_mixture():
+  _, _, fn = _tiny(seed=1)
+  sums = _masked_nll_sums(fn, 0)
+  mixture, per_order = _order_mixture_logp(fn, 0)
+  ardm_bound = -np.mean(per_order, axis=0)  # the ARDM bound: mean over orders of -log p_order
+  for schedule in ALPHA:
+    elbo = _elbo_by_quadrature(sums, schedule)
+    np.testing.assert_allclose(elbo, ardm_bound, rtol=1e-7, err_msg=schedule)
+  assert (ardm_bound >= -mixture - 1e-9).all() and (ardm_bound > -mixture + 1e-4).any()
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "polynomial"])
+def test_loss_is_an_unbiased_estimate_of_the_elbo(schedule):
+  model, params, fn = _tiny(seed=2)
+  exact = _elbo_by_quadrature(_masked_nll_sums(fn, 1), schedule).mean()
+  lib = MaskingSchedule(schedule, power=3.0)
+  x = jnp.asarray(np.tile(SEQS, (40, 1)))  # 1080 examples per draw
+  y = jnp.full((len(x),), 1, jnp.int32)
+  loss = jax.jit(lambda k: masked_diffusion_loss(fn, x, y, k, V, lib).mean())
+  draws = np.array([float(loss(jax.random.key(i))) for i in range(30)])
+  se = draws.std(ddof=1) / math.sqrt(len(draws))
+  assert abs(draws.mean() - exact) < 5 * se, (draws.mean(), exact, se)
+  assert se < 0.05 * exact  # the check has teeth: a wrong weight moves the mean by far more
+
+
+def _ancestral_law(fn, label, steps, schedule):
+  """Exact law of masked:steps: each position is unmasked at step k with probability
+  alpha(t_{k+1}) - alpha(t_k), independently; within a step, positions are drawn independently
+  given the tokens revealed before it."""
+  alpha, _ = ALPHA[schedule]
+  grid = [1 - k / steps for k in range(steps + 1)]
+  p_step = [alpha(grid[k + 1]) - alpha(grid[k]) for k in range(steps)]
+  law = np.zeros(len(SEQS))
+  for assign in itertools.product(range(steps), repeat=L):
+    weight = np.prod([p_step[k] for k in assign])
+    logp = np.zeros(len(SEQS))
+    for k in range(steps):
+      inputs = np.where(np.asarray(assign)[None, :] < k, SEQS, V)
+      here = [i for i in range(L) if assign[i] == k]
+      lp = _logp64(fn, inputs, label)
+      for i in here:
+        logp += lp[np.arange(len(SEQS)), i, SEQS[:, i]]
+    law += weight * np.exp(logp)
+  return law
+
+
+def test_ancestral_sampler_has_its_exact_law():
+  model, params, fn = _tiny(seed=3)
+  process = MaskedDiffusion(model, schedule=MaskingSchedule("cosine"))
+  n = 50000
+  x = np.asarray(process.sample(params, jax.random.key(0), np.zeros(n, np.int32), "masked:3"))
+  counts = np.bincount((x * np.array([V * V, V, 1])).sum(1), minlength=len(SEQS))
+  law = _ancestral_law(fn, 0, 3, "cosine")
+  np.testing.assert_allclose(law.sum(), 1.0, rtol=1e-9)
+  assert scipy.stats.chisquare(counts, n * law).pvalue > 1e-3
+  # Negative controls: all at once (1 step), and the linear schedule's step probabilities.
+  for wrong in (_ancestral_law(fn, 0, 1, "cosine"), _ancestral_law(fn, 0, 3, "linear")):
+    assert scipy.stats.chisquare(counts, n * wrong / wrong.sum()).pvalue < 1e-6
+  assert process.nfe("masked:3") == 3
+
+
+def test_builder_schedule_section_and_bad_values():
+  from ardiff import build
+  from ardiff.configs import ConfigError
+  from tests.processes.test_contract import tiny_images
+
+  section, extra, _ = build.BUILDERS.get("masked").example()
+  process = build.build("masked", section, tiny_images(), **extra)
+  assert process.schedule == MaskingSchedule("cosine")
+  for bad, message in [({"schedule": "exp"}, "masking schedule must be one of"),
+                       ({"schedule": "polynomial", "power": 0}, "power must be a number > 0"),
+                       ({"warp": 1}, "no key\\(s\\) \\['warp'\\]")]:
+    with pytest.raises(ConfigError, match=message):
+      build.build("masked", section, tiny_images(), masking=bad)
+  with pytest.raises(ValueError, match="sampler 'masked' needs a step count"):
+    process.nfe("masked")
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "polynomial"])
+def test_ancestral_steps_unmask_the_schedules_fraction_and_never_change_a_pixel(schedule):
+  """After step k a pixel is unmasked with probability alpha(t_{k+1}) (t_k = 1 - k / S), on a toy
+  callback with 64 positions; revealed pixels never change; the last step unmasks the rest."""
+  steps, b, length = 5, 256, 64
+  logits = jax.random.normal(jax.random.key(1), (b, length, V))
+  tokens, history = ancestral_sample(
+      lambda t: logits, discrete.example_keys(jax.random.key(2), b),
+      jnp.full((b, length), V, jnp.int32), steps, mask_id=V,
+      schedule=MaskingSchedule(schedule, power=3.0), temperature=1.0, return_history=True)
+  history = np.asarray(history)
+  alpha, _ = ALPHA[schedule]
+  for k in range(steps):
+    frac = (history[k] != V).mean()
+    p = alpha(1 - (k + 1) / steps)
+    assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / (b * length)) + 1e-9, (k, frac, p)
+    if k:
+      was = history[k - 1] != V
+      np.testing.assert_array_equal(history[k][was], history[k - 1][was])
+  assert (np.asarray(tokens) < V).all()
