@@ -16,7 +16,8 @@ Samplers (the spec grammar of `ardiff.processes.spec`):
   masked:S        ancestral, S steps on t_k = 1 - k / S: from t to s < t each still-masked pixel
                   is unmasked with probability (alpha(s) - alpha(t)) / (1 - alpha(t)) and drawn
                   from the model's categorical (option temperature=1.0); the last step unmasks
-                  the rest. S network calls (twice with guidance).
+                  the rest. S network calls (twice with guidance). Option resample=r: the
+                  corrector (`ancestral_sample`), S - 1 more calls.
   confidence:S, ardm:...   as for ARDM (`OrderAgnosticAR`): the network is the same kind.
 """
 
@@ -57,14 +58,30 @@ def masked_diffusion_loss(logits_fn, x: jax.Array, y: jax.Array, key: jax.Array,
 
 def ancestral_sample(logits_fn, keys: jax.Array, tokens: jax.Array, steps: int, *, mask_id: int,
                      schedule: MaskingSchedule, temperature: float = 1.0,
-                     return_history: bool = False):
+                     resample: float = 0.0, return_history: bool = False):
   """Masked-diffusion ancestral sampling from t = 1 to 0 in `steps` steps: int32 [B, L].
 
   logits_fn: tokens [B, L] -> logits [B, L, V]; keys: per-example keys [B]; tokens: the start,
-  mask_id at every position to generate (others are kept: inpainting). return_history: also
-  the tokens after every step, int32 [steps, B, L].
+  mask_id at every position to generate (others are kept: inpainting).
+  resample: the corrector (the seeds' "tokens could be re-sampled"): after every step but the
+  last, each generated pixel revealed so far is masked again with this probability and redrawn
+  from the model given all the others (one more network call per step: NFE 2 S - 1).
+  return_history: also the tokens after every step (after its corrector), int32 [steps, B, L].
   """
+  if not 0.0 <= resample < 1.0:
+    raise ValueError(f"resample must lie in [0, 1), got {resample}")
   grid = 1.0 - jnp.arange(steps + 1, dtype=jnp.float32) / steps
+  tokens = jnp.asarray(tokens, jnp.int32)
+  generated = tokens == mask_id  # inpainting: the known pixels are never masked again
+
+  def corrector(tokens, step_keys):
+    u = jax.vmap(lambda kk: jax.random.uniform(jax.random.fold_in(kk, 2), tokens.shape[1:]))(
+        step_keys)
+    again = generated & (tokens != mask_id) & (u < resample)
+    masked = jnp.where(again, mask_id, tokens)
+    z = discrete.draw(jax.vmap(lambda kk: jax.random.fold_in(kk, 3))(step_keys),
+                      logits_fn(masked), temperature)
+    return jnp.where(again, z, tokens)
 
   def step(tokens, k):
     t, s = grid[k], grid[k + 1]
@@ -76,16 +93,18 @@ def ancestral_sample(logits_fn, keys: jax.Array, tokens: jax.Array, steps: int, 
         step_keys)
     reveal = (tokens == mask_id) & (u < p_unmask)
     tokens = jnp.where(reveal, z, tokens)
+    if resample > 0:
+      tokens = jax.lax.cond(k < steps - 1, corrector, lambda t, _: t, tokens, step_keys)
     return tokens, tokens if return_history else None
 
-  tokens, history = jax.lax.scan(step, jnp.asarray(tokens, jnp.int32), jnp.arange(steps))
+  tokens, history = jax.lax.scan(step, tokens, jnp.arange(steps))
   return (tokens, history) if return_history else tokens
 
 
 class MaskedDiffusion(OrderAgnosticAR):
   """Masked diffusion with an injected bidirectional `Transformer` and a `MaskingSchedule`."""
 
-  samplers = {**OrderAgnosticAR.samplers, "masked": {"temperature": 1.0}}
+  samplers = {**OrderAgnosticAR.samplers, "masked": {"temperature": 1.0, "resample": 0.0}}
   _needs_steps = ("confidence", "masked")
 
   def __init__(self, model: Transformer, p_uncond: float = 0.1,
@@ -101,7 +120,11 @@ class MaskedDiffusion(OrderAgnosticAR):
     if spec.name == "masked":
       if not 1 <= spec.steps:
         raise ValueError(f"sampler 'masked': steps must be >= 1, got {spec.steps}")
-      return spec.steps
+      resample = spec.get("resample", 0.0)
+      if not isinstance(resample, (int, float)) or not 0 <= resample < 1:
+        raise ValueError(f"sampler 'masked': resample must be a number in [0, 1), got "
+                         f"{resample!r}")
+      return spec.steps + (spec.steps - 1 if resample > 0 else 0)
     return super()._steps(spec)
 
   def _decode(self, params, keys, labels, spec, w, neg_y):
@@ -110,5 +133,6 @@ class MaskedDiffusion(OrderAgnosticAR):
     cond = decode.guidance_streams(self.model, labels, w, neg_y)
     start = jnp.full((labels.shape[0], self.seq_len), self.mask_id, jnp.int32)
     return ancestral_sample(lambda t: decode.model_call(self.model, params, t, cond, labels),
-                            keys, start, self._steps(spec), mask_id=self.mask_id,
-                            schedule=self.schedule, temperature=spec.get("temperature", 1.0))
+                            keys, start, spec.steps, mask_id=self.mask_id,
+                            schedule=self.schedule, temperature=spec.get("temperature", 1.0),
+                            resample=float(spec.get("resample", 0.0)))
