@@ -16,6 +16,8 @@ display.
 
 from __future__ import annotations
 
+import textwrap
+
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -46,10 +48,12 @@ def point_limits(data: np.ndarray | None) -> tuple[float, float]:
 def _finish(fig: Figure, path: str | None, title: str | None, close: bool) -> Figure:
   """Title and lay out the figure; write it to `path` if given; close it if asked; return it."""
   if title:
-    fig.suptitle(title, fontsize=13)
+    # Wrapped to the figure's width (13 pt: ~0.1 inch per character), never cut at its edges.
+    per_line = max(20, int(fig.get_figwidth() * 10))
+    fig.suptitle(textwrap.fill(title, per_line), fontsize=13)
   fig.tight_layout()
   if path is not None:
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
   if close:
     plt.close(fig)
   return fig
@@ -125,14 +129,19 @@ def image_grid(images: np.ndarray, path: str | None = None, nrow: int | None = N
   for i in range(n):
     r, col = divmod(i, nrow)
     canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = images[i]
-  fig, ax = plt.subplots(figsize=(max(3.0, 0.32 * nrow * w / 8 + 1.2), max(2.5, 0.32 * ncol * h / 8 + 0.6)))
+  # Each image ~0.42 inch per 8 pixels (at most 0.9 inch), plus room for the row labels (9 pt:
+  # ~0.075 inch per character), so the images, not the margins, fill the figure.
+  cell = min(0.9, 0.42 * max(h, w) / 8)
+  labels_in = 0.075 * max((len(s) for s in row_labels), default=0) if row_labels else 0.0
+  fig, ax = plt.subplots(figsize=(max(3.0, nrow * cell * w / max(h, w) + labels_in + 0.4),
+                                  max(1.5, ncol * cell * h / max(h, w) + 0.5)))
   shown = canvas[..., 0] if c == 1 else np.clip((canvas - vmin) / max(vmax - vmin, 1e-9), 0, 1)
   ax.imshow(shown, cmap="gray_r" if c == 1 else None, vmin=vmin, vmax=vmax,
             interpolation="nearest")
   ax.set_xticks([])
   if row_labels:
     ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(row_labels))])
-    ax.set_yticklabels(row_labels, fontsize=8)
+    ax.set_yticklabels(row_labels, fontsize=9)
   else:
     ax.set_yticks([])
   return _finish(fig, path, title, close)
