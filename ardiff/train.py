@@ -111,6 +111,10 @@ class TrainConfig:
   # Warm the EMA up: decay min(ema_decay, (1 + n) / (10 + n)) at update n (see `ema_decay_at`);
   # False: the fixed decay of models trained before the switch existed.
   ema_warmup: bool = True
+  # Gradient accumulation: each update averages the gradients of grad_accum micro-batches of
+  # batch_size / grad_accum examples (the same update with a deterministic loss; activations
+  # for one micro-batch at a time). 1: the whole batch in one pass.
+  grad_accum: int = 1
   seed: int = 0
   log_every: int = 250
   checkpoint_every: int = 1000
@@ -136,6 +140,10 @@ class TrainConfig:
     if not isinstance(self.ema_warmup, bool):
       raise ConfigError(f"config key 'train.ema_warmup': must be true or false, got "
                         f"{self.ema_warmup!r}")
+    if (not isinstance(self.grad_accum, int) or isinstance(self.grad_accum, bool)
+        or self.grad_accum < 1 or self.batch_size % self.grad_accum):
+      raise ConfigError(f"config key 'train.grad_accum': must be a positive integer dividing "
+                        f"train.batch_size={self.batch_size}, got {self.grad_accum!r}")
     if self.grad_clip <= 0:
       raise ConfigError(f"config key 'train.grad_clip': must be positive, got {self.grad_clip}")
     for name in ("val_examples", "eval_every", "patience"):
@@ -174,7 +182,7 @@ class TrainConfig:
 # training as it was: `ardiff.runs` leaves them out of a model's key at these values, so models
 # trained before they existed stay valid.
 LATER_FIELDS = {"flops": 0.0, "val_examples": 0, "eval_every": 0, "patience": 0,
-                "snapshots": (), "ema_warmup": False}
+                "snapshots": (), "ema_warmup": False, "grad_accum": 1}
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -210,14 +218,37 @@ def ema_decay_at(step: jax.Array, ema_decay: float, warmup: bool = True) -> jax.
   return jnp.minimum(jnp.float32(ema_decay), (1.0 + n) / (10.0 + n))
 
 
-def train_step(process: Process, tx, ema_decay: float, state: TrainState, batch, key, *,
-               ema_warmup: bool = False):
-  """One AdamW step and one EMA update (decay `ema_decay_at(state.step, ...)`). `train` passes
-  `TrainConfig.ema_warmup` (default on); a direct call without it keeps the fixed decay."""
-  def loss_fn(params):
-    return process.loss(params, batch, key, train=True)
+def _accumulated_grads(process: Process, params, batch, key, micro: int):
+  """((loss, metrics), grads) averaged over `micro` micro-batches (a lax.scan, one micro-batch
+  of activations at a time). Micro-batch i holds examples i, i + micro, i + 2 micro, ..., so
+  that each device's rows of a batch sharded over the mesh stay on it; its key is
+  fold_in(key, i). With a loss that is a mean over examples and draws nothing, the result is
+  the full batch's, up to float rounding."""
+  split = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(a.shape[0] // micro, micro,
+                                                        *a.shape[1:]), 0, 1), batch)
+  grad_fn = jax.value_and_grad(lambda p, b, k: process.loss(p, b, k, train=True), has_aux=True)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  def body(total, xs):
+    i, chunk = xs
+    out = grad_fn(params, chunk, jax.random.fold_in(key, i))
+    return jax.tree.map(jnp.add, total, out), None
+
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params,
+                                                      jax.tree.map(lambda a: a[0], split), key))
+  total, _ = jax.lax.scan(body, zeros, (jnp.arange(micro), split))
+  return jax.tree.map(lambda t: t / micro, total)
+
+
+def train_step(process: Process, tx, ema_decay: float, state: TrainState, batch, key, *,
+               ema_warmup: bool = False, grad_accum: int = 1):
+  """One AdamW step and one EMA update (decay `ema_decay_at(state.step, ...)`). `train` passes
+  `TrainConfig.ema_warmup` (default on); a direct call without it keeps the fixed decay.
+  grad_accum > 1: the gradient averaged over that many micro-batches (`_accumulated_grads`)."""
+  if grad_accum > 1:
+    (loss, metrics), grads = _accumulated_grads(process, state.params, batch, key, grad_accum)
+  else:
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p: process.loss(p, batch, key, train=True), has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   d = ema_decay_at(state.step, ema_decay, ema_warmup)
@@ -241,14 +272,16 @@ class Divergence:
 
 
 def guarded_train_step(process: Process, tx, ema_decay: float, state: TrainState,
-                       divergence: Divergence, batch, key, *, ema_warmup: bool = False):
+                       divergence: Divergence, batch, key, *, ema_warmup: bool = False,
+                       grad_accum: int = 1):
   """`train_step`, and `divergence` updated if this step is the first non-finite one.
 
   The new state is `train_step`'s, untouched: the guard only adds outputs (the flag, and one
   finiteness reduction over the new parameters), so finite runs train bit for bit as before.
   A non-finite state is never used, since the host stops at the next boundary before saving.
   """
-  state, metrics = train_step(process, tx, ema_decay, state, batch, key, ema_warmup=ema_warmup)
+  state, metrics = train_step(process, tx, ema_decay, state, batch, key, ema_warmup=ema_warmup,
+                              grad_accum=grad_accum)
   loss, grad_norm = metrics["loss"], metrics["grad_norm"]
   params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)
                                      if jnp.issubdtype(p.dtype, jnp.inexact)]))
@@ -364,6 +397,8 @@ def _plain_step_flops(process: Process, cfg: TrainConfig, target, batch, key,
                       mesh) -> float | None:
   """XLA's FLOP count of the plain train step on this global batch, from `target`
   (`_state_target`). Not the guarded step's: the divergence guard is not the model's compute.
+  Always the whole batch in one pass: XLA costs a loop's body once, so an accumulating step
+  would read grad_accum times too few; accumulation does the same arithmetic.
   The state's shapes do not depend on the schedule's length, so this works before the number
   of steps is known; lowering only traces, nothing compiles."""
   repl = parallel.replicated(mesh)
@@ -471,7 +506,7 @@ def _programs(process: Process, cfg: TrainConfig, mesh):
     tx = make_optimizer(cfg)
     repl = parallel.replicated(mesh)
     step = jax.jit(functools.partial(guarded_train_step, process, tx, cfg.ema_decay,
-                                     ema_warmup=cfg.ema_warmup),
+                                     ema_warmup=cfg.ema_warmup, grad_accum=cfg.grad_accum),
                    in_shardings=(repl, repl, parallel.batch_sharding(mesh), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
     init = jax.jit(functools.partial(init_state, process, tx), out_shardings=repl)
@@ -530,6 +565,10 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, me
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh or parallel.data_mesh()
   parallel.check_global_batch(cfg.batch_size, mesh)
+  if (cfg.batch_size // mesh.devices.size) % cfg.grad_accum:
+    raise ConfigError(f"config key 'train.grad_accum': {cfg.grad_accum} micro-batches must "
+                      f"divide each device's {cfg.batch_size // mesh.devices.size} examples "
+                      f"(train.batch_size={cfg.batch_size} over {mesh.devices.size} devices)")
   if len(x) != len(y):
     raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
   validate = None
