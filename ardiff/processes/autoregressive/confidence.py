@@ -111,8 +111,8 @@ def confidence_decode(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array,
     z, confidence = _candidates(step_keys, logits_fn(tokens), temperature)
     if noise > 0:
       scale = noise * (1.0 - (s + 1) / num_steps)
-      gumbel = jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, 1), z.shape[1:]))(
-          step_keys)
+      gumbel = jax.vmap(lambda k: jax.random.gumbel(k, z.shape[1:]))(
+          discrete.step_keys(step_keys, 1))
       confidence = confidence + scale * gumbel
     hidden = tokens == mask_id
     # Reveal the top-n hidden positions, n = those this step must leave revealed in total

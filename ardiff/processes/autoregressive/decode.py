@@ -84,7 +84,7 @@ def _raster(model, params, key, y, temperature, guidance, neg_y, num_steps, use_
     if use_cache:
       prev = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(pos - 1, 0), axis=1, keepdims=False)
       logits, cache = model_call(model, params, prev, cond, y, pos, cache,
-                            method=Transformer.decode_step)
+                                 method=Transformer.decode_step)
     else:
       logits = model_call(model, params, tokens, cond, y)
       logits = jax.lax.dynamic_index_in_dim(logits, pos, axis=1, keepdims=False)

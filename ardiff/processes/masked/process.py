@@ -74,13 +74,14 @@ def ancestral_sample(logits_fn, keys: jax.Array, tokens: jax.Array, steps: int, 
   tokens = jnp.asarray(tokens, jnp.int32)
   generated = tokens == mask_id  # inpainting: the known pixels are never masked again
 
+  def uniforms(step_keys, salt):  # [B, L], example b from fold_in(step_keys[b], salt)
+    return jax.vmap(lambda k: jax.random.uniform(k, tokens.shape[1:]))(
+        discrete.step_keys(step_keys, salt))
+
   def corrector(tokens, step_keys):
-    u = jax.vmap(lambda kk: jax.random.uniform(jax.random.fold_in(kk, 2), tokens.shape[1:]))(
-        step_keys)
-    again = generated & (tokens != mask_id) & (u < resample)
+    again = generated & (tokens != mask_id) & (uniforms(step_keys, 2) < resample)
     masked = jnp.where(again, mask_id, tokens)
-    z = discrete.draw(jax.vmap(lambda kk: jax.random.fold_in(kk, 3))(step_keys),
-                      logits_fn(masked), temperature)
+    z = discrete.draw(discrete.step_keys(step_keys, 3), logits_fn(masked), temperature)
     return jnp.where(again, z, tokens)
 
   def step(tokens, k):
@@ -89,9 +90,7 @@ def ancestral_sample(logits_fn, keys: jax.Array, tokens: jax.Array, steps: int, 
     p_unmask = jnp.where(k == steps - 1, 1.0, (m_t - m_s) / m_t)
     step_keys = discrete.step_keys(keys, k)
     z = discrete.draw(step_keys, logits_fn(tokens), temperature)
-    u = jax.vmap(lambda kk: jax.random.uniform(jax.random.fold_in(kk, 1), tokens.shape[1:]))(
-        step_keys)
-    reveal = (tokens == mask_id) & (u < p_unmask)
+    reveal = (tokens == mask_id) & (uniforms(step_keys, 1) < p_unmask)
     tokens = jnp.where(reveal, z, tokens)
     if resample > 0:
       tokens = jax.lax.cond(k < steps - 1, corrector, lambda t, _: t, tokens, step_keys)

@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 import scipy.integrate
 import scipy.stats
-from tests.models.test_transformer import rough_params
+from tests.processes.autoregressive.test_autoregressive import C as AR_C, L as AR_L, V as AR_V
+from tests.processes.autoregressive.test_autoregressive import _log_softmax64 as log_softmax64
+from tests.processes.autoregressive.test_autoregressive import _tiny as tiny_ar_model
 
-from ardiff.models.transformer import Transformer
 from ardiff.processes import discrete
 from ardiff.processes.masked.process import (MaskedDiffusion, ancestral_sample,
                                              masked_diffusion_loss)
 from ardiff.processes.masked.schedules import MaskingSchedule
 
 V, L, C = 3, 3, 2
+assert (V, L, C) == (AR_V, AR_L, AR_C)  # the tiny model comes from test_autoregressive
 SEQS = np.asarray(list(itertools.product(range(V), repeat=L)), np.int32)  # [27, 3]
 MASKS = [m for k in range(1, L + 1) for m in itertools.combinations(range(L), k)]
 
@@ -31,17 +33,12 @@ ALPHA = {"linear": (lambda t: 1 - t, lambda t: -1.0),
 
 
 def _tiny(seed=0):
-  model = Transformer(vocab_size=V, seq_len=L, num_classes=C, width=16, depth=2, heads=2,
-                      causal=False)
-  params = rough_params(model, seed, scale=0.7)
-  return model, params, jax.jit(lambda t, y: model.apply(params, t, y))
+  """test_autoregressive's tiny bidirectional model (same V, L, C): model, params, logits fn."""
+  return tiny_ar_model(False, seed)
 
 
 def _logp64(fn, inputs, label):
-  z = np.asarray(fn(jnp.asarray(inputs), jnp.full((len(inputs),), label, jnp.int32)),
-                 np.float64)
-  z = z - z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+  return log_softmax64(fn(jnp.asarray(inputs), jnp.full((len(inputs),), label, jnp.int32)))
 
 
 def _masked_nll_sums(fn, label):
