@@ -91,11 +91,11 @@ class DiTBlock(nn.Module):
     b, n, _ = h.shape
     head_dim = self.width // self.heads
     qkv = dense(3 * self.width, name="qkv")(modulate(ln(name="ln1")(h), s1, a1))
-    q, k, v = qkv.reshape(b, n, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-    # Softmax in float32 whatever the compute dtype (as the AR transformer): nothing is masked.
-    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    attn = jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3).reshape(b, n, -1)
+    qkv = qkv.reshape(b, n, 3, self.heads, head_dim)
+    # jax's attention (as the AR transformer: XLA's implementation, logits and softmax in
+    # float32 whatever the compute dtype); nothing is masked.
+    attn = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+    attn = attn.reshape(b, n, -1)
     h = h + g1[:, None, :] * drop(dense(self.width, name="proj")(attn))
 
     mlp = dense(self.mlp_ratio * self.width, name="fc1")(modulate(ln(name="ln2")(h), s2, a2))

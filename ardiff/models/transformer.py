@@ -9,9 +9,15 @@ Bidirectional mode (order-agnostic ARDM): ``x`` holds the mask id ``V`` (= ``voc
 hidden positions; a class token is prepended and the logits ``[B, L, V]`` are read off the ``L``
 token positions. Nothing is masked in attention.
 
-Attention is written out here so the decoding cache is an explicit pytree:
-``{"k": (depth arrays [B, heads, L, head_dim]), "v": same}``, preallocated by :func:`init_cache` and
-filled one position at a time by :meth:`Transformer.decode_step` (causal mode only).
+Attention is ``jax.nn.dot_product_attention``: causal training passes ``is_causal`` and decoding
+the filled length ``key_value_seq_lengths`` rather than a dense mask, so a fused kernel can skip
+the masked blocks. Caveat (jax 0.10): its default implementation is XLA's on every backend
+(float32 logits and softmax, as written out before); cuDNN's flash attention is used only when
+asked for (``implementation="cudnn"``, bf16/fp16 on GPUs), which nothing here does yet, untested
+without a GPU. The decoding cache is an explicit
+pytree in that function's layout: ``{"k": (depth arrays [B, L, heads, head_dim]), "v": same}``,
+preallocated by :func:`init_cache` and filled one position at a time by
+:meth:`Transformer.decode_step` (causal mode only).
 
 Labels ``y`` are ``0..num_classes-1``, or ``num_classes`` for the null label
 (classifier-free guidance).
@@ -31,7 +37,6 @@ import jax
 import jax.numpy as jnp
 
 Cache = dict[str, tuple[jax.Array, ...]]  # {"k": per-layer arrays, "v": per-layer arrays}
-_NEG = -1e30  # added to masked attention scores; exp underflows to exactly 0
 
 
 class Block(nn.Module):
@@ -42,6 +47,7 @@ class Block(nn.Module):
   mlp_ratio: int
   dropout: float
   dtype: Any = jnp.float32
+  causal: bool = False
 
   def setup(self):
     if self.width % self.heads:
@@ -56,41 +62,41 @@ class Block(nn.Module):
     self.drop = nn.Dropout(self.dropout)
 
   def _qkv(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """[B, T, W] -> q, k, v each [B, heads, T, head_dim]."""
+    """[B, T, W] -> q, k, v each [B, T, heads, head_dim]."""
     b, t, _ = h.shape
     qkv = self.qkv(self.ln1(h)).reshape(b, t, 3, self.heads, self.width // self.heads)
-    qkv = qkv.transpose(2, 0, 3, 1, 4)
-    return qkv[0], qkv[1], qkv[2]
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
-  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
-    """Softmax attention; allowed broadcasts to [B, heads, Tq, Tk]. Returns [B, Tq, W]."""
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    # Softmax in float32 whatever the compute dtype: a bf16 exp-sum over hundreds of positions
-    # loses the small weights, and -1e30 is out of float16's range.
-    scores = jnp.where(allowed, scores.astype(jnp.float32), _NEG)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-    b, _, t, _ = out.shape
-    return out.transpose(0, 2, 1, 3).reshape(b, t, self.width)
+  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool = False,
+              kv_length: jax.Array | None = None) -> jax.Array:
+    """Softmax attention of q [B, Tq, heads, hd] over k, v [B, Tk, heads, hd] (causal, or over
+    the first kv_length [B] keys); returns [B, Tq, W]. The logits and softmax are float32
+    whatever the compute dtype (jax's implementation: a bf16 exp-sum over hundreds of positions
+    would lose the small weights)."""
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal,
+                                       key_value_seq_lengths=kv_length)
+    b, t = out.shape[:2]
+    return out.reshape(b, t, self.width)
 
   def _finish(self, h: jax.Array, attn: jax.Array, train: bool) -> jax.Array:
     h = h + self.drop(self.proj(attn), deterministic=not train)
     mlp = self.fc2(nn.gelu(self.fc1(self.ln2(h))))
     return h + self.drop(mlp, deterministic=not train)
 
-  def __call__(self, h: jax.Array, allowed: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
     q, k, v = self._qkv(h)
-    return self._finish(h, self._attend(q, k, v, allowed), train)
+    return self._finish(h, self._attend(q, k, v, is_causal=self.causal), train)
 
   def decode(
       self, h: jax.Array, pos: jax.Array, k_cache: jax.Array, v_cache: jax.Array
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One position: h [B, 1, W] at index pos; this layer's caches [B, heads, L, head_dim]."""
+    """One position: h [B, 1, W] at index pos; this layer's caches [B, L, heads, head_dim]."""
     q, k, v = self._qkv(h)
-    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, pos, 0))
-    v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, pos, 0))
-    allowed = jnp.arange(k_cache.shape[2]) <= pos
-    out = self._finish(h, self._attend(q, k_cache, v_cache, allowed), train=False)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
+    filled = jnp.full((h.shape[0],), pos + 1, jnp.int32)  # positions 0..pos are in the cache
+    out = self._finish(h, self._attend(q.astype(k_cache.dtype), k_cache, v_cache,
+                                       kv_length=filled), train=False)
     return out, k_cache, v_cache
 
 
@@ -137,9 +143,10 @@ class Transformer(nn.Module):
                             dtype=self.dtype)
     self.pos_emb = self.param("pos_emb", init, (n_pos, self.width))
     # `train` (argument 3, counting self) is a Python bool that selects dropout: static.
-    block = nn.remat(Block, static_argnums=(3,)) if self.remat else Block
+    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     self.blocks = [
-        block(self.width, self.heads, self.mlp_ratio, self.dropout, self.dtype, name=f"block_{i}")
+        block(self.width, self.heads, self.mlp_ratio, self.dropout, self.dtype, self.causal,
+              name=f"block_{i}")
         for i in range(self.depth)
     ]
     self.ln_f = nn.LayerNorm(dtype=self.dtype)
@@ -154,13 +161,11 @@ class Transformer(nn.Module):
     cls = self.cls_emb(y)[:, None, :]
     if self.causal:
       h = jnp.concatenate([cls, self.tok_emb(tokens[:, :-1])], axis=1)
-      allowed = jnp.tril(jnp.ones((length, length), bool))
     else:
       h = jnp.concatenate([cls, self.tok_emb(tokens)], axis=1)
-      allowed = jnp.ones((), bool)
     h = self.drop(h + self.pos_emb[None].astype(self.dtype), deterministic=not train)
     for block in self.blocks:
-      h = block(h, allowed, train)
+      h = block(h, train)
     logits = self.head(self.ln_f(h)).astype(jnp.float32)
     return logits if self.causal else logits[:, 1:]
 
@@ -172,7 +177,7 @@ class Transformer(nn.Module):
     Args:
       prev_tokens: int [B], the token x_{pos-1} (ignored at pos == 0, where the class is read).
       pos: int scalar (may be traced), the position whose distribution is wanted.
-      cache: {"k", "v"}, each a tuple of depth arrays [B, heads, L, head_dim], filled for
+      cache: {"k", "v"}, each a tuple of depth arrays [B, L, heads, head_dim], filled for
         positions < pos (see init_cache).
       y: int [B] labels (num_classes = null).
 
@@ -196,7 +201,7 @@ class Transformer(nn.Module):
 
 
 def init_cache(model: Transformer, batch_size: int, dtype=None) -> Cache:
-  """Zero KV cache {"k": (depth arrays), "v": (depth arrays)}, each [batch, heads, L, head_dim],
+  """Zero KV cache {"k": (depth arrays), "v": (depth arrays)}, each [batch, L, heads, head_dim],
   in ``dtype`` (default: the model's compute dtype, which is what the keys and values are).
 
   One array per layer rather than one stacked [depth, ...] array: slicing a layer out of a
@@ -205,6 +210,6 @@ def init_cache(model: Transformer, batch_size: int, dtype=None) -> Cache:
   """
   if model.width % model.heads:
     raise ValueError(f"width {model.width} must be divisible by heads {model.heads}")
-  shape = (batch_size, model.heads, model.seq_len, model.width // model.heads)
+  shape = (batch_size, model.seq_len, model.heads, model.width // model.heads)
   zeros = tuple(jnp.zeros(shape, dtype or model.dtype) for _ in range(model.depth))
   return {"k": zeros, "v": zeros}

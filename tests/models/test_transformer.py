@@ -72,7 +72,7 @@ def test_decode_step_matches_full_forward():
   step = jax.jit(lambda prev, pos, cache: model.apply(params, prev, pos, cache, y,
                                                       method=Transformer.decode_step))
   cache = init_cache(model, 3)
-  assert len(cache["k"]) == 2 and cache["k"][0].shape == (3, 4, 12, 8)
+  assert len(cache["k"]) == 2 and cache["k"][0].shape == (3, 12, 4, 8)
   prev = jnp.zeros((3,), jnp.int32)
   for pos in range(12):
     logits, cache = step(prev, jnp.int32(pos), cache)
@@ -125,3 +125,50 @@ def test_remat_gives_the_same_gradients_and_decodes(causal):
     logits, _ = remat.apply(params, x[:, 0], 0, init_cache(remat, 3), y,
                             method=remat.decode_step)
     np.testing.assert_allclose(logits, plain.apply(params, x, y)[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def _softmax_attention64(q, k, v, allowed):
+  """float64 reference: q [B, T, N, H], k, v [B, S, N, H], allowed [T, S] -> [B, T, N, H]."""
+  scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+  scores = np.where(allowed, scores, -np.inf)
+  weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+  weights /= weights.sum(axis=-1, keepdims=True)
+  return np.einsum("bnts,bsnh->btnh", weights, v)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_is_softmax_attention_in_float64(monkeypatch, causal):
+  """Every attention call (the full forward, and a decode step over a cache whose unfilled
+  slots hold garbage) equals float64 softmax attention with the mask the position implies."""
+  calls = []
+  real = jax.nn.dot_product_attention
+
+  def spy(q, k, v, **kw):
+    out = real(q, k, v, **kw)
+    calls.append([np.asarray(a, np.float64) for a in (q, k, v, out)])
+    return out
+
+  length = 7
+  model = _model(causal, length=length)
+  params = rough_params(model)
+  monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+  x = jax.random.randint(jax.random.key(1), (2, length), 0, 5)
+  y = jnp.array([1, 3])
+  model.apply(params, x, y)  # eager: the spy sees concrete arrays
+  assert len(calls) == model.depth
+  for q, k, v, out in calls:
+    t = q.shape[1]  # bidirectional: the class token and the L tokens
+    assert t == (length if causal else length + 1)
+    allowed = np.tril(np.ones((t, t), bool)) if causal else np.ones((t, t), bool)
+    np.testing.assert_allclose(out, _softmax_attention64(q, k, v, allowed), atol=2e-6)
+  if not causal:
+    return
+  calls.clear()
+  pos = 3
+  garbage = jax.random.normal(jax.random.key(2), (2, length, 4, 8)) * 10
+  cache = {"k": (garbage,) * model.depth, "v": (garbage,) * model.depth}
+  model.apply(params, x[:, pos - 1], jnp.int32(pos), cache, y, method=Transformer.decode_step)
+  assert len(calls) == model.depth
+  for q, k, v, out in calls:
+    np.testing.assert_allclose(out, _softmax_attention64(q, k, v, np.arange(length) <= pos),
+                               atol=2e-6)
