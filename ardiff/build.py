@@ -31,14 +31,18 @@ class Builder:
   # tests/processes/test_contract.py runs every registered process through the sampling
   # contract with it, so a new process is tested by registering it.
   example: Callable[[], tuple[Any, dict, list[str]]] | None = None
+  # The spec that draws the sample grids shown in TensorBoard during training
+  # (`train.preview_every`): cheap, and representative of the process.
+  preview: str = ""
 
 
 BUILDERS: Registry[Builder] = Registry("process")
 
 
-def register(name: str, version: int | Callable[[Dataset], int] = 1, example=None):
+def register(name: str, version: int | Callable[[Dataset], int] = 1, example=None,
+             preview: str = ""):
   def add(fn):
-    BUILDERS.register(name)(Builder(fn, version, example))
+    BUILDERS.register(name)(Builder(fn, version, example, preview))
     return fn
 
   return add
@@ -68,7 +72,8 @@ def _tiny_transformer():
   return sections.transformer_section(width=16, depth=1, heads=2, dropout=0.0)
 
 
-@register("raster", example=lambda: (_tiny_transformer(), {}, ["raster", "raster:temperature=0.8"]))
+@register("raster", preview="raster",
+          example=lambda: (_tiny_transformer(), {}, ["raster", "raster:temperature=0.8"]))
 def raster(cfg, dataset: Dataset, dtype):
   from ardiff.processes.autoregressive.raster import RasterAR
 
@@ -76,7 +81,7 @@ def raster(cfg, dataset: Dataset, dtype):
                   data_shape=dataset.shape)
 
 
-@register("ardm", example=lambda: (_tiny_transformer(), {}, [
+@register("ardm", preview="ardm:k=4", example=lambda: (_tiny_transformer(), {}, [
     "ardm", "ardm:k=3", "ardm:k=4:order=contiguous", "ardm:sizes=(1,15)", "confidence:4",
     "confidence:5:temperature=0:schedule=uniform:noise=1.0"]))
 def ardm(cfg, dataset: Dataset, dtype):
@@ -86,8 +91,9 @@ def ardm(cfg, dataset: Dataset, dtype):
                          data_shape=dataset.shape)
 
 
-@register("masked", example=lambda: (_tiny_transformer(), {"masking": {"schedule": "cosine"}},
-                                    ["masked:4", "masked:3:temperature=0.8", "confidence:4"]))
+@register("masked", preview="masked:16",
+          example=lambda: (_tiny_transformer(), {"masking": {"schedule": "cosine"}},
+                           ["masked:4", "masked:3:temperature=0.8", "confidence:4"]))
 def masked(cfg, dataset: Dataset, dtype, masking=None):
   """Masked (absorbing) diffusion on ARDM's bidirectional transformer (cfg: the transformer
   section); `masking`: an optional section {schedule: linear|cosine|polynomial, power}."""
@@ -108,7 +114,7 @@ def masked(cfg, dataset: Dataset, dtype, masking=None):
                          data_shape=dataset.shape, schedule=schedule)
 
 
-@register("raster_bidirectional", example=lambda: (_tiny_transformer(), {}, [
+@register("raster_bidirectional", preview="raster", example=lambda: (_tiny_transformer(), {}, [
     "raster", "raster:temperature=0.8"]))
 def raster_bidirectional(cfg, dataset: Dataset, dtype):
   """Raster order with a bidirectional transformer + mask token, one step per example
@@ -122,7 +128,7 @@ def raster_bidirectional(cfg, dataset: Dataset, dtype):
 # UNet version 2: its time embedding became the shared `models.embeddings` one (sin and cos
 # halves in the other order), so UNets trained before it must retrain. Points version 2: the
 # process standardises point data per dimension (its network sees unit-variance data).
-@register("gaussian", version=2,
+@register("gaussian", preview="ddim:25", version=2,
           example=lambda: (sections.unet_section(base_channels=8, channel_mult=(1,),
                                                  num_res_blocks=1, num_heads=2, dropout=0.0),
                            {"diffusion": sections.diffusion_section(num_timesteps=20)},
@@ -150,7 +156,7 @@ def gaussian(cfg, dataset: Dataset, dtype, diffusion=None):
                            data_center=dataset.center, data_scale=dataset.scale)
 
 
-@register("gaussian_transformer",
+@register("gaussian_transformer", preview="ddim:25",
           example=lambda: (sections.transformer_section(width=16, depth=1, heads=2, dropout=0.0),
                            {"diffusion": sections.diffusion_section(num_timesteps=20)},
                            ["ddpm:4", "ddim:3", "dpmpp_2m:3"]))
@@ -180,7 +186,7 @@ def gaussian_transformer(cfg, dataset: Dataset, dtype, diffusion=None):
                            num_levels=dataset.num_levels)
 
 
-@register("gaussian_learned_var",
+@register("gaussian_learned_var", preview="ddim:25",
           example=lambda: (sections.unet_section(base_channels=8, channel_mult=(1,),
                                                  num_res_blocks=1, num_heads=2, dropout=0.0),
                            {"diffusion": sections.diffusion_section(num_timesteps=20)},
@@ -212,8 +218,8 @@ def gaussian_learned_var(cfg, dataset: Dataset, dtype, diffusion=None, learned_v
                                   num_levels=dataset.num_levels, vlb_weight=float(weight))
 
 
-@register("oneshot", example=lambda: (sections.oneshot_section(width=16, depth=1), {},
-                                     ["oneshot"]))
+@register("oneshot", preview="oneshot",
+          example=lambda: (sections.oneshot_section(width=16, depth=1), {}, ["oneshot"]))
 def oneshot(cfg, dataset: Dataset, dtype):
   import math
 

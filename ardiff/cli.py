@@ -62,7 +62,9 @@ def cmd_run(args, extra) -> int:
     write_config(workdir, to_json(config))
     start = time.perf_counter()
     module.run(config, workdir)
-  print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", file=sys.stderr)
+  from ardiff import console
+
+  console.log(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}")
   return 0
 
 

@@ -13,16 +13,16 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from ardiff import build as builders
-from ardiff import checkpoints
+from ardiff import checkpoints, console
 from ardiff.configs.overrides import config_hash
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
@@ -100,7 +100,7 @@ class TrainKey(dict):
 # stops, `val_examples` what is trained on), `flops` (a budget compared at matched compute,
 # each its own model), and `snapshots`, which no later run can make up for (with snapshots,
 # `steps` stays in the key too: snapshots are fractions of it).
-LOOP_ONLY_FIELDS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints")
+LOOP_ONLY_FIELDS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "preview_every")
 
 
 def train_key(train_cfg, *, keep_steps: bool = False) -> TrainKey:
@@ -149,8 +149,20 @@ def fit_model(kind: str, config: ml_collections.ConfigDict, workdir: str, datase
   write_model_card(directory, kind, model_cfg, dataset, config.get("dtype", "float32"),
                    build_extra)
   state = train_cached(process, model_inputs(kind, dataset), dataset.y_train, train_cfg,
-                       directory)
+                       directory, preview_fn=preview_sampler(process, kind, dataset))
   return TrainedModel(process, state.ema_params, directory, read_training_info(directory))
+
+
+def preview_sampler(process, kind: str, dataset: Dataset, num: int = 16, seed: int = 0):
+  """ema_params -> `num` unconditional samples by the builder's preview spec (the grids shown
+  in TensorBoard while training, `train.preview_every`); None for points or no spec. The same
+  key at every call, so successive grids differ only through the parameters."""
+  spec = builders.BUILDERS.get(kind).preview
+  if dataset.kind != "image" or not spec:
+    return None
+  labels = jnp.full((num,), process.num_classes, jnp.int32)
+  key = jax.random.key(seed)
+  return lambda params: process.sample(params, key, labels, spec)
 
 
 def train_model(*args, **kwargs):
@@ -195,7 +207,7 @@ def load_model(directory: str):
   with ocp.CheckpointManager(ckpt) as manager:
     # A reader: damaged steps are reported and skipped, never moved (a run may be training).
     state, step = checkpoints.restore_latest(
-        manager, None, lambda msg: print(msg, file=sys.stderr, flush=True), move=False)
+        manager, None, console.log, move=False)
     if step is None:
       raise ConfigError(f"model directory {directory!r} has no checkpoint yet")
   return process, state["ema_params"], dict(card, step=int(step))
@@ -272,5 +284,5 @@ def in_batches(sample: Callable[[jax.Array, jax.Array], Any], key: jax.Array, la
 
 
 def is_chief() -> bool:
-  """Only process 0 writes figures and tables on multi-host runs."""
-  return jax.process_index() == 0
+  """Process 0, the one that writes figures and tables (`ardiff.console.is_chief`)."""
+  return console.is_chief()

@@ -5,7 +5,13 @@ A run lives in a work dir: `checkpoints/` (orbax, atomic, keep N), `metrics.json
 again on the same dir resumes from the latest checkpoint; batches are a function of
 (seed, step) alone, so an interrupted-and-resumed run equals an uninterrupted one. SIGTERM
 (preemptible TPUs send it) and Ctrl-C (SIGINT) save a checkpoint at the next step and stop
-cleanly (`Preempted`, `Interrupted`; a second Ctrl-C stops at once, as usual).
+cleanly (`Preempted`, `Interrupted`; a second Ctrl-C stops at once, as usual). On a multi-host
+job a signal to any one host stops every host at one agreed step (`_Preemption`).
+
+What a run writes and says: process 0 alone prints (`ardiff.console`: plain lines, plus a
+progress bar with ETA on a terminal), appends to `metrics.jsonl` and writes TensorBoard event
+files to `tensorboard/` (`ardiff.summaries`: every logged metric, the learning rate, steps/s,
+validation and eval metrics, sample grids every `preview_every` steps, the config as hparams).
 
 Nothing lost, nothing silent:
   lock          one process trains in a directory at a time (`ardiff.workdir`: a second one
@@ -56,7 +62,6 @@ import functools
 import json
 import os
 import signal
-import sys
 import time
 from typing import Any, Callable
 
@@ -67,7 +72,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from ardiff import checkpoints, parallel
+from ardiff import checkpoints, console, parallel
+from ardiff import summaries as summaries_lib
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import batch_indices
 from ardiff.errors import TrainingDiverged
@@ -125,6 +131,9 @@ class TrainConfig:
   eval_every: int = 0
   patience: int = 0
   snapshots: tuple = ()
+  # A grid of samples in TensorBoard every N steps (0: none; `ardiff.runs.fit_model` draws
+  # them with the process's preview spec). Loop only: not part of a model's key.
+  preview_every: int = 0
 
   def __post_init__(self):
     positive = ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -146,7 +155,7 @@ class TrainConfig:
                         f"train.batch_size={self.batch_size}, got {self.grad_accum!r}")
     if self.grad_clip <= 0:
       raise ConfigError(f"config key 'train.grad_clip': must be positive, got {self.grad_clip}")
-    for name in ("val_examples", "eval_every", "patience"):
+    for name in ("val_examples", "eval_every", "patience", "preview_every"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"config key 'train.{name}': must be an integer >= 0, got {value!r}")
@@ -182,15 +191,19 @@ class TrainConfig:
 # training as it was: `ardiff.runs` leaves them out of a model's key at these values, so models
 # trained before they existed stay valid.
 LATER_FIELDS = {"flops": 0.0, "val_examples": 0, "eval_every": 0, "patience": 0,
-                "snapshots": (), "ema_warmup": False, "grad_accum": 1}
+                "snapshots": (), "ema_warmup": False, "grad_accum": 1, "preview_every": 0}
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
+  """Linear warm-up to cfg.learning_rate, then cosine decay to a tenth of it at cfg.steps."""
+  return optax.warmup_cosine_decay_schedule(
+      0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1),
+      end_value=cfg.learning_rate * 0.1)
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  lr = optax.warmup_cosine_decay_schedule(
-      0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1),
-      end_value=cfg.learning_rate * 0.1)
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.adamw(lr, weight_decay=cfg.weight_decay))
+                     optax.adamw(learning_rate_schedule(cfg), weight_decay=cfg.weight_decay))
 
 
 def ema_decay_at(step: jax.Array, ema_decay: float, warmup: bool = True) -> jax.Array | float:
@@ -301,17 +314,30 @@ def num_params(params) -> int:
 
 
 class _Preemption(contextlib.AbstractContextManager):
-  """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks, so the run saves
-  and exits cleanly; `requested` is the signal's number (0: none). A second Ctrl-C raises
-  KeyboardInterrupt at once, as Python does by default."""
+  """Turns SIGTERM and a first Ctrl-C (SIGINT) into a stop the loop checks with `poll(step)`,
+  so the run saves and exits cleanly; `requested` is the signal's number (0: none). A second
+  Ctrl-C raises KeyboardInterrupt at once, as Python does by default.
 
-  def __init__(self):
+  coordinated (multi-host jobs): hosts told to stop at different steps must not save apart
+  (one host in orbax's collective save while the others train on is a hang). SIGTERM is left
+  to JAX's preemption notifier (installed by `jax.distributed.initialize`), which tells every
+  host through the coordination service; they agree on one step (the largest step any host
+  had reached, plus one) and `poll` reports the stop there on every host alike
+  (`multihost_utils.reached_preemption_sync_point`, called at every step as it requires). A
+  Ctrl-C on any host is forwarded to that notifier as a SIGTERM, so it stops the job the same
+  way (reported as a preemption, exit 143).
+  """
+
+  def __init__(self, coordinated: bool = False):
     self.requested = 0
+    self.coordinated = coordinated
+    self._interrupted = False
     self._previous = {}
 
   def __enter__(self):
     if _in_main_thread():
-      for name in ("SIGTERM", "SIGINT"):
+      names = ("SIGINT",) if self.coordinated else ("SIGTERM", "SIGINT")
+      for name in names:
         if hasattr(signal, name):
           sig = getattr(signal, name)
           self._previous[sig] = signal.signal(sig, self._handle)
@@ -319,9 +345,24 @@ class _Preemption(contextlib.AbstractContextManager):
 
   def _handle(self, signum, frame):
     del frame
-    if signum == signal.SIGINT and self.requested == signal.SIGINT:
-      raise KeyboardInterrupt
+    if signum == signal.SIGINT:
+      if self._interrupted:
+        raise KeyboardInterrupt
+      self._interrupted = True
+      if self.coordinated:
+        os.kill(os.getpid(), signal.SIGTERM)  # to JAX's notifier: every host stops together
+        return
     self.requested = self.requested or signum
+
+  def poll(self, step: int) -> int:
+    """The signal to stop on after `step` (0: go on). Coordinated: every host gets the same
+    answer at every step."""
+    if self.coordinated and not self.requested:
+      from jax.experimental import multihost_utils
+
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.requested = signal.SIGTERM
+    return self.requested
 
   def __exit__(self, *exc):
     for sig, previous in self._previous.items():
@@ -339,9 +380,6 @@ def _format_seconds(s: float) -> str:
   s = int(s)
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
-
-def _is_chief() -> bool:
-  return jax.process_index() == 0
 
 
 TRAINING_INFO = "training.json"
@@ -459,6 +497,7 @@ def train(
     log: Callable[[str], None] | None = None,
     eval_fn: Callable[[Any], dict[str, float]] | None = None,
     eval_every: int | None = None,
+    preview_fn: Callable[[Any], np.ndarray] | None = None,
     mesh=None,
 ) -> TrainState:
   """Train (or resume, or just restore a finished run) and return the final state.
@@ -467,16 +506,20 @@ def train(
   with `cfg.val_examples` the last ones are held out for validation.
   stop_at: stop early at this step (still saving a checkpoint), e.g. to test resumption.
   eval_fn(ema_params) -> metrics, run every `eval_every` steps and at the end.
+  preview_fn(ema_params) -> images [N, H, W(, C)], drawn every `cfg.preview_every` steps and at
+  the end into TensorBoard (every process calls it: sampling may be a collective).
+  log: where progress lines go (default `ardiff.console.log`: stderr, process 0 only).
+  Beside metrics.jsonl, process 0 writes TensorBoard event files to `workdir/tensorboard`
+  (`ardiff.summaries`): the metrics' scalars, the learning rate, the config as hparams.
   With validation, the returned state's `ema_params` are the best EMA parameters (lowest
   validation loss) and its `step` the step training stopped at; `training.json` records both.
   Raises WorkdirLocked (another process trains in `workdir`), TrainingDiverged, CheckpointDamaged
   (no intact checkpoint to resume from), Preempted (SIGTERM) and Interrupted (Ctrl-C).
   """
   workdir = os.fspath(workdir)
-  with workdir_lock(workdir, "training", take=_is_chief()):
-    return _train(process, x, y, cfg, workdir, stop_at=stop_at,
-                  log=log or (lambda msg: print(msg, file=sys.stderr, flush=True)),
-                  eval_fn=eval_fn, eval_every=eval_every, mesh=mesh)
+  with workdir_lock(workdir, "training", take=console.is_chief()):
+    return _train(process, x, y, cfg, workdir, stop_at=stop_at, log=log or console.log,
+                  eval_fn=eval_fn, eval_every=eval_every, preview_fn=preview_fn, mesh=mesh)
 
 
 # Compiled programs of recent (process, config, mesh) triples: see `_programs`.
@@ -493,7 +536,7 @@ def _programs(process: Process, cfg: TrainConfig, mesh):
   compute the same, so they share programs; one that is not hashable is keyed by its identity
   (and held in the cache, so that its id is not reused while keyed)."""
   loop_only = dict(seed=0, log_every=1, checkpoint_every=1, keep_checkpoints=1, flops=0.0,
-                   val_examples=0, eval_every=0, patience=0, snapshots=())
+                   val_examples=0, eval_every=0, patience=0, snapshots=(), preview_every=0)
   try:
     hash(process)
     which = process
@@ -561,7 +604,7 @@ def _divergence_message(divergence, cfg: TrainConfig, x: np.ndarray, last_saved:
   return f"training diverged at step {step} ({what}); {cause}; {kept}"
 
 
-def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, mesh):
+def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, preview_fn, mesh):
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh or parallel.data_mesh()
   parallel.check_global_batch(cfg.batch_size, mesh)
@@ -577,7 +620,7 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, me
     validate = _validation_loss_fn(process, x_val, y_val, cfg.batch_size, cfg.seed, mesh)
   repl = parallel.replicated(mesh)
   init_key, loop_key = jax.random.split(jax.random.key(cfg.seed))
-  chief = _is_chief()
+  chief = console.is_chief()
 
   def global_batch(step: int):
     idx = parallel.process_slice(batch_indices(cfg.seed, step, cfg.batch_size, len(x)))
@@ -624,6 +667,11 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, me
     dropped = _truncate_metrics(metrics_path, start) if chief else 0
     if dropped:
       log(f"{metrics_path}: dropped {dropped} row(s) past step {start}, the restored step")
+    summaries = stack.enter_context(summaries_lib.Summaries(
+        os.path.join(workdir, summaries_lib.SUBDIR), purge_step=start, enabled=chief))
+    summaries.hparams({**dataclasses.asdict(cfg), "flops_per_step": flops or 0.0,
+                       "num_params": num_params(state.params)})
+    schedule = learning_rate_schedule(cfg)
     if start and previous_steps is not None and previous_steps != cfg.steps:
       log(f"train.steps is now {cfg.steps} (was {previous_steps}) for the run at step {start}"
           + (": it is past that, kept as it is" if start > cfg.steps else
@@ -674,19 +722,24 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, me
       if chief:
         _write_json_atomic(info_path, info)
 
-    with _Preemption() as preemption:
+    with (_Preemption(coordinated=jax.process_count() > 1) as preemption,
+          console.progress(end, start) as bar):
       for step in range(start, end):
         state, divergence, metrics = step_fn(state, divergence, global_batch(step),
                                              jax.random.fold_in(loop_key, step))
         done = step + 1
+        bar.update(1)
         record = None
         log_now = done % cfg.log_every == 0 or done == end
         validate_now = validate is not None and (done % cfg.eval_every == 0 or done == cfg.steps
                                                  or done in snapshot_steps)
         eval_now = eval_fn is not None and eval_every and (done % eval_every == 0
                                                            or done == cfg.steps)
+        preview_now = preview_fn is not None and cfg.preview_every and (
+            done % cfg.preview_every == 0 or done == end)
         save_now = done % cfg.checkpoint_every == 0 or done == end
-        boundary = log_now or validate_now or eval_now or save_now or done in snapshot_steps
+        boundary = (log_now or validate_now or eval_now or preview_now or save_now
+                    or done in snapshot_steps)
         if boundary:  # the guard's one host sync, before anything is logged, evaluated or saved
           stop_if_diverged()
         if log_now:
@@ -695,7 +748,7 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, me
           rate = (done - last_log_step) / max(now - t0, 1e-9)
           t0, last_log_step = now, done
           record = {"step": done, **{k: float(v) for k, v in metrics.items()},
-                    "steps_per_sec": rate}
+                    "steps_per_sec": rate, "learning_rate": float(schedule(step))}
           log(f"step {done}/{cfg.steps}  loss {record['loss']:.4f}  {rate:.1f} steps/s  "
               f"ETA {_format_seconds((cfg.steps - done) / max(rate, 1e-9))}")
         if validate_now:
@@ -718,6 +771,10 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, me
           evals = {f"eval/{k}": float(v) for k, v in eval_fn(state.ema_params).items()}
           record.update(evals)
           log(f"step {done} eval " + "  ".join(f"{k} {v:.4f}" for k, v in evals.items()))
+        if preview_now:
+          summaries.images(done, "samples", np.asarray(preview_fn(state.ema_params)))
+        if record is not None:
+          summaries.scalars(done, {k: v for k, v in record.items() if k != "step"})
         if record is not None and chief:
           with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -731,10 +788,11 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, me
           info["stopped_early_at"] = done
           log(f"early stop at step {done}: no better validation loss for {cfg.patience} "
               f"evaluations; best at step {best_step}")
-        requested = preemption.requested  # read once: a later signal is the next step's
+        requested = preemption.poll(done)  # read once: a later signal is the next step's
         if save_now or stopped_early or requested:
           if not boundary:
             stop_if_diverged()
+          summaries.flush()
           checkpoints.save(manager, done, state, chief=chief)
           info["step"] = done
           save_info()

@@ -3,8 +3,10 @@
 The pair finds each other through `ardiff.distributed.maybe_initialize` (JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID; cross-process CPU collectives are gloo, jax's default), each
 feeds only its half of every global batch, and they share one work dir: both take part in every
-orbax save, the pair stops at step 2 and resumes from that checkpoint, and only process 0 writes
-metrics.jsonl. The reference is a third process with 8 devices trained straight through.
+orbax save, and only process 0 writes metrics.jsonl. Preemption is coordinated: process 1 alone
+gets SIGTERM (at step 2), yet both agree on one later step, save it together, stop with
+Preempted (exit 143 through the CLI) and resume from it. The reference is a third process with
+8 devices trained straight through.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import pytest
 from tests._xla import with_device_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 4
+STEPS = 8
+SIGTERM_AT = 2
 TIMEOUT_S = 240  # the whole test; a hung collective or barrier fails instead of blocking CI
 
 WORKER = textwrap.dedent("""
@@ -34,19 +37,32 @@ WORKER = textwrap.dedent("""
   import jax, numpy as np
   from ardiff.train import train
   from tests._train_helpers import tiny_setup
-  workdir, steps, stop_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+  import os, signal, time
+  from ardiff.train import Preempted
+  workdir, steps, sigterm_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
   assert jax.device_count() == 8, jax.devices()
   process, data, cfg = tiny_setup(steps=steps)
-  messages = []
-  if stop_at:
-    train(process, data.x_train, data.y_train, cfg, workdir, stop_at=stop_at,
-          log=messages.append)
+  messages, preempted = [], None
+
+  def log(message):
+    messages.append(message)
+    # Process 1 alone is told to stop, as a spot VM's worker would be; it then dawdles so the
+    # notice reaches the coordination service while both are still training.
+    if sigterm_at and jax.process_index() == 1 and message.startswith(f"step {sigterm_at}/"):
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(2.0)
+
+  if sigterm_at:
+    try:
+      train(process, data.x_train, data.y_train, cfg, workdir, log=log)
+    except Preempted as e:
+      preempted = str(e)
   state = train(process, data.x_train, data.y_train, cfg, workdir, log=messages.append)
   leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
   print("RESULT" + json.dumps({
       "initialised": initialised, "process_index": jax.process_index(),
       "process_count": jax.process_count(), "local_devices": jax.local_device_count(),
-      "step": int(state.step), "messages": messages,
+      "step": int(state.step), "messages": messages, "preempted": preempted,
       "params": np.concatenate(leaves).tolist()}))
 """)
 
@@ -108,12 +124,12 @@ def _metrics(workdir) -> list[dict]:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.slow  # ~40 s on a 2-core CPU: three JAX processes start and compile
+@pytest.mark.slow  # ~60 s on a 2-core CPU: three JAX processes start and compile
 def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   shared, single = tmp_path / "shared", tmp_path / "single"
   address = f"127.0.0.1:{_free_port()}"
   jobs = {
-      f"p{i}": ([str(shared), str(STEPS), "2"],
+      f"p{i}": ([str(shared), str(STEPS), str(SIGTERM_AT)],
                 _env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
                      JAX_PROCESS_ID=str(i)))
       for i in range(2)}
@@ -124,11 +140,15 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   assert [(r["initialised"], r["process_index"], r["process_count"], r["local_devices"])
           for r in (p0, p1, ref)] == [(True, 0, 2, 4), (True, 1, 2, 4), (False, 0, 1, 8)]
   assert p0["step"] == p1["step"] == ref["step"] == STEPS
-  # Both processes restored the checkpoint they saved together at step 2.
+  # Only process 1 was signalled; both stopped at the same agreed step and saved it together.
+  stops = [r["preempted"] for r in (p0, p1)]
+  assert all(stop and stop.startswith("SIGTERM: saved a checkpoint at step ") for stop in stops)
+  stop_step = int(stops[0].split("at step ")[1].split()[0])
+  assert stops[0] == stops[1] and SIGTERM_AT < stop_step < STEPS, stops
   for r in (p0, p1):
-    assert "resumed from step 2 in " + str(shared) in r["messages"]
+    assert f"resumed from step {stop_step} in {shared}" in r["messages"]
   saved = sorted(int(d) for d in os.listdir(shared / "checkpoints") if d.isdigit())
-  assert saved == [2, STEPS]
+  assert saved == [stop_step, STEPS]
   # Each process wrote its own shards into the same checkpoint.
   for i in range(2):
     assert (shared / "checkpoints" / str(STEPS) / "default" / f"ocdbt.process_{i}").is_dir()

@@ -24,6 +24,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from ardiff import console
+from ardiff.report.tiles import tile_images
+
 ARM_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 LIMITS = (-1.35, 1.35)  # the spiral's square; other point data gets limits from its range
 
@@ -52,7 +55,7 @@ def _finish(fig: Figure, path: str | None, title: str | None, close: bool) -> Fi
     per_line = max(20, int(fig.get_figwidth() * 10))
     fig.suptitle(textwrap.fill(title, per_line), fontsize=13)
   fig.tight_layout()
-  if path is not None:
+  if path is not None and console.is_chief():  # one writer per multi-host job
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
   if close:
     plt.close(fig)
@@ -125,10 +128,7 @@ def image_grid(images: np.ndarray, path: str | None = None, nrow: int | None = N
   ncol = -(-n // nrow)
   vmax = float(images.max()) if vmax is None else vmax
   vmin = float(min(images.min(), 0.0))
-  canvas = np.full((ncol * (h + 1) + 1, nrow * (w + 1) + 1, c), vmin, np.float32)
-  for i in range(n):
-    r, col = divmod(i, nrow)
-    canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = images[i]
+  canvas = tile_images(images, nrow, fill=vmin)
   # Each image ~0.42 inch per 8 pixels (at most 0.9 inch), plus room for the row labels (9 pt:
   # ~0.075 inch per character), so the images, not the margins, fill the figure.
   cell = min(0.9, 0.42 * max(h, w) / 8)

@@ -7,6 +7,8 @@ import math
 import os
 from typing import Any, Sequence
 
+from ardiff import console
+
 
 def _fmt(v: Any) -> str:
   if isinstance(v, float):
@@ -30,11 +32,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 def write_results(workdir: str, rows: Sequence[dict[str, Any]], title: str,
                   notes: str = "", name: str = "results") -> str:
-  """Write `name`.md (title, notes, table) and `name`.csv; returns the markdown path."""
+  """Write `name`.md (title, notes, table) and `name`.csv; returns the markdown path.
+  On a multi-host job only process 0 writes (the others return the path)."""
   columns: list[str] = []
   for r in rows:
     columns += [k for k in r if k not in columns]
   md_path = os.path.join(workdir, f"{name}.md")
+  if not console.is_chief():
+    return md_path
   with open(md_path + ".tmp", "w") as f:
     f.write(f"# {title}\n\n{notes.strip()}\n\n" if notes else f"# {title}\n\n")
     f.write(markdown_table(rows, columns))

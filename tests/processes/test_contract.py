@@ -17,7 +17,7 @@ import pytest
 from ardiff import build
 from ardiff.data.base import Dataset
 from ardiff.processes.guidance import Guidance
-from ardiff.runs import model_inputs
+from ardiff.runs import check_specs, model_inputs
 from tests._xla import with_device_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -155,3 +155,11 @@ def test_samples_do_not_depend_on_the_device_count(tmp_path):
       assert np.mean(one == eight) > 0.98, name
     else:
       np.testing.assert_array_equal(one, eight, err_msg=name)
+
+
+def test_preview_spec_is_one_the_process_takes(case):
+  kind, process, _, _ = case
+  preview = build.BUILDERS.get(kind).preview
+  assert preview, f"builder {kind!r} has no preview spec (the TensorBoard sample grids)"
+  check_specs(process, [preview], "preview")
+  assert 1 <= process.nfe(preview) <= 64  # a preview must stay cheap
