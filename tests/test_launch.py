@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,9 +152,14 @@ def test_tpu_run_and_copy_dry_run(repo):
   (run,) = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "run", "spiral", "--config.x=a b")
   assert run.startswith("gcloud compute tpus tpu-vm ssh my-tpu --worker=all '--command=cd ardiff")
   assert run.endswith(GCLOUD_TAIL)
-  assert "JAX_PLATFORMS" in run and "source launch/env.sh" in run
-  assert ("ardiff run experiments/spiral.py --workdir=runs/spiral '\\''--config.x=a b'\\''"
-          in run)
+  worker = shlex.split(_remote(run))
+  wrapper = worker[worker.index("setsid") + 3]  # setsid bash -c WRAPPER: the detached job
+  assert "JAX_PLATFORMS" in wrapper and "source launch/env.sh" in wrapper
+  assert "ardiff run experiments/spiral.py --workdir=runs/spiral '--config.x=a b'" in wrapper
+  (attached,) = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "--foreground", "run", "spiral",
+                     "--config.x=a b")
+  assert _remote(attached).endswith(" && ardiff run experiments/spiral.py --workdir=runs/spiral "
+                                    "'--config.x=a b'")
   lines = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "copy", "spiral")
   assert lines[-1] == ("gcloud compute tpus tpu-vm scp --recurse my-tpu:ardiff/runs/spiral "
                        f"runs/tpu/my-tpu/ --worker=0 {GCLOUD_TAIL}")
@@ -282,5 +289,77 @@ def test_tpu_remote_commands_parse_as_bash(repo, tmp_path):
   for command in commands:
     check = subprocess.run([BASH, "-n", "-c", command], capture_output=True, text=True)
     assert check.returncode == 0, (command, check.stderr)
-  assert commands[1].endswith("--workdir=runs/spiral '--config.name=it'\\''s a b'")
+  worker = shlex.split(commands[1])
+  wrapper = worker[worker.index("setsid") + 3]  # the detached job's own bash line
+  check = subprocess.run([BASH, "-n", "-c", wrapper], capture_output=True, text=True)
+  assert check.returncode == 0, (wrapper, check.stderr)
+  assert "--workdir=runs/spiral '--config.name=it'\\''s a b' & " in wrapper
   assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("ardiff-src-my-tpu.tgz"))
+
+
+def _remote(line: str) -> str:
+  """The shell line a `gcloud ... ssh --command=LINE` dry-run line would run on a worker."""
+  return next(w for w in shlex.split(line) if w.startswith("--command="))[len("--command="):]
+
+
+def test_tpu_detached_run_status_logs_stop_really_run(repo, tmp_path):
+  """The worker-side lines of run, status, logs and stop, run for real in a stand-in home dir:
+  the job outlives the shell that started it, logs to logs/EXP.log, and stop's SIGTERM reaches
+  ardiff itself, whose exit status (143 after saving) lands in logs/EXP.rc."""
+  root, env, _ = repo
+  home = tmp_path / "home"
+  remote = home / "ardiff"
+  _write(remote / "bin" / "ardiff", """#!/bin/bash
+echo "ardiff $*"
+trap 'echo "SIGTERM: saved a checkpoint"; exit 143' TERM
+for _ in $(seq 600); do sleep 0.1; done
+echo finished
+""", True)
+  _write(remote / "launch" / "env.sh", f'export PATH="{remote / "bin"}:$PATH"\n')
+
+  def on_worker(*args: str, line: int = -1) -> str:
+    command = _remote(_dry(repo, "tpu_vm.sh", *TPU_FLAGS, *args)[line])
+    out = subprocess.run([BASH, "-c", command], cwd=home, env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+  def wait_for(path: Path, text: str = "") -> str:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+      if path.exists() and text in path.read_text():
+        return path.read_text()
+      time.sleep(0.05)
+    raise AssertionError(f"{path} never held {text!r}")
+
+  logs = remote / "logs"
+  assert "started; log ~/ardiff/logs/spiral.log" in on_worker("run", "spiral", "--config.a=x y")
+  wait_for(logs / "spiral.log", "ardiff run experiments/spiral.py --workdir=runs/spiral "
+                                "--config.a=x y")
+  pid = int(wait_for(logs / "spiral.pid", "\n"))
+  assert on_worker("status", "spiral", line=1).endswith(f": running (pid {pid})\n")
+  assert "ardiff run experiments/spiral.py" in on_worker("logs", "spiral")
+  on_worker("stop", "spiral")
+  assert wait_for(logs / "spiral.rc", "\n") == "143\n"
+  assert "SIGTERM: saved a checkpoint" in (logs / "spiral.log").read_text()
+  assert on_worker("status", "spiral", line=1).endswith(": exited 143\n")
+
+
+def test_tpu_spot_queued_and_watch_dry_run(repo):
+  assert _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "--spot", "--queued", "create") == [
+      "gcloud compute tpus queued-resources create my-tpu --node-id=my-tpu "
+      f"--accelerator-type=v5p-8 --runtime-version=v2-alpha-tpuv5 --spot {GCLOUD_TAIL}"]
+  assert _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "--queued", "delete") == [
+      f"gcloud compute tpus queued-resources delete my-tpu --force {GCLOUD_TAIL}"]
+  # One recovery round: delete, create (spot), setup, run detached with the same arguments.
+  lines = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "--spot", "--workdir=gs://b/run", "watch",
+               "ar_vs_diffusion", "--config.scale=mnist")
+  assert lines[0] == f"gcloud compute tpus tpu-vm delete my-tpu --quiet {GCLOUD_TAIL}"
+  assert lines[1] == ("gcloud compute tpus tpu-vm create my-tpu --accelerator-type=v5p-8 "
+                      f"--version=v2-alpha-tpuv5 --spot {GCLOUD_TAIL}")
+  assert any("tar -xzf ardiff-src.tgz" in l for l in lines[2:-1])  # setup
+  run = _remote(lines[-1])
+  assert "nohup setsid bash -c" in run and "--workdir=gs://b/run --config.scale=mnist" in run
+  root, env, _ = repo
+  out = _bash(root, env, "launch/tpu_vm.sh", "--dry-run", *TPU_FLAGS, "--foreground", "watch")
+  assert out.returncode != 0 and "drop --foreground" in out.stderr
