@@ -59,7 +59,13 @@ def run_sharded(fn, params, keys: jax.Array, labels: jax.Array, mesh=None):
   B is padded up to a multiple of the device count by repeating the last example (the
   padding's outputs are dropped). fn must treat examples independently with per-example keys,
   so the result does not depend on the number of devices.
+
+  Multi-host (no mesh given, several processes): each process draws its contiguous share of
+  the B examples on its own devices, and every process gets all B back (an all-gather over
+  processes; process 0 then writes the figures and tables). Every process must make the call.
   """
+  if mesh is None and jax.process_count() > 1:
+    return _run_across_processes(fn, params, keys, labels)
   mesh = mesh or data_mesh(jax.local_devices())
   n, d = labels.shape[0], mesh.devices.size
   pad = -n % d
@@ -69,3 +75,23 @@ def run_sharded(fn, params, keys: jax.Array, labels: jax.Array, mesh=None):
   keys, labels = jax.device_put((keys, labels), batch_sharding(mesh))
   out = fn(jax.device_put(params, replicated(mesh)), keys, labels)
   return jax.tree.map(lambda a: a[:n], out) if pad else out
+
+
+def _run_across_processes(fn, params, keys: jax.Array, labels: jax.Array):
+  """`run_sharded` split over processes: process p draws examples [p m, (p + 1) m) with
+  m = ceil(B / processes) (the last example repeated as padding), on its local devices."""
+  from jax.experimental import multihost_utils
+
+  n, count = labels.shape[0], jax.process_count()
+  share = -(-n // count)
+  pad = share * count - n
+  if pad:  # typed PRNG keys stay jax arrays (numpy cannot hold them)
+    keys = jax.numpy.concatenate([keys, jax.numpy.repeat(keys[-1:], pad, axis=0)])
+    labels = jax.numpy.concatenate([labels, jax.numpy.repeat(labels[-1:], pad, axis=0)])
+  mine = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+  # Parameters replicated over the global mesh (as training leaves them): this host's copy.
+  params = jax.tree.map(lambda a: a if getattr(a, "is_fully_addressable", True)
+                        else a.addressable_data(0), params)
+  out = run_sharded(fn, params, keys[mine], labels[mine], data_mesh(jax.local_devices()))
+  everything = multihost_utils.process_allgather(jax.device_get(out), tiled=True)
+  return jax.tree.map(lambda a: jax.numpy.asarray(a[:n]), everything)

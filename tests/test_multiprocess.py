@@ -59,10 +59,16 @@ WORKER = textwrap.dedent("""
       preempted = str(e)
   state = train(process, data.x_train, data.y_train, cfg, workdir, log=messages.append)
   leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
+  # 7 samples, not a multiple of 2 processes x 4 devices: each process draws its share.
+  labels = np.array([0, 1, 2, 3, 0, 1, 2], np.int32)
+  import dataclasses
+  sampler = dataclasses.replace(process, data_shape=(2,))  # points in the plane
+  samples = sampler.sample(state.ema_params, jax.random.key(7), labels, "ddim:5")
   print("RESULT" + json.dumps({
       "initialised": initialised, "process_index": jax.process_index(),
       "process_count": jax.process_count(), "local_devices": jax.local_device_count(),
       "step": int(state.step), "messages": messages, "preempted": preempted,
+      "samples": np.asarray(samples).tolist(),
       "params": np.concatenate(leaves).tolist()}))
 """)
 
@@ -167,6 +173,13 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
     logged = [float(m.split("loss ")[1].split()[0]) for m in r["messages"]
               if m.startswith("step ")]
     np.testing.assert_allclose(logged, ref_losses, atol=1e-4)
+
+  # Sampling across hosts: both processes return all 7 samples, the same as one 8-device
+  # process draws (per-example keys: who draws an example does not change it).
+  s0, s1, s_ref = (np.asarray(r["samples"]) for r in (p0, p1, ref))
+  assert s0.shape == s_ref.shape == (7, 2)
+  np.testing.assert_array_equal(s0, s1)
+  np.testing.assert_allclose(s0, s_ref, rtol=1e-3, atol=1e-3)  # params agree to ~1e-5
 
   # Replicated params: both processes hold the same values, equal to the 8-device run's.
   a, b, c = (np.asarray(r["params"]) for r in (p0, p1, ref))
