@@ -2,7 +2,8 @@
 
 Both run one jitted scan over positions; per step the cache sampler runs the model on one
 position (attending over the preallocated, masked cache), the reference reruns the full causal
-forward. The cache sampler is always timed on full L-token samples. The reference is slow at
+forward. On an accelerator a third column times the cache sampler with the Pallas decode
+kernel (`ardiff.kernels.decode_attention`, which reads only the filled prefix). The cache sampler is always timed on full L-token samples. The reference is slow at
 L = 784 (a full [B, 784] forward per token), so it is timed on its first `max_timed_steps`
 positions only; its per-step cost is the same at every position (static shapes), so its rate
 is extrapolated by L / timed steps. Rows say how many steps were timed.
@@ -51,14 +52,22 @@ def bench_kv_cache(seq_lens: Sequence[int] = (64, 784), batch: int = 64, *,
     params = process.init_params(key, {"x": jnp.zeros((1, length), jnp.int32), "y": y[:1]})
     steps = {"cache": length,
              "recompute": length if max_timed_steps is None else min(length, max_timed_steps)}
-    t = interleaved({name: (lambda n=steps[name], c=name == "cache": decode.raster_sample(
-        process.model, params, key, y, num_steps=n, use_cache=c)) for name in steps}, REPEATS)
+    models = {"cache": process.model, "recompute": process.model}
+    if jax.default_backend() != "cpu":  # the Pallas kernel (interpreted on CPU: not a timing)
+      steps["pallas"] = length
+      models["pallas"] = process.model.clone(decode_attention="pallas")
+    t = interleaved({name: (lambda n=steps[name], c=name != "recompute", m=models[name]:
+                            decode.raster_sample(m, params, key, y, num_steps=n, use_cache=c))
+                     for name in steps}, REPEATS)
     rate = {name: batch * steps[name] / (t[name].median * length) for name in steps}
     out.append({"L": length, "batch": batch, "cache steps": steps["cache"],
                 "recompute steps": steps["recompute"], "cache ms": t["cache"].ms(),
                 "recompute ms": t["recompute"].ms(), "cache samples/s": rate["cache"],
                 "recompute samples/s": rate["recompute"],
                 "speedup": rate["cache"] / rate["recompute"]})
+    if "pallas" in steps:  # decode attention over the filled prefix only
+      out[-1].update({"pallas ms": t["pallas"].ms(),
+                      "pallas / cache": rate["pallas"] / rate["cache"]})
   return out
 
 

@@ -48,6 +48,7 @@ class Block(nn.Module):
   dropout: float
   dtype: Any = jnp.float32
   causal: bool = False
+  decode_attention: str = "xla"
 
   def setup(self):
     if self.width % self.heads:
@@ -95,8 +96,13 @@ class Block(nn.Module):
     k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
     v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
     filled = jnp.full((h.shape[0],), pos + 1, jnp.int32)  # positions 0..pos are in the cache
-    out = self._finish(h, self._attend(q.astype(k_cache.dtype), k_cache, v_cache,
-                                       kv_length=filled), train=False)
+    if self.decode_attention == "pallas":
+      from ardiff.kernels.decode_attention import decode_attention
+
+      attn = decode_attention(q, k_cache, v_cache, filled).reshape(h.shape[0], 1, self.width)
+    else:
+      attn = self._attend(q.astype(k_cache.dtype), k_cache, v_cache, kv_length=filled)
+    out = self._finish(h, attn, train=False)
     return out, k_cache, v_cache
 
 
@@ -115,6 +121,9 @@ class Transformer(nn.Module):
       (``nn.remat``), trading compute for memory; same gradients. How much memory it saves is
       up to XLA's scheduler (XLA:CPU's estimate at L = 784 drops only ~5%); measure on the
       accelerator before relying on it.
+    decode_attention: attention of a KV-cache decode step: "xla" (all L slots, the empty ones
+      masked) or "pallas" (`ardiff.kernels.decode_attention`: only the filled prefix; tested
+      in interpret mode, not yet timed on an accelerator). Same parameters either way.
   """
 
   vocab_size: int
@@ -128,6 +137,7 @@ class Transformer(nn.Module):
   causal: bool = True
   dtype: Any = jnp.float32
   remat: bool = False
+  decode_attention: str = "xla"
 
   @property
   def mask_id(self) -> int:
@@ -135,6 +145,9 @@ class Transformer(nn.Module):
     return self.vocab_size
 
   def setup(self):
+    if self.decode_attention not in ("xla", "pallas"):
+      raise ValueError(f"decode_attention must be 'xla' or 'pallas', got "
+                       f"{self.decode_attention!r}")
     init = nn.initializers.normal(0.02)
     n_tok = self.vocab_size if self.causal else self.vocab_size + 1
     n_pos = self.seq_len if self.causal else self.seq_len + 1
@@ -146,7 +159,7 @@ class Transformer(nn.Module):
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     self.blocks = [
         block(self.width, self.heads, self.mlp_ratio, self.dropout, self.dtype, self.causal,
-              name=f"block_{i}")
+              self.decode_attention, name=f"block_{i}")
         for i in range(self.depth)
     ]
     self.ln_f = nn.LayerNorm(dtype=self.dtype)

@@ -1,0 +1,1 @@
+"""Hand-written accelerator kernels (Pallas), each with a reference it is tested against."""
