@@ -36,6 +36,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ardiff import storage
 from ardiff.errors import CheckpointDamaged
 
 MANIFEST = "ardiff-sha256.json"
@@ -44,60 +45,52 @@ DAMAGED_PREFIX = "damaged-"
 
 
 def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
-  return os.path.join(os.fspath(manager.directory), str(step))
+  return storage.join(manager.directory, str(step))
 
 
 def _files(directory: str) -> list[str]:
   """Paths of every file under `directory` relative to it, the manifest excepted."""
-  out = []
-  for root, _, files in os.walk(directory):
-    for name in files:
-      rel = os.path.relpath(os.path.join(root, name), directory)
-      if rel != MANIFEST:
-        out.append(rel)
-  return sorted(out)
+  return [rel for rel in storage.walk_files(directory) if rel != MANIFEST]
 
 
-def _sha256(path: str) -> str:
+def _sha256(path: str) -> tuple[int, str]:
+  """(size, sha256) of a file."""
+  if storage.is_remote(path):
+    data = storage.read_bytes(path)
+    return len(data), hashlib.sha256(data).hexdigest()
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
-  return h.hexdigest()
+  return os.path.getsize(path), h.hexdigest()
 
 
 def write_manifest(directory: str) -> None:
   """`directory/ardiff-sha256.json`: {relative path: [size, sha256]} of every file, atomic."""
-  files = {rel: [os.path.getsize(os.path.join(directory, rel)),
-                 _sha256(os.path.join(directory, rel))] for rel in _files(directory)}
-  path = os.path.join(directory, MANIFEST)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"files": files}, f, indent=0, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  files = {rel: list(_sha256(storage.join(directory, rel))) for rel in _files(directory)}
+  storage.write_atomic(storage.join(directory, MANIFEST),
+                       json.dumps({"files": files}, indent=0, sort_keys=True), fsync=True)
 
 
 def verify(directory: str) -> str | None:
   """What is wrong with the step directory's files (None: intact, or no manifest to check)."""
-  if not os.path.isdir(directory):
+  if not storage.isdir(directory):
     return "the step directory is missing"
-  path = os.path.join(directory, MANIFEST)
-  if not os.path.exists(path):
+  path = storage.join(directory, MANIFEST)
+  if not storage.exists(path):
     return None
   try:
-    with open(path) as f:
-      files = json.load(f)["files"]
+    files = json.loads(storage.read_text(path))["files"]
   except (OSError, ValueError, KeyError, TypeError) as e:
     return f"its manifest {MANIFEST} is unreadable ({type(e).__name__})"
   for rel, (size, digest) in sorted(files.items()):
-    full = os.path.join(directory, rel)
-    if not os.path.isfile(full):
+    full = storage.join(directory, rel)
+    if not storage.isfile(full):
       return f"file {rel} is missing"
-    if os.path.getsize(full) != size:
-      return f"file {rel} has {os.path.getsize(full)} bytes, {size} when saved"
-    if _sha256(full) != digest:
+    got_size, got_digest = _sha256(full)
+    if got_size != size:
+      return f"file {rel} has {got_size} bytes, {size} when saved"
+    if got_digest != digest:
       return f"file {rel} has changed since it was saved (sha256 differs)"
   return None
 
@@ -130,7 +123,7 @@ def _damage(manager: ocp.CheckpointManager, step: int, target) -> tuple[Any, str
     # restore can leave a manager misconfigured (measured: after an empty step directory it
     # refuses every later restore), and the manager still has to save afterwards.
     with ocp.StandardCheckpointer() as checkpointer:
-      tree = checkpointer.restore(os.path.join(step_dir(manager, step), ITEM), target)
+      tree = checkpointer.restore(storage.join(step_dir(manager, step), ITEM), target)
   except Exception as e:  # noqa: BLE001 - any failure to read the step is damage to report
     first = (str(e).strip().splitlines() or [""])[0]
     return None, f"orbax could not restore it: {type(e).__name__}: {first[:160]}"
@@ -151,12 +144,12 @@ def restore(manager: ocp.CheckpointManager, step: int, target=None):
 def move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Rename a damaged step to `damaged-<step>` (`-2`, `-3`, ... if taken); returns the path."""
   root = os.fspath(manager.directory)
-  dest = os.path.join(root, f"{DAMAGED_PREFIX}{step}")
+  dest = storage.join(root, f"{DAMAGED_PREFIX}{step}")
   n = 1
-  while os.path.exists(dest):
+  while storage.exists(dest):
     n += 1
-    dest = os.path.join(root, f"{DAMAGED_PREFIX}{step}-{n}")
-  os.rename(step_dir(manager, step), dest)
+    dest = storage.join(root, f"{DAMAGED_PREFIX}{step}-{n}")
+  storage.rename(step_dir(manager, step), dest)
   manager.reload()
   return dest
 

@@ -32,6 +32,7 @@ import os
 import sys
 import time
 
+from ardiff import storage
 from ardiff.configs import ConfigError, get_experiment_config, to_json
 from ardiff.errors import ArdiffError
 
@@ -57,7 +58,7 @@ def cmd_run(args, extra) -> int:
   module, config = get_experiment_config(args.experiment, _split_overrides(extra))  # validates
   workdir = args.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(args.experiment))[0])
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   with workdir_lock(workdir, "ardiff run", take=is_chief()):  # one run per work dir
     write_config(workdir, to_json(config))
     start = time.perf_counter()
@@ -71,17 +72,14 @@ def cmd_run(args, extra) -> int:
 def write_config(workdir: str, text: str) -> None:
   """WORKDIR/config.json := text, unless it holds text already; a different one is kept as
   config.<UTC time>.json (a run with new settings never loses the record of the old ones)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
+  storage.makedirs(workdir)
+  path = storage.join(workdir, "config.json")
+  if storage.isfile(path):
+    if storage.read_text(path) == text:
+      return
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    os.replace(path, os.path.join(workdir, f"config.{stamp}.json"))
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+    storage.rename(path, storage.join(workdir, f"config.{stamp}.json"))
+  storage.write_atomic(path, text)
 
 
 def cmd_config(args, extra) -> int:

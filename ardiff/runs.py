@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from ardiff import build as builders
-from ardiff import checkpoints, console
+from ardiff import checkpoints, console, storage
 from ardiff.configs.overrides import config_hash
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
@@ -51,13 +51,13 @@ def model_dir(config: ml_collections.ConfigDict, workdir: str, name: str, *secti
     sections = (*sections, {"dtype": dtype})
   if version != 1:
     sections = (*sections, {"code_version": version})
-  root = os.path.join(workdir, config.get("model_cache") or "models")
+  root = storage.normpath(storage.join(workdir, config.get("model_cache") or "models"))
   directory = os.path.join(root, f"{name}-{config_hash(*sections)}")
   legacy = tuple(s.legacy if isinstance(s, TrainKey) else s for s in sections)
-  if not os.path.isdir(directory) and any(isinstance(s, TrainKey) for s in sections):
+  if not storage.isdir(directory) and any(isinstance(s, TrainKey) for s in sections):
     # A model cached before `train_key` left the loop-only fields out: reuse it where it is.
     old = os.path.join(root, f"{name}-{config_hash(*legacy)}")
-    if old != directory and os.path.isdir(old):
+    if old != directory and storage.isdir(old):
       return old
   return directory
 
@@ -179,12 +179,10 @@ def write_model_card(directory: str, kind: str, model_cfg, dataset: Dataset, dty
   """model.json beside the checkpoints: what `load_model` needs to rebuild the process."""
   card = {"kind": kind, "model": _plain(model_cfg), "data": dataset.spec.to_dict(),
           "dtype": dtype, "extra": {k: _plain(v) for k, v in build_extra.items()}}
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, MODEL_CARD)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(card, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)  # atomic: a reader never sees half a card
+  storage.makedirs(directory)
+  # atomic: a reader never sees half a card
+  storage.write_atomic(storage.join(directory, MODEL_CARD),
+                       json.dumps(card, indent=2, sort_keys=True))
 
 
 def _plain(section):
@@ -197,13 +195,12 @@ def load_model(directory: str):
 
   from ardiff.data.base import DataSpec
 
-  with open(os.path.join(directory, MODEL_CARD)) as f:
-    card = json.load(f)
+  card = json.loads(storage.read_text(storage.join(directory, MODEL_CARD)))
   extra = {k: ml_collections.ConfigDict(v) if isinstance(v, dict) else v
            for k, v in card["extra"].items()}
   process = builders.build(card["kind"], ml_collections.ConfigDict(card["model"]),
                            DataSpec.from_dict(card["data"]), card["dtype"], **extra)
-  ckpt = os.path.join(os.path.abspath(directory), "checkpoints")
+  ckpt = storage.join(storage.absolute(directory), "checkpoints")
   with ocp.CheckpointManager(ckpt) as manager:
     # A reader: damaged steps are reported and skipped, never moved (a run may be training).
     state, step = checkpoints.restore_latest(
@@ -216,20 +213,19 @@ def load_model(directory: str):
 def find_models(path: str) -> list[str]:
   """Model directories (with model.json) at `path`: the path itself, or those of a work dir
   (its models/ or the shared cache its config.json names)."""
-  if os.path.isfile(os.path.join(path, MODEL_CARD)):
+  if storage.isfile(storage.join(path, MODEL_CARD)):
     return [path]
-  roots = [os.path.join(path, "models")]
-  config = os.path.join(path, "config.json")
-  if os.path.isfile(config):
-    with open(config) as f:
-      cache = json.load(f).get("model_cache")
+  roots = [storage.join(path, "models")]
+  config = storage.join(path, "config.json")
+  if storage.isfile(config):
+    cache = json.loads(storage.read_text(config)).get("model_cache")
     if cache:
-      roots.append(os.path.normpath(os.path.join(path, cache)))
+      roots.append(storage.normpath(storage.join(path, cache)))
   found = []
   for root in roots:
-    if os.path.isdir(root):
-      found += sorted(os.path.join(root, d) for d in os.listdir(root)
-                      if os.path.isfile(os.path.join(root, d, MODEL_CARD)))
+    if storage.isdir(root):
+      found += sorted(storage.join(root, d) for d in storage.listdir(root)
+                      if storage.isfile(storage.join(root, d, MODEL_CARD)))
   return found
 
 

@@ -18,9 +18,10 @@ from ardiff.configs import ConfigError
 
 
 def _pick_model(path: str) -> str:
+  from ardiff import storage
   from ardiff.runs import find_models
 
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise ConfigError(f"{path!r} does not exist (give a model directory or a work dir)")
   models = find_models(path)
   if not models:

@@ -9,7 +9,9 @@
     tensorboard --logdir runs/ar_vs_diffusion           # one TensorBoard run per model dir
 
 Written with tensorboardX (protobuf only, no TensorFlow). Only process 0 writes (every other
-process gets a writer that does nothing), so a pod job has one set of event files.
+process gets a writer that does nothing), so a pod job has one set of event files. A bucket
+logdir (gs://...): the events are written to a local temporary folder and each event file is
+uploaded whole at every flush (at each checkpoint) and at the end (`ardiff.storage`).
 `purge_step`: a resumed run starts a new event file whose first event tells TensorBoard to hide
 the older files' events at steps >= the restored step (they were trained again), so curves do
 not double back after a preemption.
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from ardiff import storage
 from ardiff.report.tiles import tile_images
 
 SUBDIR = "tensorboard"
@@ -54,11 +58,16 @@ class Summaries:
                enabled: bool = True):
     self.logdir = os.fspath(logdir)
     self._writer = None
+    self._staging = None  # the local folder of a bucket logdir's event files
     if enabled:
       from tensorboardX import SummaryWriter  # imported here: optional until a run writes
 
+      local = self.logdir
+      if storage.is_remote(self.logdir):
+        self._staging = tempfile.TemporaryDirectory(prefix="ardiff-tensorboard-")
+        local = self._staging.name
       # purge_step 0 would hide nothing anyway; None writes no purge event.
-      self._writer = SummaryWriter(self.logdir, purge_step=purge_step or None, flush_secs=30)
+      self._writer = SummaryWriter(local, purge_step=purge_step or None, flush_secs=30)
 
   @property
   def enabled(self) -> bool:
@@ -92,11 +101,23 @@ class Summaries:
   def flush(self) -> None:
     if self._writer is not None:
       self._writer.flush()
+      self._upload()
+
+  def _upload(self) -> None:
+    if self._staging is None:
+      return
+    for rel in storage.walk_files(self._staging.name):
+      storage.write_atomic(storage.join(self.logdir, rel),
+                           storage.read_bytes(os.path.join(self._staging.name, rel)))
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+      self._upload()
       self._writer = None
+    if self._staging is not None:
+      self._staging.cleanup()
+      self._staging = None
 
   def __enter__(self):
     return self

@@ -72,7 +72,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from ardiff import checkpoints, console, parallel
+from ardiff import checkpoints, console, parallel, storage
 from ardiff import summaries as summaries_lib
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import batch_indices
@@ -387,18 +387,14 @@ TRAINING_INFO = "training.json"
 
 def read_training_info(workdir: str | os.PathLike) -> dict:
   """The run's `training.json` ({} if there is none yet)."""
-  path = os.path.join(os.fspath(workdir), TRAINING_INFO)
-  if not os.path.exists(path):
+  path = storage.join(workdir, TRAINING_INFO)
+  if not storage.exists(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
 def _write_json_atomic(path: str, payload: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  storage.write_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def step_flops(lowered) -> float | None:
@@ -559,25 +555,21 @@ def _programs(process: Process, cfg: TrainConfig, mesh):
 
 def _truncate_metrics(path: str, step: int) -> int:
   """Drop the rows of `metrics.jsonl` past `step` (and torn lines), atomically; how many."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return 0
   kept, dropped = [], 0
-  with open(path) as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except ValueError:
-        dropped += 1
-        continue
-      if row.get("step", 0) > step:
-        dropped += 1
-      else:
-        kept.append(line if line.endswith("\n") else line + "\n")
+  for line in storage.read_text(path).splitlines():
+    try:
+      row = json.loads(line)
+    except ValueError:
+      dropped += 1
+      continue
+    if row.get("step", 0) > step:
+      dropped += 1
+    else:
+      kept.append(line + "\n")
   if dropped:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, path)
+    storage.write_atomic(path, "".join(kept))
   return dropped
 
 
@@ -605,7 +597,7 @@ def _divergence_message(divergence, cfg: TrainConfig, x: np.ndarray, last_saved:
 
 
 def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, preview_fn, mesh):
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   mesh = mesh or parallel.data_mesh()
   parallel.check_global_batch(cfg.batch_size, mesh)
   if (cfg.batch_size // mesh.devices.size) % cfg.grad_accum:
@@ -636,26 +628,26 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
     # (1 + 1e-9): a budget of exactly n steps' FLOPs is n steps despite rounding.
     cfg = dataclasses.replace(cfg, steps=max(1, int(cfg.flops / flops * (1 + 1e-9))))
   step_fn, init_fn = _programs(process, cfg, mesh)
-  info_path = os.path.join(workdir, TRAINING_INFO)
+  info_path = storage.join(workdir, TRAINING_INFO)
   info = read_training_info(workdir)
   previous_steps = info.get("steps")
   info.update(flops_per_step=flops, steps=cfg.steps, batch_size=cfg.batch_size,
               train_examples=len(x), val_examples=cfg.val_examples)
   info.setdefault("wall_seconds", 0.0)
   snapshot_steps = sorted({max(1, round(f * cfg.steps)) for f in cfg.snapshots})
-  absdir = os.path.abspath(workdir)
+  absdir = storage.absolute(workdir)
   options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints, create=True)
   with contextlib.ExitStack() as stack:
-    manager = stack.enter_context(ocp.CheckpointManager(os.path.join(absdir, "checkpoints"),
+    manager = stack.enter_context(ocp.CheckpointManager(storage.join(absdir, "checkpoints"),
                                                         options=options))
     best_manager = snapshot_manager = None
     if validate is not None:
       best_manager = stack.enter_context(ocp.CheckpointManager(
-          os.path.join(absdir, "best"), options=ocp.CheckpointManagerOptions(max_to_keep=1,
+          storage.join(absdir, "best"), options=ocp.CheckpointManagerOptions(max_to_keep=1,
                                                                               create=True)))
     if snapshot_steps:
       snapshot_manager = stack.enter_context(ocp.CheckpointManager(
-          os.path.join(absdir, "snapshots"), options=ocp.CheckpointManagerOptions(create=True)))
+          storage.join(absdir, "snapshots"), options=ocp.CheckpointManagerOptions(create=True)))
     state, latest = checkpoints.restore_latest(manager, target, log, move=chief)
     if latest is not None:
       log(f"resumed from step {latest} in {workdir}")
@@ -663,12 +655,12 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
       state = init_fn(example_batch, init_key)
       log(f"initialised {num_params(state.params):,} parameters")
     start = int(state.step)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    metrics_path = storage.join(workdir, "metrics.jsonl")
     dropped = _truncate_metrics(metrics_path, start) if chief else 0
     if dropped:
       log(f"{metrics_path}: dropped {dropped} row(s) past step {start}, the restored step")
     summaries = stack.enter_context(summaries_lib.Summaries(
-        os.path.join(workdir, summaries_lib.SUBDIR), purge_step=start, enabled=chief))
+        storage.join(workdir, summaries_lib.SUBDIR), purge_step=start, enabled=chief))
     summaries.hparams({**dataclasses.asdict(cfg), "flops_per_step": flops or 0.0,
                        "num_params": num_params(state.params)})
     schedule = learning_rate_schedule(cfg)
@@ -776,8 +768,7 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
         if record is not None:
           summaries.scalars(done, {k: v for k, v in record.items() if k != "step"})
         if record is not None and chief:
-          with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+          storage.append_line(metrics_path, json.dumps(record))
         if done in snapshot_steps:
           if best_step is not None:
             snap = checkpoints.restore(best_manager, best_step, target.ema_params)
@@ -818,8 +809,8 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
 def snapshot_params(workdir: str | os.PathLike, target=None) -> dict[int, Any]:
   """{step: EMA parameters} kept at the budget fractions `TrainConfig.snapshots` (verified:
   CheckpointDamaged names a damaged one)."""
-  path = os.path.join(os.path.abspath(os.fspath(workdir)), "snapshots")
-  if not os.path.isdir(path):
+  path = storage.join(storage.absolute(workdir), "snapshots")
+  if not storage.isdir(path):
     return {}
   with ocp.CheckpointManager(path) as manager:
     return {int(s): checkpoints.restore(manager, s, target) for s in manager.all_steps()}

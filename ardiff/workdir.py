@@ -85,7 +85,7 @@ def release(key: str) -> None:
 def workdir_lock(directory: str | os.PathLike, role: str = "a run", *, take: bool = True):
   """Hold the lock of `directory` for the block (`take=False`: a no-op, for processes other
   than the chief of a multi-host run)."""
-  if not take:
+  if not take or "://" in os.fspath(directory):  # a bucket has no flock (ardiff.storage)
     yield
     return
   key = acquire(directory, role)

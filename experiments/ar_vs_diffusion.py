@@ -467,7 +467,7 @@ def _panels(path, series, x_key, floors, *, xlabel, title):
   axes[0].legend(fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  plots.save_figure(fig, path)
   plt.close(fig)
 
 

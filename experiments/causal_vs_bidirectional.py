@@ -37,7 +37,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import build, runs
+from ardiff import build, runs, storage
 from ardiff.bench.timer import MIN_REPEATS, interleaved
 from ardiff.bench.train import train_case
 from ardiff.configs import require
@@ -108,16 +108,16 @@ def _train(kind, process, c, workdir, data, steps, evaluate):
   start = time.perf_counter()
   runs.train_cached(process, to_tokens(data.x_train), data.y_train, train_cfg, directory,
                     eval_fn=eval_fn, eval_every=eval_every)
-  if eval_seconds[0] > 0 and not os.path.exists(timing_path):  # trained here, not restored
-    with open(timing_path, "w") as f:
-      json.dump({"train_seconds": time.perf_counter() - start - eval_seconds[0],
-                 "eval_seconds": eval_seconds[0]}, f)
+  if (eval_seconds[0] > 0 and runs.is_chief()
+      and not storage.exists(timing_path)):  # trained here, not restored
+    storage.write_atomic(timing_path, json.dumps(
+        {"train_seconds": time.perf_counter() - start - eval_seconds[0],
+         "eval_seconds": eval_seconds[0]}))
   wall = None
-  if os.path.exists(timing_path):
-    with open(timing_path) as f:
-      wall = json.load(f)["train_seconds"]
-  with open(os.path.join(directory, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
+  if storage.exists(timing_path):
+    wall = json.loads(storage.read_text(timing_path))["train_seconds"]
+  records = [json.loads(line) for line in
+             storage.read_text(os.path.join(directory, "metrics.jsonl")).splitlines()]
   points = {int(r["step"]): float(r["eval/test_bpd"]) for r in records if "eval/test_bpd" in r}
   return sorted(points.items()), wall
 

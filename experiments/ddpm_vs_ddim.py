@@ -317,7 +317,7 @@ def _plot(panels, path):
   fig.suptitle("Do DDPM and DDIM reach the same distribution? (mean ± std over sampling "
                "seeds)", fontsize=12)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  plots.save_figure(fig, path)
   plt.close(fig)
 
 

@@ -154,7 +154,7 @@ def _plot_guidance_compare(cfg_curve, cg_curve, path, *, spec_label, num_samples
   fig.suptitle(f"Classifier-free vs classifier guidance, digits 8x8 ({spec_label}, "
                f"{num_samples} class-conditional samples per point)", fontsize=12)
   fig.tight_layout(rect=(0, 0.13, 1, 1))
-  fig.savefig(path, dpi=110)
+  plots.save_figure(fig, path)
   plt.close(fig)
 
 

@@ -178,7 +178,7 @@ def _plot(curves, closed, ks, path, *, condition, num_test):
   fig.suptitle(f"Predicting k pixels at once: independent vs real pixels "
                f"(ARDM, test split {num_test} images, label: {condition})", fontsize=12)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  plots.save_figure(fig, path)
   plt.close(fig)
 
 

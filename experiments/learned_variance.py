@@ -240,7 +240,7 @@ def _plot(fd, floor, bounds, profile, path, *, num_samples, T):
   ax.legend(fontsize=8, loc="upper right")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  plots.save_figure(fig, path)
   plt.close(fig)
 
 

@@ -163,7 +163,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   ax.set_xticks(range(S), [f"{s} (t={counts[s]})" for s in range(S)])
   ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,
             title="bars: ± 1 standard error over test images", title_fontsize=8)
-  fig.savefig(os.path.join(workdir, "per_step.png"), dpi=110, bbox_inches="tight")
+  plots.save_figure(fig, os.path.join(workdir, "per_step.png"), bbox_inches="tight")
   plt.close(fig)
   notes = (
       f"{data.description}. Plan: {S} steps of {k} random pixels. Every network: width "

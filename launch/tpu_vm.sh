@@ -9,9 +9,11 @@
 #                                does not ignore) to every worker (--worker=all), then on each:
 #                                apt-get python3.11 if no Python >= 3.11 is there, source
 #                                launch/env.sh (project into .venv) and pip install -U "jax[tpu]"
-#   data DATASET                 on every worker: prepare a tfds dataset (mnist, cifar10) in the
-#                                ArrayRecord format under the data dir (TensorFlow is installed
-#                                into .venv for this build only; training reads without it)
+#   data DATASET                 prepare a tfds dataset (mnist, cifar10) in the ArrayRecord format
+#                                under the data dir: on worker 0 when it is a bucket (gs://, read
+#                                by every worker), else on every worker's own disk (TensorFlow is
+#                                installed into .venv for this build only; training reads
+#                                without it)
 #   run [EXPERIMENT] [ARGS...]   on every worker at once (--worker=all):
 #                                ardiff run experiments/EXPERIMENT.py --workdir=runs/EXPERIMENT ARGS
 #                                (default spiral) with JAX_PLATFORMS=tpu unless set there and
@@ -191,9 +193,14 @@ case $CMD in
   data)
     (( $# == 1 )) || die "data takes one dataset name (mnist or cifar10), got: ${*:-nothing}"
     [[ $1 == mnist || $1 == cifar10 ]] || die "data: unknown dataset '$1' (mnist or cifar10)"
-    on_all_workers "cd $(quote_cmd "$REMOTE_DIR") && source launch/env.sh \
+    build="cd $(quote_cmd "$REMOTE_DIR") && source launch/env.sh \
 && python -m pip install --disable-pip-version-check -q tensorflow-cpu \
 && $(quote_cmd tfds build "$1" --file_format=array_record "--data_dir=$DATA_DIR")"
+    if [[ $DATA_DIR == gs://* ]]; then
+      tpu_vm ssh "$NAME" --worker=0 "--command=$build"  # one copy in the bucket, for all
+    else
+      on_all_workers "$build"  # each worker's own disk
+    fi
     ;;
   run)
     experiment_args "$@"

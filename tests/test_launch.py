@@ -167,7 +167,10 @@ def test_tpu_run_and_copy_dry_run(repo):
 
 def test_tpu_data_dry_run_and_the_data_dir_reaching_run(repo):
   (data,) = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "--data-dir=gs://b/tfds", "data", "mnist")
-  assert data.startswith("gcloud compute tpus tpu-vm ssh my-tpu --worker=all '--command=cd ardiff")
+  # One copy in a bucket (worker 0 builds it), one per worker on local disks.
+  assert data.startswith("gcloud compute tpus tpu-vm ssh my-tpu --worker=0 '--command=cd ardiff")
+  (local,) = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "--data-dir=/data/tfds", "data", "mnist")
+  assert local.startswith("gcloud compute tpus tpu-vm ssh my-tpu --worker=all '--command=cd ")
   assert "pip install --disable-pip-version-check -q tensorflow-cpu" in data
   assert "tfds build mnist --file_format=array_record --data_dir=gs://b/tfds" in data
   (run,) = _dry(repo, "tpu_vm.sh", *TPU_FLAGS, "--data-dir=gs://b/tfds", "run", "ar_vs_diffusion",
@@ -363,3 +366,27 @@ def test_tpu_spot_queued_and_watch_dry_run(repo):
   root, env, _ = repo
   out = _bash(root, env, "launch/tpu_vm.sh", "--dry-run", *TPU_FLAGS, "--foreground", "watch")
   assert out.returncode != 0 and "drop --foreground" in out.stderr
+
+
+def test_readme_tpu_walkthrough_commands_dry_run(repo):
+  """Every launch/ line of the README's TPU walk-through runs with --dry-run and calls no
+  tool; together they create, set up, prepare data, run, watch, stop and delete."""
+  root, env, calls = repo
+  text = (ROOT / "README.md").read_text()
+  block = text.split("<!-- tpu-walkthrough -->", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+  lines = [shlex.split(l) for l in block.splitlines() if l.startswith("bash launch/")]
+  subcommands = []
+  for words in lines:
+    assert words[:2] == ["bash", "launch/tpu_vm.sh"], words
+    out = _bash(root, env, words[1], "--dry-run", *words[2:])
+    assert out.returncode == 0, (words, out.stderr)
+    assert not calls.exists(), f"dry-run ran {calls.read_text()}"
+    assert out.stdout.strip(), words
+    subcommands.append(next(w for w in words[2:] if not w.startswith("-")
+                            and words[words.index(w) - 1] not in OPTIONS_WITH_VALUES))
+  assert subcommands == ["create", "setup", "data", "run", "status", "logs", "watch", "stop",
+                         "delete"]
+
+
+OPTIONS_WITH_VALUES = {"--name", "--zone", "--accelerator-type", "--version", "--project",
+                       "--remote-dir", "--workdir", "--data-dir"}

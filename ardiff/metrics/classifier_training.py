@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ardiff import storage
 from ardiff.data.base import Dataset, batch_indices
 from ardiff.data.levels import levels_to_unit
 from ardiff.models.classifier import Classifier
@@ -129,7 +130,7 @@ def cache_path(dataset: Dataset, cache_dir: str, seed: int = 0, steps: int = DEF
       "train_sha256": data.hexdigest(), "training": dataclasses.asdict(cfg),
   }, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  return os.path.join(cache_dir, f"classifier_{dataset.name}_{digest}.msgpack")
+  return os.path.join(storage.normpath(cache_dir), f"classifier_{dataset.name}_{digest}.msgpack")
 
 
 def load_or_train_classifier(dataset: Dataset, cache_dir: str, seed: int = 0,
@@ -140,16 +141,19 @@ def load_or_train_classifier(dataset: Dataset, cache_dir: str, seed: int = 0,
   template = jax.eval_shape(
       cfg.model(dataset.num_classes).init, jax.random.key(0),
       jnp.zeros((1, *dataset.shape), jnp.float32))
-  if os.path.exists(path):
-    with open(path, "rb") as f:
-      params = flax.serialization.from_bytes(template, f.read())
+  if storage.exists(path):
+    params = flax.serialization.from_bytes(template, storage.read_bytes(path))
     got = jax.tree.map(lambda a: (a.shape, a.dtype), params)
     want = jax.tree.map(lambda a: (a.shape, a.dtype), template)
     if got != want:
       raise ValueError(f"cached classifier {path!r} does not match the model; delete it")
     return jax.tree.map(jnp.asarray, params)
   params = train_classifier(dataset, seed=seed, steps=steps, **settings)
-  os.makedirs(cache_dir, exist_ok=True)
+  storage.makedirs(cache_dir)
+  if storage.is_remote(path):
+    storage.write_atomic(path, flax.serialization.to_bytes(params))  # one object upload
+    return params
+  # Locally a temporary file of its own (several processes may train the same classifier).
   fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".classifier_", suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:

@@ -16,6 +16,7 @@ display.
 
 from __future__ import annotations
 
+import io
 import textwrap
 
 from typing import Sequence
@@ -24,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from ardiff import console
+from ardiff import console, storage
 from ardiff.report.tiles import tile_images
 
 ARM_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -55,11 +56,21 @@ def _finish(fig: Figure, path: str | None, title: str | None, close: bool) -> Fi
     per_line = max(20, int(fig.get_figwidth() * 10))
     fig.suptitle(textwrap.fill(title, per_line), fontsize=13)
   fig.tight_layout()
-  if path is not None and console.is_chief():  # one writer per multi-host job
-    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
+  if path is not None:
+    save_figure(fig, path, bbox_inches="tight", pad_inches=0.15)
   if close:
     plt.close(fig)
   return fig
+
+
+def save_figure(fig: Figure, path: str, dpi: int = 110, **savefig_kw) -> None:
+  """fig as a PNG at `path` (a local file or a bucket object, written whole), on process 0
+  only: one writer per multi-host job."""
+  if not console.is_chief():
+    return
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi, **savefig_kw)
+  storage.write_atomic(path, buffer.getvalue())
 
 
 def _points_axis(ax, title: str, limits=LIMITS):

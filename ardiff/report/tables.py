@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from typing import Any, Sequence
 
-from ardiff import console
+from ardiff import console, storage
 
 
 def _fmt(v: Any) -> str:
@@ -40,14 +41,13 @@ def write_results(workdir: str, rows: Sequence[dict[str, Any]], title: str,
   md_path = os.path.join(workdir, f"{name}.md")
   if not console.is_chief():
     return md_path
-  with open(md_path + ".tmp", "w") as f:
-    f.write(f"# {title}\n\n{notes.strip()}\n\n" if notes else f"# {title}\n\n")
-    f.write(markdown_table(rows, columns))
-  os.replace(md_path + ".tmp", md_path)
-  with open(os.path.join(workdir, f"{name}.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
+  head = f"# {title}\n\n{notes.strip()}\n\n" if notes else f"# {title}\n\n"
+  storage.write_atomic(md_path, head + markdown_table(rows, columns))
+  table = io.StringIO(newline="")
+  writer = csv.DictWriter(table, fieldnames=columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  storage.write_atomic(os.path.join(workdir, f"{name}.csv"), table.getvalue())
   return md_path
 
 
