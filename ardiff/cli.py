@@ -58,6 +58,7 @@ def cmd_run(args, extra) -> int:
   module, config = get_experiment_config(args.experiment, _split_overrides(extra))  # validates
   workdir = args.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(args.experiment))[0])
+  storage.check_writable(workdir)  # a bucket that is not there: one line, before training
   storage.makedirs(workdir)
   with workdir_lock(workdir, "ardiff run", take=is_chief()):  # one run per work dir
     write_config(workdir, to_json(config))

@@ -35,3 +35,7 @@ class CheckpointDamaged(ArdiffError):
 
 class WorkdirLocked(ArdiffError):
   """Another live process holds the directory's lock (ardiff.workdir)."""
+
+
+class StorageError(ArdiffError):
+  """A work dir that cannot be written (a bucket that is not there, no credentials)."""

@@ -52,6 +52,17 @@ def put_global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
+def stacked_batch_sharding(mesh) -> NamedSharding:
+  """Batches stacked [n, B, ...] (several train steps in one call): sharded on B."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def put_stacked_batches(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """`put_global_batch` for [n, local B, ...] arrays: one global [n, B, ...] array each."""
+  sharding = stacked_batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
 def run_sharded(fn, params, keys: jax.Array, labels: jax.Array, mesh=None):
   """fn(params, keys [B], labels [B]) with the batch sharded over `mesh` (default: every local
   device) and params replicated; returns fn's output for the B examples.

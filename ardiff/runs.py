@@ -100,7 +100,8 @@ class TrainKey(dict):
 # stops, `val_examples` what is trained on), `flops` (a budget compared at matched compute,
 # each its own model), and `snapshots`, which no later run can make up for (with snapshots,
 # `steps` stays in the key too: snapshots are fractions of it).
-LOOP_ONLY_FIELDS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "preview_every")
+LOOP_ONLY_FIELDS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "preview_every",
+                    "steps_per_call")
 
 
 def train_key(train_cfg, *, keep_steps: bool = False) -> TrainKey:

@@ -23,12 +23,43 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from typing import Iterator
+
+from ardiff.errors import StorageError
+
+_GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
 
 
 def is_remote(path: str | os.PathLike) -> bool:
   """Whether `path` names an object store (`gs://...`, any `scheme://`), not a local file."""
   return "://" in os.fspath(path)
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+  """For a bucket work dir: write and delete a probe object, so that a missing bucket, missing
+  credentials or an unreachable endpoint stop a run in one line (StorageError, exit 2) before
+  anything is trained. Local directories: nothing to check here (os errors name the path)."""
+  directory = os.fspath(directory)
+  if not is_remote(directory):
+    return
+  scheme, rest = directory.split("://", 1)
+  bucket = rest.split("/", 1)[0]
+  if scheme == "gs" and not _GCS_BUCKET.fullmatch(bucket):
+    # Checked here: TensorStore refuses such a name inside orbax's save threads, and the
+    # save then waits forever (measured with "gs://b/...").
+    raise StorageError(f"{directory}: {bucket!r} is not a GCS bucket name (3-63 characters "
+                       "of a-z, 0-9, '-', '_' and '.', starting and ending with a letter or "
+                       "digit)")
+  probe = join(directory, ".ardiff-write-probe")
+  try:
+    write_atomic(probe, b"")
+    remove(probe)
+  except Exception as e:  # noqa: BLE001 - whatever the client raises, the user needs the path
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    raise StorageError(f"cannot write to {directory}: {type(e).__name__}: {first} (is the "
+                       "bucket there, and are credentials set: gcloud auth "
+                       "application-default login?)") from None
 
 
 def _remote(path: str):

@@ -134,6 +134,11 @@ class TrainConfig:
   # A grid of samples in TensorBoard every N steps (0: none; `ardiff.runs.fit_model` draws
   # them with the process's preview spec). Loop only: not part of a model's key.
   preview_every: int = 0
+  # Train steps per jitted call (a lax.scan over them; 1: one call per step). Fewer dispatches
+  # from the host, for accelerators where one small step is shorter than its launch; calls
+  # are cut at every step where the loop logs, evaluates, saves or may stop, so metrics,
+  # checkpoints and preemption behave as with 1. Loop only: not part of a model's key.
+  steps_per_call: int = 1
 
   def __post_init__(self):
     positive = ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -155,6 +160,10 @@ class TrainConfig:
                         f"train.batch_size={self.batch_size}, got {self.grad_accum!r}")
     if self.grad_clip <= 0:
       raise ConfigError(f"config key 'train.grad_clip': must be positive, got {self.grad_clip}")
+    if (not isinstance(self.steps_per_call, int) or isinstance(self.steps_per_call, bool)
+        or self.steps_per_call < 1):
+      raise ConfigError(f"config key 'train.steps_per_call': must be a positive integer, got "
+                        f"{self.steps_per_call!r}")
     for name in ("val_examples", "eval_every", "patience", "preview_every"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -191,7 +200,8 @@ class TrainConfig:
 # training as it was: `ardiff.runs` leaves them out of a model's key at these values, so models
 # trained before they existed stay valid.
 LATER_FIELDS = {"flops": 0.0, "val_examples": 0, "eval_every": 0, "patience": 0,
-                "snapshots": (), "ema_warmup": False, "grad_accum": 1, "preview_every": 0}
+                "snapshots": (), "ema_warmup": False, "grad_accum": 1, "preview_every": 0,
+                "steps_per_call": 1}
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -302,6 +312,36 @@ def guarded_train_step(process: Process, tx, ema_decay: float, state: TrainState
   now = Divergence(state.step, loss.astype(jnp.float32), grad_norm.astype(jnp.float32))
   divergence = jax.tree.map(lambda n, o: jnp.where(first, n, o), now, divergence)
   return state, divergence, metrics
+
+
+def guarded_train_steps(process: Process, tx, ema_decay: float, state: TrainState,
+                        divergence: Divergence, batches, keys, *, ema_warmup: bool = False,
+                        grad_accum: int = 1):
+  """`guarded_train_step` for each of n stacked batches [n, B, ...] and keys [n], in one
+  lax.scan; the metrics come back stacked [n]."""
+  def body(carry, xs):
+    state, divergence = carry
+    state, divergence, metrics = guarded_train_step(
+        process, tx, ema_decay, state, divergence, *xs, ema_warmup=ema_warmup,
+        grad_accum=grad_accum)
+    return (state, divergence), metrics
+
+  (state, divergence), metrics = jax.lax.scan(body, (state, divergence), (batches, keys))
+  return state, divergence, metrics
+
+
+def steps_in_call(step: int, end: int, per_call: int, periods=(), marks=()) -> int:
+  """How many steps the call starting after `step` runs: `per_call`, cut so that it ends at
+  the next step where the loop must look (a multiple of one of `periods` (0: none), one of
+  `marks`, or `end`)."""
+  n = min(per_call, end - step)
+  for period in periods:
+    if period:
+      n = min(n, period - step % period)
+  for mark in marks:
+    if mark > step:
+      n = min(n, mark - step)
+  return max(n, 1)
 
 
 def init_state(process: Process, tx, example_batch, key) -> TrainState:
@@ -532,7 +572,8 @@ def _programs(process: Process, cfg: TrainConfig, mesh):
   compute the same, so they share programs; one that is not hashable is keyed by its identity
   (and held in the cache, so that its id is not reused while keyed)."""
   loop_only = dict(seed=0, log_every=1, checkpoint_every=1, keep_checkpoints=1, flops=0.0,
-                   val_examples=0, eval_every=0, patience=0, snapshots=(), preview_every=0)
+                   val_examples=0, eval_every=0, patience=0, snapshots=(), preview_every=0,
+                   steps_per_call=1)
   try:
     hash(process)
     which = process
@@ -549,7 +590,11 @@ def _programs(process: Process, cfg: TrainConfig, mesh):
                    in_shardings=(repl, repl, parallel.batch_sharding(mesh), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
     init = jax.jit(functools.partial(init_state, process, tx), out_shardings=repl)
-    _PROGRAMS[key] = (process, step, init)
+    scan = jax.jit(functools.partial(guarded_train_steps, process, tx, cfg.ema_decay,
+                                     ema_warmup=cfg.ema_warmup, grad_accum=cfg.grad_accum),
+                   in_shardings=(repl, repl, parallel.stacked_batch_sharding(mesh), repl),
+                   out_shardings=(repl, repl, repl), donate_argnums=0)
+    _PROGRAMS[key] = (process, step, init, scan)
   return _PROGRAMS[key][1:]
 
 
@@ -618,6 +663,12 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
     idx = parallel.process_slice(batch_indices(cfg.seed, step, cfg.batch_size, len(x)))
     return parallel.put_global_batch({"x": x[idx], "y": y[idx]}, mesh)
 
+  def global_batches(step: int, n: int):
+    """The batches of steps step..step+n-1 stacked [n, B, ...] (each as `global_batch`)."""
+    idx = np.stack([parallel.process_slice(batch_indices(cfg.seed, s, cfg.batch_size, len(x)))
+                    for s in range(step, step + n)])
+    return parallel.put_stacked_batches({"x": x[idx], "y": y[idx]}, mesh)
+
   example_batch = global_batch(0)
   target = _state_target(process, cfg, example_batch, init_key, mesh)
   flops = _plain_step_flops(process, cfg, target, example_batch, loop_key, mesh)
@@ -627,7 +678,7 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
                         "train step; give the budget in train.steps")
     # (1 + 1e-9): a budget of exactly n steps' FLOPs is n steps despite rounding.
     cfg = dataclasses.replace(cfg, steps=max(1, int(cfg.flops / flops * (1 + 1e-9))))
-  step_fn, init_fn = _programs(process, cfg, mesh)
+  step_fn, init_fn, scan_fn = _programs(process, cfg, mesh)
   info_path = storage.join(workdir, TRAINING_INFO)
   info = read_training_info(workdir)
   previous_steps = info.get("steps")
@@ -716,11 +767,23 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
 
     with (_Preemption(coordinated=jax.process_count() > 1) as preemption,
           console.progress(end, start) as bar):
-      for step in range(start, end):
-        state, divergence, metrics = step_fn(state, divergence, global_batch(step),
-                                             jax.random.fold_in(loop_key, step))
-        done = step + 1
-        bar.update(1)
+      periods = (cfg.log_every, cfg.checkpoint_every, cfg.eval_every if validate else 0,
+                 eval_every if eval_fn is not None else 0,
+                 cfg.preview_every if preview_fn is not None else 0)
+      step = start
+      while step < end:
+        n = steps_in_call(step, end, cfg.steps_per_call, periods, (cfg.steps, *snapshot_steps))
+        if n == 1:
+          state, divergence, metrics = step_fn(state, divergence, global_batch(step),
+                                               jax.random.fold_in(loop_key, step))
+        else:
+          keys = jax.vmap(lambda s: jax.random.fold_in(loop_key, s))(
+              jnp.arange(step, step + n))
+          state, divergence, metrics = scan_fn(state, divergence, global_batches(step, n),
+                                               keys)
+          metrics = jax.tree.map(lambda m: m[-1], metrics)  # the call's last step's
+        done = step + n
+        bar.update(n)
         record = None
         log_now = done % cfg.log_every == 0 or done == end
         validate_now = validate is not None and (done % cfg.eval_every == 0 or done == cfg.steps
@@ -740,7 +803,7 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
           rate = (done - last_log_step) / max(now - t0, 1e-9)
           t0, last_log_step = now, done
           record = {"step": done, **{k: float(v) for k, v in metrics.items()},
-                    "steps_per_sec": rate, "learning_rate": float(schedule(step))}
+                    "steps_per_sec": rate, "learning_rate": float(schedule(done - 1))}
           log(f"step {done}/{cfg.steps}  loss {record['loss']:.4f}  {rate:.1f} steps/s  "
               f"ETA {_format_seconds((cfg.steps - done) / max(rate, 1e-9))}")
         if validate_now:
@@ -779,7 +842,11 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
           info["stopped_early_at"] = done
           log(f"early stop at step {done}: no better validation loss for {cfg.patience} "
               f"evaluations; best at step {best_step}")
-        requested = preemption.poll(done)  # read once: a later signal is the next step's
+        # Read once: a later signal is the next call's. Every step of the call is polled (the
+        # multi-host sync point may fall inside it; all hosts then stop at its end).
+        requested = 0
+        for s in range(step + 1, done + 1):
+          requested = requested or preemption.poll(s)
         if save_now or stopped_early or requested:
           if not boundary:
             stop_if_diverged()
@@ -789,6 +856,7 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
           save_info()
         if requested or stopped_early:
           break
+        step = done
     manager.wait_until_finished()
     for m in (best_manager, snapshot_manager):
       if m is not None:

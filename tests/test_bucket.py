@@ -1,54 +1,41 @@
 """Work dirs in a bucket (gs://...), against a GCS emulator server started here on 127.0.0.1
-(gcp-storage-emulator, in memory): gcsfs (through etils.epath) for files, TensorStore for
-orbax's checkpoint data, both pointed at it by their environment variables."""
+(gcp-storage-emulator, in memory, with the generation headers and preconditions it lacks added:
+tests/_gcs_emulator.py): gcsfs (through etils.epath) for files, TensorStore for orbax's
+checkpoint data, both pointed at it by their environment variables."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
-import socket
 
 import numpy as np
 import pytest
 
 from ardiff import storage
 from ardiff.train import read_training_info, train
+from tests._gcs_emulator import gcs_emulator
 from tests._train_helpers import assert_same_leaves, tiny_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "ardiff-test"
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def bucket():
-  from gcp_storage_emulator.server import create_server
-
-  logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # 404s are routine
-  port = _free_port()
-  server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-  server.start()
-  url = f"http://127.0.0.1:{port}"
   saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
                                           "NO_GCE_CHECK")}
-  os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
-                    NO_GCE_CHECK="true")  # no metadata-server probe for credentials
-  try:
-    yield f"gs://{BUCKET}"
-  finally:
-    server.stop()
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+  with gcs_emulator(BUCKET) as url:
+    os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
+                      NO_GCE_CHECK="true")  # no metadata-server probe for credentials
+    try:
+      yield f"gs://{BUCKET}"
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
 
 
 def test_storage_primitives_in_the_bucket(bucket):
@@ -127,3 +114,17 @@ def test_the_spiral_experiment_runs_in_a_bucket_and_reruns_without_training(buck
   assert storage.read_text(f"{workdir}/results.md").splitlines()[:4] == table.splitlines()[:4]
   assert np.isfinite(json.loads(storage.read_text(
       f"{workdir}/{next(f for f in files if f.endswith('training.json'))}"))["wall_seconds"])
+
+
+@pytest.mark.parametrize("workdir, message", [
+    ("gs://b/run", "'b' is not a GCS bucket name"),
+    ("gs://Bad_Bucket/run", "'Bad_Bucket' is not a GCS bucket name"),
+    ("gs://no-such-bucket-here/run", "cannot write to gs://no-such-bucket-here/run"),
+])
+def test_a_bucket_that_cannot_be_written_stops_in_one_line(bucket, capsys, workdir, message):
+  from ardiff.cli import main
+
+  assert main(["run", os.path.join(ROOT, "experiments", "spiral.py"),
+               f"--workdir={workdir}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and message in err[0] and err[0].startswith("ardiff: "), err

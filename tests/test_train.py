@@ -355,3 +355,39 @@ def test_gradient_accumulation_in_train_and_its_config_checks(tmp_path):
   for bad in (3, 0, True):
     with pytest.raises(ConfigError, match="train.grad_accum"):
       TrainConfig(batch_size=32, grad_accum=bad)
+
+
+def test_steps_in_call_stops_where_the_loop_looks():
+  from ardiff.train import steps_in_call
+
+  # 8 per call from step 0, logging every 5, saving every 12, a snapshot at 7, end 30.
+  calls, step = [], 0
+  while step < 30:
+    n = steps_in_call(step, 30, 8, (5, 12, 0), (7,))
+    calls.append(n)
+    step += n
+  assert calls == [5, 2, 3, 2, 3, 5, 4, 1, 5]  # ends at 5 7 10 12 15 20 24 25 30
+  assert steps_in_call(29, 30, 8) == 1 and steps_in_call(0, 30, 1, (5,)) == 1
+
+
+def test_several_steps_per_call_train_like_one_step_per_call(tmp_path):
+  """A lax.scan over up to 4 steps per call: the same parameters and the same metrics rows
+  (per logged step) as one call per step, with a stop and resume in between."""
+  process, data, cfg = tiny_setup(steps=11)
+  cfg = dataclasses.replace(cfg, log_every=3, checkpoint_every=5)
+  one = train(process, data.x_train, data.y_train, cfg, tmp_path / "one", log=lambda m: None)
+  several = dataclasses.replace(cfg, steps_per_call=4)
+  train(process, data.x_train, data.y_train, several, tmp_path / "four", stop_at=6,
+        log=lambda m: None)
+  four = train(process, data.x_train, data.y_train, several, tmp_path / "four",
+               log=lambda m: None)
+  for a, b in zip(jax.tree.leaves((one.params, one.ema_params, one.opt_state)),
+                  jax.tree.leaves((four.params, four.ema_params, four.opt_state)), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+  rows = [[json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")] for d in ("one", "four")]
+  assert [r["step"] for r in rows[1]] == [r["step"] for r in rows[0]] == [3, 6, 9, 11]
+  for a, b in zip(*rows):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+    assert b["learning_rate"] == a["learning_rate"]
+  with pytest.raises(Exception, match="train.steps_per_call"):
+    TrainConfig(steps_per_call=0)
