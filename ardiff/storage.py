@@ -21,6 +21,7 @@ Tests run all of it against a GCS emulator (tests/test_bucket.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import re
@@ -52,6 +53,11 @@ def check_writable(directory: str | os.PathLike) -> None:
                        "of a-z, 0-9, '-', '_' and '.', starting and ending with a letter or "
                        "digit)")
   probe = join(directory, ".ardiff-write-probe")
+  # The clients log each retry with a traceback; the one line below says what matters.
+  quiet = [logging.getLogger(name) for name in ("gcsfs", "google.auth", "google.auth._default")]
+  levels = [logger.level for logger in quiet]
+  for logger in quiet:
+    logger.setLevel(logging.CRITICAL)
   try:
     write_atomic(probe, b"")
     remove(probe)
@@ -60,6 +66,9 @@ def check_writable(directory: str | os.PathLike) -> None:
     raise StorageError(f"cannot write to {directory}: {type(e).__name__}: {first} (is the "
                        "bucket there, and are credentials set: gcloud auth "
                        "application-default login?)") from None
+  finally:
+    for logger, level in zip(quiet, levels):
+      logger.setLevel(level)
 
 
 def _remote(path: str):
