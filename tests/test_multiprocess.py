@@ -37,7 +37,7 @@ WORKER = textwrap.dedent("""
   import jax, numpy as np
   from ardiff.train import train
   from tests._train_helpers import tiny_setup
-  import os, signal, time
+  import dataclasses, os, signal, time
   from ardiff.train import Preempted
   workdir, steps, sigterm_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
   assert jax.device_count() == 8, jax.devices()
@@ -58,17 +58,26 @@ WORKER = textwrap.dedent("""
     except Preempted as e:
       preempted = str(e)
   state = train(process, data.x_train, data.y_train, cfg, workdir, log=messages.append)
+  # A divergence is seen by every host at the same step (replicated loss and parameters):
+  # all stop there together, none is left waiting in a collective.
+  from ardiff.errors import TrainingDiverged
+  diverged = None
+  try:
+    train(process, data.x_train, data.y_train,
+          dataclasses.replace(cfg, learning_rate=1e8, steps=6), workdir + "-nan",
+          log=lambda m: None)
+  except TrainingDiverged as e:
+    diverged = str(e).split(" (")[0]
   leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
   # 7 samples, not a multiple of 2 processes x 4 devices: each process draws its share.
   labels = np.array([0, 1, 2, 3, 0, 1, 2], np.int32)
-  import dataclasses
   sampler = dataclasses.replace(process, data_shape=(2,))  # points in the plane
   samples = sampler.sample(state.ema_params, jax.random.key(7), labels, "ddim:5")
   print("RESULT" + json.dumps({
       "initialised": initialised, "process_index": jax.process_index(),
       "process_count": jax.process_count(), "local_devices": jax.local_device_count(),
       "step": int(state.step), "messages": messages, "preempted": preempted,
-      "samples": np.asarray(samples).tolist(),
+      "samples": np.asarray(samples).tolist(), "diverged": diverged,
       "params": np.concatenate(leaves).tolist()}))
 """)
 
@@ -173,6 +182,11 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
     logged = [float(m.split("loss ")[1].split()[0]) for m in r["messages"]
               if m.startswith("step ")]
     np.testing.assert_allclose(logged, ref_losses, atol=1e-4)
+
+  # learning_rate=1e8: every process stops at the same step with TrainingDiverged.
+  assert p0["diverged"] and p0["diverged"] == p1["diverged"] == ref["diverged"], (
+      p0["diverged"], p1["diverged"], ref["diverged"])
+  assert p0["diverged"].startswith("training diverged at step ")
 
   # Sampling across hosts: both processes return all 7 samples, the same as one 8-device
   # process draws (per-example keys: who draws an example does not change it).
