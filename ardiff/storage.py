@@ -199,11 +199,6 @@ def remove(path: str | os.PathLike) -> None:
     os.remove(path)
 
 
-def size(path: str | os.PathLike) -> int:
-  path = os.fspath(path)
-  return len(read_bytes(path)) if is_remote(path) else os.path.getsize(path)
-
-
 def walk_files(directory: str | os.PathLike) -> Iterator[str]:
   """Paths of every file under `directory`, relative to it (sorted)."""
   directory = os.fspath(directory)

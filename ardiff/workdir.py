@@ -27,6 +27,7 @@ import json
 import os
 import socket
 
+from ardiff import storage
 from ardiff.errors import WorkdirLocked
 
 LOCK_FILE = ".ardiff.lock"
@@ -85,7 +86,7 @@ def release(key: str) -> None:
 def workdir_lock(directory: str | os.PathLike, role: str = "a run", *, take: bool = True):
   """Hold the lock of `directory` for the block (`take=False`: a no-op, for processes other
   than the chief of a multi-host run)."""
-  if not take or "://" in os.fspath(directory):  # a bucket has no flock (ardiff.storage)
+  if not take or storage.is_remote(directory):  # a bucket has no flock
     yield
     return
   key = acquire(directory, role)
