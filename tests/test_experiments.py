@@ -42,7 +42,10 @@ MNIST_SMOKE = ["sample.runs.ardm=['ardm:k=392', 'ardm:k=392:order=contiguous']",
                "sample.runs.diffusion_unet=['ddim:2']", "compute_specs.ardm=['ardm:k=392']",
                "unet.channel_mult=[1, 2]", "train.batch_size=8", "ar.heads=2",
                "ar.remat=True", "num_samples=32", "sample_batch=16", "train.val_examples=16",
-               "training_seeds=[0]", "train.snapshots=[]", "test_bits_examples=8"]
+               "training_seeds=[0]", "train.snapshots=[]", "test_bits_examples=8",
+               # masked diffusion runs ARDM's network (the MNIST paths are tested there)
+               "families=['raster', 'ardm', 'diffusion_transformer', 'diffusion_unet']",
+               "reveal_nfe=0"]
 
 
 def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
@@ -71,6 +74,7 @@ def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
                 "diffusion (UNet)": "0.001"}
   for name in ("quality_vs_nfe.png", "grids_by_nfe.png"):
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not (tmp_path / "reveal.png").exists()  # reveal_nfe=0
 
 
 def test_spiral_trains_on_a_users_unlabelled_points(tmp_path):

@@ -163,3 +163,38 @@ def test_preview_spec_is_one_the_process_takes(case):
   assert preview, f"builder {kind!r} has no preview spec (the TensorBoard sample grids)"
   check_specs(process, [preview], "preview")
   assert 1 <= process.nfe(preview) <= 64  # a preview must stay cheap
+
+
+def test_token_processes_step_history_ends_in_the_sample(case):
+  """`sample_history` (the reveal figure): S = NFE states, the last equal to `sample` under
+  the same key; a pixel once revealed keeps its final value; the counts revealed per step are
+  the spec's step sizes (1 per step for raster; the plan's sizes for ARDM and confidence)."""
+  kind, process, params, specs = case
+  if not hasattr(process, "sample_history"):
+    return
+  labels = np.array([0, CLASSES, 2], np.int32)
+  mask = process.mask_id
+  for spec in specs:
+    history = process.sample_history(params, jax.random.key(9), labels, spec)
+    sample = np.asarray(process.sample(params, jax.random.key(9), labels, spec))
+    steps = process.nfe(spec)
+    assert history.shape == (steps, 3, *SHAPE), (kind, spec, history.shape)
+    np.testing.assert_array_equal(history[-1], sample, err_msg=f"{kind} {spec}")
+    flat = history.reshape(steps, 3, -1)
+    revealed = flat != mask
+    assert (np.where(revealed, flat, sample.reshape(1, 3, -1)) == sample.reshape(1, 3, -1)
+            ).all(), (kind, spec)  # revealed pixels are never changed
+    assert (revealed[1:] >= revealed[:-1]).all(), (kind, spec)
+    counts = revealed.sum(axis=2)  # [S, B]
+    parsed = process.parse(spec)
+    if parsed.name == "raster":
+      sizes = [1] * 16
+    elif parsed.name == "ardm":
+      sizes = process.step_sizes(parsed)
+    elif parsed.name == "confidence":
+      sizes = process.confidence_sizes(parsed)
+    else:  # masked: random counts, all revealed at the end
+      assert (counts[-1] == 16).all()
+      continue
+    np.testing.assert_array_equal(counts, np.cumsum(sizes)[:, None] * np.ones((1, 3), int),
+                                  err_msg=f"{kind} {spec}")

@@ -126,6 +126,12 @@ def raster_sample_nocache(model: Transformer, params, key: jax.Array, y: jax.Arr
   return raster_sample(model, params, key, y, use_cache=False, **kwargs)
 
 
+def raster_history(tokens: jax.Array, mask_id: int) -> jax.Array:
+  """A raster sample [B, L] after each of its L steps: [L, B, L], step s revealed 0..s."""
+  step = jnp.arange(tokens.shape[1])
+  return jnp.where(step[None, None, :] <= step[:, None, None], tokens[None], mask_id)
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def _parallel(model, params, key, y, plan, temperature, guidance, neg_y, known_mask, known_tokens):
   cond = guidance_streams(model, y, guidance, neg_y)

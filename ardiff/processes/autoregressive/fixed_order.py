@@ -99,6 +99,10 @@ class RasterBidirectional(TransformerProcess):
                                         temperature=spec.get("temperature", 1.0), guidance=w,
                                         neg_y=neg_y)
 
+  def _history(self, params, keys, labels, spec):
+    return decode.raster_history(self._decode(params, keys, labels, spec, None, None),
+                                 self.mask_id)
+
   def _steps(self, spec):
     return self.seq_len
 

@@ -22,6 +22,7 @@ steps (a step count is required), options:
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from ardiff.processes import discrete
 from ardiff.processes.autoregressive import confidence, decode, objectives, orders
@@ -92,20 +93,34 @@ class OrderAgnosticAR(TransformerProcess):
 
   def _decode(self, params, keys, labels, spec, w, neg_y):
     if spec.name == "confidence":
-      cond = decode.guidance_streams(self.model, labels, w, neg_y)
-      tokens = jax.numpy.full((labels.shape[0], self.seq_len), self.mask_id, jax.numpy.int32)
-      return confidence.confidence_decode(
-          lambda t: decode.model_call(self.model, params, t, cond, labels), keys, tokens,
-          self.confidence_sizes(spec), mask_id=self.mask_id,
-          temperature=spec.get("temperature", 1.0), noise=spec.get("noise", 0.0))
-    sizes = self.step_sizes(spec)
-    b = labels.shape[0]
-    if spec.get("order", "random") == "contiguous":
-      plan = jax.numpy.broadcast_to(orders.reveal_plan(orders.raster_order(self.seq_len), sizes),
-                                    (b, len(sizes), self.seq_len))
-    else:  # a random order per example, drawn from that example's own key
-      plan = jax.vmap(lambda k: orders.random_plan(k, 1, self.seq_len, step_sizes=sizes)[0])(
-          discrete.setup_keys(keys))
-    return decode.order_agnostic_sample(self.model, params, keys, labels, plan,
+      return self._confidence(params, keys, labels, spec, w, neg_y)
+    return decode.order_agnostic_sample(self.model, params, keys, labels,
+                                        self._plan(keys, spec, labels.shape[0]),
                                         temperature=spec.get("temperature", 1.0), guidance=w,
                                         neg_y=neg_y)
+
+  def _confidence(self, params, keys, labels, spec, w, neg_y, return_history=False):
+    cond = decode.guidance_streams(self.model, labels, w, neg_y)
+    tokens = jnp.full((labels.shape[0], self.seq_len), self.mask_id, jnp.int32)
+    return confidence.confidence_decode(
+        lambda t: decode.model_call(self.model, params, t, cond, labels), keys, tokens,
+        self.confidence_sizes(spec), mask_id=self.mask_id,
+        temperature=spec.get("temperature", 1.0), noise=spec.get("noise", 0.0),
+        return_history=return_history)
+
+  def _plan(self, keys, spec, batch: int) -> jax.Array:
+    """The reveal plan of an `ardm` spec: bool [B, S, L]."""
+    sizes = self.step_sizes(spec)
+    if spec.get("order", "random") == "contiguous":
+      return jnp.broadcast_to(orders.reveal_plan(orders.raster_order(self.seq_len), sizes),
+                              (batch, len(sizes), self.seq_len))
+    # a random order per example, drawn from that example's own key
+    return jax.vmap(lambda k: orders.random_plan(k, 1, self.seq_len, step_sizes=sizes)[0])(
+        discrete.setup_keys(keys))
+
+  def _history(self, params, keys, labels, spec):
+    if spec.name == "confidence":
+      return self._confidence(params, keys, labels, spec, None, None, return_history=True)[1]
+    tokens = self._decode(params, keys, labels, spec, None, None)
+    revealed = jnp.cumsum(self._plan(keys, spec, labels.shape[0]), axis=1) > 0  # [B, S, L]
+    return jnp.where(jnp.swapaxes(revealed, 0, 1), tokens[None], self.mask_id)

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ardiff import parallel
 from ardiff.models.transformer import Transformer
@@ -139,6 +140,23 @@ class TransformerProcess:
     tokens = parallel.run_sharded(fn, params, keys, labels, mesh)
     dtype = jnp.uint8 if self.vocab_size <= 256 else jnp.int32
     return tokens.reshape(-1, *self.data_shape).astype(dtype)
+
+  def sample_history(self, params: Params, key: jax.Array, labels,
+                     spec: "SampleSpec | str") -> np.ndarray:
+    """The sample being revealed: int [S, B, *data_shape], the tokens after each of the spec's
+    S steps, `mask_id` where a pixel is still hidden (entry S - 1 is what `sample` draws with
+    the same key). Unguided and on one device: for figures (`ardiff.report.reveal`)."""
+    spec = self.parse(spec)
+    labels = guide.check_labels(labels, self.num_classes, None)
+    keys = discrete.example_keys(key, labels.shape[0])
+    history = jax.jit(lambda p, k, y: self._history(p, k, y, spec))(params, keys, labels)
+    history = np.asarray(history)
+    return history.reshape(history.shape[:2] + self.data_shape)
+
+  def _history(self, params, keys, labels, spec: SampleSpec) -> jax.Array:
+    """Tokens after every step [S, B, L] (traced); processes whose samplers reveal each pixel
+    once by a known plan derive it from the sample and the plan."""
+    raise NotImplementedError(f"{type(self).__name__} has no step history for {spec.name!r}")
 
   def nfe(self, spec: "SampleSpec | str", *, guidance: guide.Guidance | None = None) -> int:
     return self._steps(self.parse(spec)) * (1 if guidance is None else 2)

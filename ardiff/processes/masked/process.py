@@ -126,7 +126,7 @@ class MaskedDiffusion(OrderAgnosticAR):
       return spec.steps + (spec.steps - 1 if resample > 0 else 0)
     return super()._steps(spec)
 
-  def _decode(self, params, keys, labels, spec, w, neg_y):
+  def _decode(self, params, keys, labels, spec, w, neg_y, return_history=False):
     if spec.name != "masked":
       return super()._decode(params, keys, labels, spec, w, neg_y)
     cond = decode.guidance_streams(self.model, labels, w, neg_y)
@@ -134,4 +134,10 @@ class MaskedDiffusion(OrderAgnosticAR):
     return ancestral_sample(lambda t: decode.model_call(self.model, params, t, cond, labels),
                             keys, start, spec.steps, mask_id=self.mask_id,
                             schedule=self.schedule, temperature=spec.get("temperature", 1.0),
-                            resample=float(spec.get("resample", 0.0)))
+                            resample=float(spec.get("resample", 0.0)),
+                            return_history=return_history)
+
+  def _history(self, params, keys, labels, spec):
+    if spec.name != "masked":
+      return super()._history(params, keys, labels, spec)
+    return self._decode(params, keys, labels, spec, None, None, return_history=True)[1]

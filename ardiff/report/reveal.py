@@ -1,0 +1,71 @@
+"""One sample being generated, step by step, by several removal processes side by side: the
+project's central story as a picture.
+
+Token processes (`TransformerProcess.sample_history`) reveal whole pixels; a pixel not revealed
+yet is drawn in `HIDDEN` (orange). Gaussian diffusion changes every pixel at every step: its
+row shows the noisy state x_t after each step (`GaussianDiffusion.sample_unit(...,
+return_trajectory=True)`), on the same grey scale.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Patch
+
+from ardiff.report.plots import save_figure
+
+HIDDEN = "#f28e2b"
+
+
+def token_frames(history: np.ndarray, mask_id: int) -> np.ndarray:
+  """One example's token history [S, H, W(, 1)] -> float frames [S, H, W], NaN = hidden."""
+  history = np.asarray(history)
+  if history.ndim == 4:
+    history = history[..., 0]
+  return np.where(history == mask_id, np.nan, history.astype(np.float32))
+
+
+def unit_frames(trajectory: np.ndarray, num_levels: int) -> np.ndarray:
+  """A diffusion trajectory in model space ([-1, 1]) [S, H, W(, 1)] -> frames on the level
+  scale [S, H, W], clipped to [0, L - 1]."""
+  x = np.asarray(trajectory, np.float32)
+  if x.ndim == 4:
+    x = x[..., 0]
+  return np.clip((x + 1.0) / 2.0 * (num_levels - 1), 0.0, num_levels - 1)
+
+
+def reveal_figure(rows: Sequence[tuple[str, np.ndarray]], path: str, *, vmax: float,
+                  title: str, column_labels: Sequence[str] | None = None) -> None:
+  """rows: (label, frames [S, H, W] with NaN where hidden), every row with the same S."""
+  steps = {len(frames) for _, frames in rows}
+  if len(steps) != 1:
+    raise ValueError(f"every row needs the same number of frames, got {sorted(steps)}")
+  (num,) = steps
+  cmap = plt.get_cmap("gray_r").copy()
+  cmap.set_bad(HIDDEN)
+  label_in = 0.07 * max(len(label) for label, _ in rows)
+  cell = 0.85
+  fig, axes = plt.subplots(len(rows), num, squeeze=False,
+                           figsize=(label_in + cell * num + 0.3, cell * len(rows) + 1.1))
+  for r, (label, frames) in enumerate(rows):
+    for s in range(num):
+      ax = axes[r, s]
+      ax.imshow(np.ma.masked_invalid(frames[s]), cmap=cmap, vmin=0, vmax=vmax,
+                interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if s == 0:
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+      if r == 0 and column_labels is not None:
+        ax.set_title(column_labels[s], fontsize=9)
+  fig.legend(handles=[Patch(color=HIDDEN, label="not revealed yet")], loc="lower center",
+             ncol=1, fontsize=9, frameon=False)
+  fig.suptitle(title, fontsize=11)
+  fig.subplots_adjust(left=label_in / (label_in + cell * num + 0.3), right=0.99, wspace=0.05,
+                      hspace=0.08, bottom=0.35 / (cell * len(rows) + 1.1),
+                      top=1 - 0.75 / (cell * len(rows) + 1.1))
+  save_figure(fig, path, bbox_inches="tight", pad_inches=0.15)
+  plt.close(fig)
