@@ -59,13 +59,13 @@ def code_version(kind: str, dataset: Dataset) -> int:
   return version(dataset) if callable(version) else version
 
 
-def _transformer(cfg, dataset: Dataset, dtype, causal: bool):
+def _transformer(cfg, dataset: Dataset, dtype, causal: bool, input_vocab_size=None):
   from ardiff.models.transformer import Transformer
 
   return Transformer(vocab_size=dataset.num_levels, seq_len=dataset.num_tokens,
                      num_classes=dataset.num_classes, width=cfg.width, depth=cfg.depth,
                      heads=cfg.heads, dropout=cfg.dropout, causal=causal, dtype=dtype,
-                     remat=cfg.get("remat", False))
+                     remat=cfg.get("remat", False), input_vocab_size=input_vocab_size)
 
 
 def _tiny_transformer():
@@ -112,6 +112,28 @@ def masked(cfg, dataset: Dataset, dtype, masking=None):
     raise ConfigError(f"config key 'masking': {e}") from None
   return MaskedDiffusion(_transformer(cfg, dataset, dtype, False), p_uncond=cfg.p_uncond,
                          data_shape=dataset.shape, schedule=schedule)
+
+
+@register("upscale", preview="upscale:k=4",
+          example=lambda: (_tiny_transformer(), {"upscale": {"divisors": [2, 1]}},
+                           ["upscale", "upscale:k=3:temperature=0.8"]))
+def upscale(cfg, dataset: Dataset, dtype, upscale=None):
+  """Coarse-to-fine order-agnostic AR (`ardiff.processes.autoregressive.upscale`) on a
+  bidirectional transformer (cfg: the transformer section); `upscale`: an optional section
+  {divisors: nested divisors of the pixel levels, default [4, 1]}."""
+  from ardiff.configs.validation import ConfigError
+  from ardiff.processes.autoregressive.upscale import DEFAULT_DIVISORS, Stages, UpscaleAR
+
+  upscale = dict(upscale or {})
+  unknown = sorted(set(upscale) - {"divisors"})
+  if unknown:
+    raise ConfigError(f"config section 'upscale' has no key(s) {unknown}; it has: divisors")
+  try:
+    layout = Stages(dataset.num_levels, upscale.get("divisors", DEFAULT_DIVISORS))
+  except ValueError as e:
+    raise ConfigError(f"config key 'upscale.divisors': {e}") from None
+  model = _transformer(cfg, dataset, dtype, False, input_vocab_size=layout.input_vocab_size)
+  return UpscaleAR(model, layout.divisors, p_uncond=cfg.p_uncond, data_shape=dataset.shape)
 
 
 @register("raster_bidirectional", preview="raster", example=lambda: (_tiny_transformer(), {}, [

@@ -231,7 +231,7 @@ def find_models(path: str) -> list[str]:
 
 
 # The processes (`ardiff.build` kinds) that model images as tokens (levels), not floats.
-TOKEN_KINDS = ("raster", "ardm", "raster_bidirectional", "masked")
+TOKEN_KINDS = ("raster", "ardm", "raster_bidirectional", "masked", "upscale")
 
 
 def model_inputs(kind: str, dataset: Dataset) -> np.ndarray:

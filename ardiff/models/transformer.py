@@ -124,6 +124,11 @@ class Transformer(nn.Module):
     decode_attention: attention of a KV-cache decode step: "xla" (all L slots, the empty ones
       masked) or "pallas" (`ardiff.kernels.decode_attention`: only the filled prefix; tested
       in interpret mode, not yet timed on an accelerator). Same parameters either way.
+    input_vocab_size: bidirectional mode only: the number of input token ids (embedding rows),
+      for processes whose inputs are richer than the V output values (the upscale ARDM's
+      coarse-value tokens); the head still outputs V logits and the process chooses its own
+      mask id (``mask_id`` is then not the one it reads). None (default): V + 1, the values
+      and the mask id V, exactly as before.
   """
 
   vocab_size: int
@@ -138,6 +143,7 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   decode_attention: str = "xla"
+  input_vocab_size: int | None = None
 
   @property
   def mask_id(self) -> int:
@@ -149,7 +155,12 @@ class Transformer(nn.Module):
       raise ValueError(f"decode_attention must be 'xla' or 'pallas', got "
                        f"{self.decode_attention!r}")
     init = nn.initializers.normal(0.02)
+    if self.input_vocab_size is not None and (self.causal or self.input_vocab_size < 1):
+      raise ValueError("input_vocab_size must be None (causal) or an int >= 1 (bidirectional), "
+                       f"got {self.input_vocab_size!r} with causal={self.causal}")
     n_tok = self.vocab_size if self.causal else self.vocab_size + 1
+    if self.input_vocab_size is not None:
+      n_tok = self.input_vocab_size
     n_pos = self.seq_len if self.causal else self.seq_len + 1
     self.tok_emb = nn.Embed(n_tok, self.width, embedding_init=init, dtype=self.dtype)
     self.cls_emb = nn.Embed(self.num_classes + 1, self.width, embedding_init=init,
