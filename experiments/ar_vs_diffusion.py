@@ -94,6 +94,7 @@ SMOKE_OVERRIDES = ["budget_steps=6", "train.log_every=2", "train.eval_every=2",
                    "sample.runs.masked=['masked:2', 'confidence:2:noise=4.5']",
                    "compute_specs.ardm=['ardm:k=64']",
                    "compute_specs.masked=['masked:2']", "reveal_nfe=2",
+                   "sample.runs.upscale=['upscale:k=64']", "compute_specs.upscale=['upscale:k=64']",
                    "compute_specs.diffusion_transformer=['ddim:2']",
                    "compute_specs.diffusion_unet=['ddim:2']",
                    "classifier_steps=20"]
@@ -119,7 +120,8 @@ FAMILIES = (Family("raster", "raster", "ar", (), "raster AR"),
             Family("diffusion_transformer", "gaussian_transformer", "ar", ("diffusion",),
                    "diffusion (transformer)"),
             Family("diffusion_unet", "gaussian", "unet", ("diffusion",), "diffusion (UNet)"),
-            Family("masked", "masked", "ar", ("masking",), "masked diffusion"))
+            Family("masked", "masked", "ar", ("masking",), "masked diffusion"),
+            Family("upscale", "upscale", "ar", ("upscale",), "upscale ARDM"))
 GAUSSIAN = tuple(f for f in FAMILIES if f.gaussian)
 SOLVERS = {"ddpm": "DDPM", "ddim": "DDIM", "heun": "Heun", "dpmpp_2m": "DPM-Solver++ 2M"}
 
@@ -152,6 +154,9 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   # Masked diffusion's forward process (`ardiff.processes.masked`): the cosine schedule
   # (MaskGIT's), which reveals few pixels first and many last when sampling.
   c.masking = ml_collections.ConfigDict({"schedule": "cosine", "power": 2.0})
+  # The coarse-to-fine ARDM (`ardiff.processes.autoregressive.upscale`): each pixel's level
+  # // 4 first (5 bins of the 17 levels), then the level: 2 stages of 64 pixels.
+  c.upscale = ml_collections.ConfigDict({"divisors": [4, 1]})
   # Samples kept beside each model (`ardiff.sample_cache`): a rerun that adds a row draws only
   # the new one.
   c.cache_samples = True
@@ -183,13 +188,15 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
       "diffusion_unet": _diffusion_runs(nfes),
       # ancestral sampling, and with the re-sampling corrector (2S - 1 NFE)
       "masked": ([f"masked:{n}" for n in nfes if n <= 64]
-                 + [f"masked:{n}:resample=0.1" for n in steps] + maskgit)}})
+                 + [f"masked:{n}:resample=0.1" for n in steps] + maskgit),
+      "upscale": [f"upscale:k={k}" for k in ks]}})
   # Sampled at every budget snapshot; the quality-vs-compute figure draws each family's best.
   c.compute_specs = ml_collections.ConfigDict({
       "raster": ["raster"], "ardm": ["ardm:k=1", "ardm:k=4"],
       "diffusion_transformer": ["ddpm:128", "dpmpp_2m:16"],
       "diffusion_unet": ["ddpm:128", "dpmpp_2m:16"],
-      "masked": ["masked:8", "masked:32"]})
+      "masked": ["masked:8", "masked:32"],
+      "upscale": ["upscale:k=2", "upscale:k=8"]})
   return c
 
 
@@ -213,6 +220,7 @@ def quick_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.sample.runs.ardm = [s for s in c.sample.runs.ardm if parse_spec(s).get("k") in (1, 8, 64)
                         or parse_spec(s).steps in (8,)]
   c.sample.runs.masked = [s for s in c.sample.runs.masked if parse_spec(s).steps in (8, 32)]
+  c.sample.runs.upscale = [s for s in c.sample.runs.upscale if parse_spec(s).get("k") in (2, 16)]
   for name in ("diffusion_transformer", "diffusion_unet"):
     c.sample.runs[name] = [s for s in c.sample.runs[name]
                            if parse_spec(s).name in ("ddim", "dpmpp_2m")]
@@ -252,8 +260,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   require(isinstance(c.budget_steps, int) and c.budget_steps >= 1, "budget_steps",
           f"must be an integer >= 1, got {c.budget_steps!r}")
   require(c.dit_patch_size >= 1, "dit_patch_size", f"must be >= 1, got {c.dit_patch_size}")
-  require(isinstance(c.reveal_nfe, int) and c.reveal_nfe >= 0, "reveal_nfe",
-          f"must be an integer >= 0 (0: no reveal figure), got {c.reveal_nfe!r}")
+  pixels = int(np.prod(spec.shape))
+  require(isinstance(c.reveal_nfe, int) and (c.reveal_nfe == 0 or c.reveal_nfe % 2 == 0
+                                             and pixels % c.reveal_nfe == 0), "reveal_nfe",
+          f"must be 0 (no reveal figure) or an even divisor of the {pixels} pixels (every "
+          f"process then takes exactly that many steps), got {c.reveal_nfe!r}")
   require(isinstance(c.cache_samples, bool), "cache_samples",
           f"must be True or False, got {c.cache_samples!r}")
   require(all(d % c.dit_patch_size == 0 for d in spec.shape[:2]), "dit_patch_size",
@@ -284,6 +295,8 @@ def method(family: Family, spec) -> str:
     return f"{family.label}, confidence decoding" + (f" (noise {noise:g})" if noise else "")
   if family.kind == "ardm":
     return f"ARDM, k {spec.get('order', 'random')} pixels/step"
+  if family.kind == "upscale":
+    return "upscale ARDM, k random pixels/step, 2 stages"
   if family.kind == "masked":
     resample = spec.get("resample", 0.0)
     return "masked diffusion, ancestral" + (f" + resampling {resample:g}" if resample else "")
@@ -306,10 +319,12 @@ STYLES = {"raster AR (1 pixel/step)": dict(marker="*", ms=14, ls="none", c="k"),
                                                               marker="s", mfc="none"),
           "masked diffusion, confidence decoding (noise 4.5)": dict(c="#8c564b", ls="-.",
                                                                     marker="x"),
+          "upscale ARDM, k random pixels/step, 2 stages": dict(c="#e377c2", marker="D", ms=4),
           "raster AR": dict(c="k", marker="*", ms=10), "ARDM": dict(c="#1f77b4"),
           "diffusion (transformer)": dict(c="#2ca02c", lw=2.5),
           "diffusion (UNet)": dict(c="#9467bd", ls="--"),
-          "masked diffusion": dict(c="#ff7f0e", lw=2.0)}
+          "masked diffusion": dict(c="#ff7f0e", lw=2.0),
+          "upscale ARDM": dict(c="#e377c2", marker="D")}
 METRICS = (("fd", "Fréchet distance (lower is better)", True),
            ("precision", "precision (k-NN, higher is better)", False),
            ("recall", "recall (k-NN, higher is better)", False))
@@ -362,6 +377,10 @@ def _test_bits(family: Family, model, data, key, num: int = 0) -> float:
     return raster_test_bpd(model.process, model.params, to_tokens(x), null)
   if family.kind in ("ardm", "masked"):  # masked: its ELBO is the ARDM bound (tested)
     return ardm_test_bpd(model.process, model.params, to_tokens(x), null, key)
+  if family.kind == "upscale":  # the bound along one random order per stage
+    from ardiff.processes.autoregressive.upscale import held_out_bpd
+
+    return held_out_bpd(model.process, model.params, to_tokens(x), null, key)
   return bpd(model.process, model.params, x, None, data.num_levels, key,
              num_t_samples=32)["total"]
 
@@ -552,11 +571,13 @@ def _reveal(c, workdir, data, models):
       history = history[np.linspace(0, len(history), nfe + 1).astype(int)[1:] - 1]
     rows.append((label, reveal.token_frames(history, model.process.mask_id)))
 
-  tokens("raster", "raster", f"raster AR, {length} NFE\n(every {length // nfe}th step)"
+  tokens("raster", "raster", f"raster AR, {length} NFE\n(one frame per {length // nfe} steps)"
          if length > nfe else "raster AR")
   tokens("ardm", f"ardm:k={-(-length // nfe)}", "ARDM, random order")
   tokens("ardm", f"confidence:{nfe}:noise=4.5", "ARDM, confidence\ndecoding (MaskGIT)")
   tokens("masked", f"masked:{nfe}", "masked diffusion,\nancestral")
+  tokens("upscale", f"upscale:k={-(-2 * length // nfe)}",
+         "upscale ARDM\n(level // 4, then level)")
   for family in GAUSSIAN:
     if family.name not in models:
       continue

@@ -91,6 +91,17 @@ class Stages:
     off = jnp.asarray(self.offsets, jnp.int32)[c]
     return jnp.where(stage < 0, self.mask_id, off + jnp.asarray(values, jnp.int32) // d)
 
+  def representative(self, ids: jax.Array) -> jax.Array:
+    """Input ids -> a value in each id's bin (the middle one, rounded down; exact at the last
+    stage), the mask id where hidden: how a partly refined image is drawn."""
+    ids = jnp.asarray(ids, jnp.int32)
+    offsets = jnp.asarray(self.offsets, jnp.int32)
+    stage = jnp.clip(jnp.searchsorted(offsets, ids, side="right") - 1, 0, self.num_stages - 1)
+    d = jnp.asarray(self.divisors, jnp.int32)[stage]
+    low = (ids - offsets[stage]) * d
+    value = jnp.minimum(low + (d - 1) // 2, self.levels - 1)
+    return jnp.where(ids == self.mask_id, self.mask_id, value)
+
   def allowed(self, values: jax.Array, stage: jax.Array) -> jax.Array:
     """bool [..., L]: the full values a pixel of value `values` may take when refined to
     `stage` (those sharing its value at precision d_{stage-1}; all of them at stage 0)."""
@@ -250,6 +261,13 @@ class UpscaleAR(TransformerProcess):
     return upscale_decode(lambda t: decode.model_call(self.model, params, t, cond, labels),
                           keys, self.seq_len, self.layout, self.step_k(spec),
                           temperature=spec.get("temperature", 1.0))
+
+
+  def _history(self, params, keys, labels, spec):
+    _, ids = upscale_decode(lambda t: self.model.apply(params, t, labels), keys, self.seq_len,
+                            self.layout, self.step_k(spec),
+                            temperature=spec.get("temperature", 1.0), return_history=True)
+    return self.layout.representative(ids)
 
 
 def held_out_bpd(process: UpscaleAR, params, toks: np.ndarray, y: np.ndarray, key,
