@@ -72,7 +72,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import runs, sample_cache
+from ardiff import runs, sample_cache, storage
 from ardiff.configs import require
 from ardiff.configs.sections import image_config, unet_section, validate_image_config
 from ardiff.data.from_config import config_dataset
@@ -433,6 +433,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                                 labels, c.sample_batch), enabled=c.cache_samples)
 
   rows, series, grids, training = [], {}, {}, []
+  gains = _training_curves(c, workdir, models, per_step)
   for family in _chosen(c):
     trained = models[family.name]
     bits = [_test_bits(family, m, data, jax.random.key(11), c.test_bits_examples)
@@ -447,6 +448,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         "stopped at": ", ".join("budget" if s is None else str(s) for s in stops),
         "best step": ", ".join(str(m.info.get("best_step")) for m in trained),
         "val loss": _fmt_ms(_mean_std([m.info.get("best_val", np.nan) for m in trained])),
+        "val gain, last quarter": _fmt_ms(_mean_std(gains[family.name])),
         "test bits/pixel": _fmt_ms(_mean_std(bits)),
         "train minutes": _fmt_ms(_mean_std([m.info["wall_seconds"] / 60 for m in trained]))})
     for text in c.sample.runs[family.name]:
@@ -505,7 +507,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   _write_table(workdir, "training", "The models: budget, convergence, held-out bits", training,
                "Each model's own train step costed by XLA; budget steps = budget / that cost. "
                "'stopped at': the early-stopping step per training seed ('budget': the budget "
-               "ran out first, i.e. still improving). Test bits per pixel: exact for raster AR, "
+               "ran out first, i.e. still improving). 'val gain, last quarter': how much the "
+               "validation loss fell over the last quarter of the steps, as a fraction of its "
+               "value at three quarters (0 = converged). Test bits per pixel: exact for raster AR, "
                "the ARDM bound (one random order per image), the diffusion variational bound "
                "(32 timesteps per image); mean ± std over training seeds.")
   if compute_rows:
@@ -564,6 +568,55 @@ def _panels(path, series, x_key, floors, *, xlabel, title):
   fig.tight_layout()
   plots.save_figure(fig, path)
   plt.close(fig)
+
+
+def _validation_curve(model) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, validation losses) from a model's metrics.jsonl."""
+  import json
+
+  rows = [json.loads(line) for line in
+          storage.read_text(storage.join(model.directory, "metrics.jsonl")).splitlines()
+          if line.strip()]
+  rows = [r for r in rows if "val/loss" in r]
+  return (np.array([r["step"] for r in rows], float), np.array([r["val/loss"] for r in rows]))
+
+
+def last_quarter_gain(steps: np.ndarray, losses: np.ndarray) -> float:
+  """How much the validation loss fell in the last quarter of training, as a fraction of the
+  loss at three quarters (0: flat, i.e. converged; > 0: still improving)."""
+  if len(steps) < 2:
+    return float("nan")
+  at_three_quarters = np.interp(0.75 * steps[-1], steps, losses)
+  return float((at_three_quarters - losses.min()) / abs(at_three_quarters))
+
+
+def _training_curves(c, workdir, models, per_step) -> dict:
+  """training_curves.png: each family's validation loss against training compute (one line per
+  training seed); returns {family name: last-quarter gains per seed}."""
+  import matplotlib.pyplot as plt
+
+  chosen = _chosen(c)
+  fig, axes = plt.subplots(1, len(chosen), figsize=(3.4 * len(chosen), 3.2), squeeze=False)
+  gains = {}
+  for ax, family in zip(axes[0], chosen):
+    gains[family.name] = []
+    for seed, model in zip(c.training_seeds, models[family.name]):
+      steps, losses = _validation_curve(model)
+      gains[family.name].append(last_quarter_gain(steps, losses))
+      ax.plot(steps * per_step[family.name] / 1e12, losses, lw=1.2, label=f"seed {seed}")
+      best = int(np.argmin(losses)) if len(losses) else None
+      if best is not None:
+        ax.plot(steps[best] * per_step[family.name] / 1e12, losses[best], "k.", ms=5)
+    ax.set_title(family.label, fontsize=10)
+    ax.set_xlabel("training compute (TFLOP)")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("validation loss (EMA; own units)")
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle("Validation loss against training compute (dot: the best, the EMA kept)")
+  fig.tight_layout()
+  plots.save_figure(fig, os.path.join(workdir, "training_curves.png"), bbox_inches="tight")
+  plt.close(fig)
+  return gains
 
 
 def _reveal(c, workdir, data, models):
