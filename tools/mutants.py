@@ -246,6 +246,24 @@ MUTANTS = (
     _m("learned-ddpm-scale-not-a-square-root", "learned_variance",
        SAMPLERS + "ddpm_learned.py", "scale = jnp.exp(0.5 * frac", "scale = jnp.exp(frac",
        "tests/processes/gaussian/test_learned_variance.py"),
+    # ---- [6/7] upscale ARDM, step histories, sample cache (each caught when applied by hand)
+    _m("upscale-weight-drops-the-stage-count", "upscale",
+       "ardiff/processes/autoregressive/upscale.py",
+       "scale = layout.num_stages * x.shape[-1] / todo.sum(axis=-1)",
+       "scale = x.shape[-1] / todo.sum(axis=-1)",
+       "tests/processes/autoregressive/test_upscale.py"),
+    _m("upscale-unrefined-pixels-shown-at-the-new-stage", "upscale",
+       "ardiff/processes/autoregressive/upscale.py",
+       "tokens = layout.tokens(x, jnp.where(refined, s, s - 1))", "tokens = layout.tokens(x, s)",
+       "tests/processes/autoregressive/test_upscale.py"),
+    _m("raster-history-one-step-late", "autoregressive",
+       "ardiff/processes/autoregressive/decode.py",
+       "jnp.where(step[None, None, :] <= step[:, None, None]",
+       "jnp.where(step[None, None, :] < step[:, None, None]",
+       "tests/processes/test_contract.py::test_token_processes_step_history_ends_in_the_sample"),
+    _m("sample-cache-ignores-the-key", "report", "ardiff/sample_cache.py",
+       "  h.update(np.asarray(jax.random.key_data(key)).tobytes())\n", "",
+       "tests/test_sample_cache.py"),
 )
 
 
