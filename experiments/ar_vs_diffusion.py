@@ -70,7 +70,8 @@ steps, stopping step, last-quarter validation gain, test bits). Samples are kept
 model (`ardiff.sample_cache`), so a rerun that adds a row (`--config.families`, a spec) draws
 only what is new.
 `--config.quick=True`: one training seed, a quarter of the budget, DDIM and DPM-Solver++ only
-(measured: 594 s on 2 CPU cores shared with short jobs, 3.8 min of it training).
+(measured with the first four families: 594 s on 2 CPU cores shared with short jobs, 3.8 min of it
+training; masked diffusion and upscale ARDM add two more models of the same size).
 """
 
 from __future__ import annotations
@@ -685,7 +686,11 @@ def _quality_vs_compute(c, workdir, data, models, budget, per_step, quality, sam
       stop = model.info.get("stopped_early_at")
       for f in fractions:
         step = max(1, round(f * steps))
-        params = model.params if f == 1.0 or stop is not None and stop <= step else snaps[step]
+        if f == 1.0 or stop is not None and stop <= step:
+          params = model.params
+        else:  # the snapshot saved nearest f of the steps (a run extended after its snapshots
+          # were taken, e.g. when XLA's count of its step fell, has them at the old fractions)
+          params = snaps[min(snaps, key=lambda s: abs(s - step))]
         for text in c.compute_specs[family.name]:
           images = sample(model, params, text, jax.random.key(2000 + i),
                           np.full((c.num_samples,), data.num_classes, np.int32))
