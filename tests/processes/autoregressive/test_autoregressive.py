@@ -614,6 +614,22 @@ def _process(cls, length=64, p_uncond=0.1, **model_kw):
   return cls(model, p_uncond=p_uncond, data_shape=(side, side, 1))
 
 
+def adam_steps(process, params, batch, steps: int = 40, learning_rate: float = 1e-2):
+  """`steps` Adam updates of `process.loss` on one fixed batch (key i at step i)."""
+  opt = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(params, state, key):
+    grads = jax.grad(lambda p: process.loss(p, batch, key)[0])(params)
+    updates, state = opt.update(grads, state)
+    return optax.apply_updates(params, updates), state
+
+  state = opt.init(params)
+  for i in range(steps):
+    params, state = step(params, state, jax.random.key(i))
+  return params
+
+
 def _digit_batch(n: int = 32, length: int = 64):
   rng = np.random.default_rng(0)
   y = rng.integers(0, 10, n).astype(np.int32)
@@ -636,17 +652,7 @@ def test_process_loss_metrics_and_training(cls):
   np.testing.assert_allclose(metrics["bpd" if cls is RasterAR else "bound_bpd"],
                              nll / (64 * math.log(2)), rtol=1e-6)
   assert abs(float(loss) - math.log(17)) < 1.0  # near uniform at init
-  opt = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, state, key):
-    grads = jax.grad(lambda p: proc.loss(p, batch, key)[0])(params)
-    updates, state = opt.update(grads, state)
-    return optax.apply_updates(params, updates), state
-
-  state = opt.init(params)
-  for i in range(40):
-    params, state = step(params, state, jax.random.key(i))
+  params = adam_steps(proc, params, batch)
   after, _ = loss_fn(params, batch, jax.random.key(1), train=False)
   assert float(after) < float(loss) - 0.5
 

@@ -11,9 +11,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from tests.processes.autoregressive.test_autoregressive import _check_law, _digit_batch
+from tests.processes.autoregressive.test_autoregressive import (_check_law, _digit_batch,
+                                                             adam_steps)
 from tests.processes.test_contract import tiny_images
 
 from ardiff import build
@@ -317,17 +317,7 @@ def test_training_decreases_the_loss_and_label_dropping():
   assert abs(float(loss) - math.log(17)) < 1.0  # near uniform at init
   before = upscale.held_out_bpd(process, params, batch["x"], batch["y"], jax.random.key(2))
   assert abs(before - math.log2(17)) < 1.0
-  opt = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, state, key):
-    grads = jax.grad(lambda p: process.loss(p, batch, key)[0])(params)
-    updates, state = opt.update(grads, state)
-    return optax.apply_updates(params, updates), state
-
-  state = opt.init(params)
-  for i in range(40):
-    params, state = step(params, state, jax.random.key(i))
+  params = adam_steps(process, params, batch)
   after, _ = loss_fn(params, batch, jax.random.key(1), train=False)
   assert float(after) < float(loss) - 0.5, (float(loss), float(after))
   after_bpd = upscale.held_out_bpd(process, params, batch["x"], batch["y"], jax.random.key(2),
