@@ -142,8 +142,8 @@ def fit_model(kind: str, config: ml_collections.ConfigDict, workdir: str, datase
   if process is None:
     process = builders.build(kind, model_cfg, dataset, config.get("dtype", "float32"),
                              **build_extra)
-  # remat trades memory for compute and leaves the trained model as it is: not in the key.
-  model_key = {k: v for k, v in model_cfg.items() if k != "remat"}
+  # remat and the attention kernels leave the trained model as it is: not in the key.
+  model_key = {k: v for k, v in model_cfg.items() if k not in builders.COMPUTE_ONLY_FIELDS}
   sections = key_sections or (dataset.name, model_key, *build_extra.values())
   directory = model_dir(config, workdir, name or f"{dataset.name}-{kind}", *sections,
                         train_key(train_cfg), version=builders.code_version(kind, dataset))

@@ -89,7 +89,7 @@ def _train(kind, process, c, workdir, data, steps, evaluate):
   compilation included; None if the run was restored without that record).
   """
   train_cfg = ml_collections.ConfigDict(dict(c.train, steps=int(steps)))
-  model_key = {k: v for k, v in c.ar.items() if k != "remat"}
+  model_key = {k: v for k, v in c.ar.items() if k not in build.COMPUTE_ONLY_FIELDS}
   curve = {"curve_points": c.curve_points, "eval_examples": c.eval_examples}
   directory = runs.model_dir(c, workdir, f"{data.name}-{kind}-curve", data.name, model_key,
                              runs.train_key(train_cfg, keep_steps=True), curve,

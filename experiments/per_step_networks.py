@@ -81,7 +81,7 @@ def _step_costs(model, params, x, y, key, t, k, draws):
 def _train(name, process, c, workdir, data, steps, extra_key, kind=None):
   """Train or restore; returns (EMA params, training.json)."""
   train_cfg = ml_collections.ConfigDict(dict(c.train, steps=int(steps)))
-  model_key = {k: v for k, v in c.ar.items() if k != "remat"}
+  model_key = {k: v for k, v in c.ar.items() if k not in build.COMPUTE_ONLY_FIELDS}
   directory = runs.model_dir(c, workdir, f"{data.name}-{name}", data.name, model_key, extra_key,
                              runs.train_key(train_cfg, keep_steps=True))
   if kind is not None:  # a registered process: `ardiff sample` can load it

@@ -26,7 +26,10 @@ from ardiff.train import TrainConfig
 
 def transformer_section(**overrides) -> ml_collections.ConfigDict:
   # remat: recompute activations in the backward pass (memory for compute; same model).
-  base = dict(width=64, depth=2, heads=4, dropout=0.1, p_uncond=0.1, remat=False)
+  # attention: "xla" or "flash" (ardiff.kernels.attention; same model, O(T) memory on TPU/GPU);
+  # decode_attention: "xla" or "pallas" (ardiff.kernels.decode_attention).
+  base = dict(width=64, depth=2, heads=4, dropout=0.1, p_uncond=0.1, remat=False,
+              attention="xla", decode_attention="xla")
   base.update(overrides)
   return ml_collections.ConfigDict(base)
 

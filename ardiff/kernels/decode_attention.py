@@ -1,24 +1,37 @@
-"""KV-cache decode attention that reads only the filled prefix of the cache (Pallas).
+"""KV-cache decode attention over the filled prefix of the cache, per platform.
 
-    out = decode_attention(q, k_cache, v_cache, length)   # q [B, 1, N, H], caches [B, L, N, H]
+    out = decode_attention(q, k_cache, v_cache, filled, impl="pallas")
+    # q [B, N, H]; caches [B, N, C, H] (C >= filled, a multiple of CACHE_MULTIPLE); out [B, N, H]
 
-One query per example (decoding position `length - 1`) attends over cache positions
-0..length-1. The XLA path (`jax.nn.dot_product_attention` with `key_value_seq_lengths`)
-computes scores for all L preallocated slots and masks the empty ones, so every decode step
-costs O(L) however few positions are filled: on average half the work of a sampling pass is on
-empty slots (measured on 2 CPU cores, batch 64: 0.26 ms a step at L = 64, 2.10 ms at L = 784).
-This kernel walks the cache in blocks of `block` positions and stops after the last filled
-block (a loop with a data-dependent trip count), with an online softmax across blocks
-(running max m, normaliser l, accumulator):
+One query per example and head attends over cache positions 0..filled-1:
 
-    m' = max(m, max_j s_j),  l' = e^(m - m') l + sum_j e^(s_j - m'),
-    acc' = e^(m - m') acc + sum_j e^(s_j - m') v_j,      out = acc / l,
+    out = sum_j softmax_j(q.k_j / sqrt(H)) v_j,   j < filled,
 
-scores s_j = q.k_j / sqrt(H) in float32 whatever the cache dtype, as the XLA path.
-Grid: one program per (example, head). Status: tested against float64 softmax attention in
-Pallas's interpret mode on CPU (tests/models/test_decode_attention.py); not yet compiled or
-timed on a GPU or TPU (none was lent to the session that wrote it), so nothing selects it by
-default: `Transformer(decode_attention="pallas")` opts in.
+in float32 whatever the cache dtype. The cache is heads before positions ([B, N, C, H]) so that
+every kernel reads it where it lies: ``[B*N, C, H]`` is a free reshape for the GPU kernel, and
+the TPU kernel's DMAs copy ``[N, block, H]`` tiles of one example.
+
+``impl`` (see ``IMPLS``):
+  * ``"xla"``: scores for all C slots, the empty ones masked (O(C) per step whatever ``filled``).
+    The reference, and the CPU body of every other impl.
+  * ``"pallas"``: chosen when the program is lowered (``platform.by_platform``):
+      - GPU: JAX's own Triton decode kernel (``jax.experimental.pallas.ops.gpu.decode_attention``,
+        one query head per KV head); its loads stop after the last filled block of each split.
+      - TPU: the kernel below. JAX's TPU decode kernels do not fit: ``paged_attention`` fails to
+        lower for head_dim != 128 (its m/l outputs get a head_dim-sized block over a size-1 axis;
+        measured at head_dim 8, 16, 32, lowered for "TPU v5 lite"), and our heads are 8-32 wide.
+        The cache stays in HBM (``pl.ANY``), the filled lengths are scalar-prefetched, and a
+        loop of ``cdiv(filled, block)`` iterations DMAs only the filled ``[N, block, H]`` tiles
+        into a double buffer (copy i+1 in flight while tile i is reduced) with an online
+        softmax across tiles: m' = max(m, max_j s_j), l' = e^(m-m') l + sum_j e^(s_j-m'),
+        acc' = e^(m-m') acc + sum_j e^(s_j-m') v_j, out = acc / l.
+      - CPU: ``"xla"`` (Pallas has no CPU compiler).
+  * ``"pallas-tpu-interpret"`` / ``"pallas-gpu-interpret"``: the TPU / GPU kernel in Pallas's
+    interpreter on any backend; only for checking the kernels on a CPU (tests).
+Status: both kernels lower for their platform from a CPU host (tests/test_lowering.py) and match
+float64 attention in the interpreter (tests/kernels/test_decode_attention.py); neither has been
+compiled or timed on a device, so nothing selects ``"pallas"`` by default
+(``ardiff bench accelerator`` decides that).
 """
 
 from __future__ import annotations
@@ -28,6 +41,19 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from ardiff.kernels.platform import by_platform
+
+IMPLS = ("xla", "pallas", "pallas-tpu-interpret", "pallas-gpu-interpret")
+# Caches are allocated to a multiple of this many positions: the GPU kernel needs splits of at
+# least 16 positions, the TPU kernel's tiles are 8-aligned. The extra slots are never filled.
+CACHE_MULTIPLE = 16
+
+
+def cache_length(seq_len: int) -> int:
+  """Positions allocated for a sequence of ``seq_len`` tokens (a multiple of CACHE_MULTIPLE)."""
+  return -(-seq_len // CACHE_MULTIPLE) * CACHE_MULTIPLE
 
 
 def block_size(length: int, preferred: int = 128) -> int:
@@ -38,55 +64,120 @@ def block_size(length: int, preferred: int = 128) -> int:
   return block
 
 
-def _kernel(length_ref, q_ref, k_ref, v_ref, o_ref, *, block: int, scale: float):
-  filled = length_ref[pl.program_id(0)]
-  q = q_ref[...].astype(jnp.float32) * scale  # [1, H]
+def _check(q, k_cache, v_cache):
+  b, heads, dim = q.shape
+  if k_cache.shape != v_cache.shape or k_cache.ndim != 4 or k_cache.shape[:2] != (b, heads) \
+      or k_cache.shape[3] != dim:
+    raise ValueError(f"decode_attention: q {q.shape} must be [B, N, H] and the caches "
+                     f"[B, N, C, H], got {k_cache.shape} and {v_cache.shape}")
+
+
+def xla_decode(q, k_cache, v_cache, filled):
+  """The reference: float32 scores over all C slots, slots >= filled masked."""
+  scale = 1.0 / float(q.shape[-1]) ** 0.5
+  s = jnp.einsum("bnh,bnch->bnc", q.astype(jnp.float32), k_cache.astype(jnp.float32)) * scale
+  slot = jnp.arange(k_cache.shape[2])
+  s = jnp.where(slot[None, None, :] < filled[:, None, None], s, -jnp.inf)
+  p = jax.nn.softmax(s, axis=-1)
+  return jnp.einsum("bnc,bnch->bnh", p, v_cache.astype(jnp.float32)).astype(q.dtype)
+
+
+def _gpu_decode(q, k_cache, v_cache, filled, *, interpret: bool = False):
+  """JAX's Triton decode kernel, every (example, head) a row of its batch."""
+  from jax.experimental.pallas.ops.gpu import decode_attention as triton_decode
+
+  b, heads, cache, dim = k_cache.shape
+  split = next(s for s in (256, 128, 64, 32, 16) if cache % s == 0)  # cache % 16 == 0
+  out = triton_decode.mqa(
+      q.reshape(b * heads, 1, dim), k_cache.reshape(b * heads, cache, dim),
+      v_cache.reshape(b * heads, cache, dim), kv_seq_len=jnp.repeat(filled, heads),
+      k_splits=cache // split, block_k=min(split, 64), interpret=interpret)
+  return out.reshape(b, heads, dim).astype(q.dtype)  # the kernel's sum is float32
+
+
+def _tpu_kernel(filled_ref, q_ref, k_hbm, v_hbm, o_ref, k_buf, v_buf, sem, *, block, scale):
+  example = pl.program_id(0)
+  filled = filled_ref[example]
+  tiles = pl.cdiv(filled, block)
+
+  def copies(i, slot):
+    rows = pl.ds(pl.multiple_of(i * block, block), block)
+    return (pltpu.make_async_copy(k_hbm.at[example, :, rows, :], k_buf.at[slot], sem.at[0, slot]),
+            pltpu.make_async_copy(v_hbm.at[example, :, rows, :], v_buf.at[slot], sem.at[1, slot]))
+
+  for copy in copies(0, 0):
+    copy.start()
+  q = q_ref[...].astype(jnp.float32) * scale  # [N, H]
 
   def step(i, carry):
     m, l, acc = carry
-    start = pl.multiple_of(i * block, block)
-    k = k_ref[pl.ds(start, block), :].astype(jnp.float32)  # [block, H]
-    v = v_ref[pl.ds(start, block), :].astype(jnp.float32)
-    s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())))  # [1, block]
-    position = start + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
+    slot = i % 2
+    for copy in copies(i, slot):
+      copy.wait()
+
+    @pl.when(i + 1 < tiles)
+    def _prefetch():
+      for copy in copies(i + 1, 1 - slot):
+        copy.start()
+
+    k = k_buf[slot].astype(jnp.float32)  # [N, block, H]
+    v = v_buf[slot].astype(jnp.float32)
+    s = jnp.sum(q[:, None, :] * k, axis=-1)  # [N, block]
+    position = i * block + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
     s = jnp.where(position < filled, s, -jnp.inf)
     m_new = jnp.maximum(m, s.max(axis=1, keepdims=True))
     p = jnp.exp(s - m_new)
     alpha = jnp.exp(m - m_new)
-    return m_new, alpha * l + p.sum(axis=1, keepdims=True), alpha * acc + p @ v
+    return (m_new, alpha * l + p.sum(axis=1, keepdims=True),
+            alpha * acc + jnp.sum(p[:, :, None] * v, axis=1))
 
-  init = (jnp.full((1, 1), -jnp.inf, jnp.float32), jnp.zeros((1, 1), jnp.float32),
+  heads = q.shape[0]
+  init = (jnp.full((heads, 1), -jnp.inf, jnp.float32), jnp.zeros((heads, 1), jnp.float32),
           jnp.zeros(q.shape, jnp.float32))
-  _, l, acc = jax.lax.fori_loop(0, pl.cdiv(filled, block), step, init)
+  _, l, acc = jax.lax.fori_loop(0, tiles, step, init)
   o_ref[...] = (acc / l).astype(o_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("block", "interpret"))
-def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, length: jax.Array,
-                     *, block: int | None = None, interpret: bool | None = None) -> jax.Array:
-  """Softmax attention of q [B, 1, N, H] over the first length [B] (>= 1) positions of
-  k_cache, v_cache [B, L, N, H] (q is cast to the caches' dtype, never the caches: they are
-the big operands); returns [B, 1, N, H] in q's dtype. `interpret`: Pallas's
-  interpreter (default: on CPU, which has no Pallas compiler)."""
-  b, one, heads, dim = q.shape
-  if one != 1 or k_cache.shape != v_cache.shape or k_cache.shape[0] != b or \
-      k_cache.shape[2:] != (heads, dim):
-    raise ValueError(f"decode_attention: q {q.shape} must be [B, 1, N, H] and the caches "
-                     f"[B, L, N, H], got {k_cache.shape} and {v_cache.shape}")
-  seq = k_cache.shape[1]
-  block = block or block_size(seq)
-  if seq % block:
-    raise ValueError(f"decode_attention: block {block} must divide the cache length {seq}")
-  if interpret is None:
-    interpret = jax.default_backend() == "cpu"
-  length = jnp.broadcast_to(jnp.asarray(length, jnp.int32), (b,))
-  per_head = lambda rows: pl.BlockSpec((None, rows, None, dim), lambda i, n: (i, 0, n, 0))
+def _tpu_decode(q, k_cache, v_cache, filled, *, interpret=False, block: int | None = None):
+  """The TPU kernel (module docstring): one program per example, all heads."""
+  b, heads, dim = q.shape
+  block = block or block_size(k_cache.shape[2])
+  if k_cache.shape[2] % block:
+    raise ValueError(f"decode_attention: block {block} must divide the cache length "
+                     f"{k_cache.shape[2]}")
+  per_example = pl.BlockSpec((None, heads, dim), lambda i, filled: (i, 0, 0))
   return pl.pallas_call(
-      functools.partial(_kernel, block=block, scale=1.0 / float(dim) ** 0.5),
+      functools.partial(_tpu_kernel, block=block, scale=1.0 / float(dim) ** 0.5),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      grid=(b, heads),
-      in_specs=[pl.BlockSpec((b,), lambda i, n: (0,)), per_head(1), per_head(seq),
-                per_head(seq)],
-      out_specs=per_head(1),
-      interpret=interpret,
-  )(length, q.astype(k_cache.dtype), k_cache, v_cache).astype(q.dtype)
+      grid_spec=pltpu.PrefetchScalarGridSpec(
+          num_scalar_prefetch=1, grid=(b,),
+          in_specs=[per_example, pl.BlockSpec(memory_space=pl.ANY),
+                    pl.BlockSpec(memory_space=pl.ANY)],
+          out_specs=per_example,
+          scratch_shapes=[pltpu.VMEM((2, heads, block, dim), k_cache.dtype),
+                          pltpu.VMEM((2, heads, block, dim), v_cache.dtype),
+                          pltpu.SemaphoreType.DMA((2, 2))]),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+      interpret=pltpu.InterpretParams() if interpret else False,
+  )(filled, q, k_cache, v_cache)
+
+
+def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, filled: jax.Array,
+                     *, impl: str = "pallas") -> jax.Array:
+  """Attention of q [B, N, H] over the first ``filled`` [B] (>= 1) slots of the caches
+  [B, N, C, H]; returns [B, N, H] in q's dtype (q is cast to the caches' dtype, never the
+  caches: they are the big operands). ``impl``: see the module docstring."""
+  _check(q, k_cache, v_cache)
+  filled = jnp.broadcast_to(jnp.asarray(filled, jnp.int32), q.shape[:1])
+  args = (q.astype(k_cache.dtype), k_cache, v_cache, filled)
+  if impl == "xla":
+    out = xla_decode(*args)
+  elif impl == "pallas":
+    out = by_platform(*args, xla=xla_decode, tpu=_tpu_decode, cuda=_gpu_decode)
+  elif impl == "pallas-tpu-interpret":
+    out = _tpu_decode(*args, interpret=True)
+  elif impl == "pallas-gpu-interpret":
+    out = _gpu_decode(*args, interpret=True)
+  else:
+    raise ValueError(f"decode_attention: impl must be one of {IMPLS}, got {impl!r}")
+  return out.astype(q.dtype)

@@ -45,6 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ardiff.kernels import attention as full_attention
 from ardiff.models.embeddings import LabelEmbedding, sinusoidal_embedding
 
 _zeros = nn.initializers.zeros
@@ -78,6 +79,7 @@ class DiTBlock(nn.Module):
   mlp_ratio: int = 4
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, h: jax.Array, c: jax.Array, train: bool = False) -> jax.Array:
@@ -92,9 +94,10 @@ class DiTBlock(nn.Module):
     head_dim = self.width // self.heads
     qkv = dense(3 * self.width, name="qkv")(modulate(ln(name="ln1")(h), s1, a1))
     qkv = qkv.reshape(b, n, 3, self.heads, head_dim)
-    # jax's attention (as the AR transformer: XLA's implementation, logits and softmax in
-    # float32 whatever the compute dtype); nothing is masked.
-    attn = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+    # The AR transformer's attention (logits and softmax in float32 whatever the compute
+    # dtype; XLA's or flash per `attention`); nothing is masked.
+    attn = full_attention.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=False,
+                                    impl=self.attention)
     attn = attn.reshape(b, n, -1)
     h = h + g1[:, None, :] * drop(dense(self.width, name="proj")(attn))
 
@@ -115,6 +118,7 @@ class DiffusionTransformer(nn.Module):
     dtype: compute dtype (see ``ardiff.precision``); parameters and output stay float32.
     remat: recompute each block's activations in the backward pass (``nn.remat``): memory for
       compute, same gradients.
+    attention: ``kernels.attention.IMPLS``, as the AR transformer's ("xla" or "flash").
 
   The position embedding is sized at init for the image size it first sees; applying the
   parameters to another size fails (flax's parameter shape check).
@@ -129,6 +133,7 @@ class DiffusionTransformer(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  attention: str = "xla"
 
   def _check(self, x: jax.Array, t: jax.Array, y: jax.Array) -> None:
     for name in ("width", "heads", "patch_size", "mlp_ratio"):
@@ -170,7 +175,7 @@ class DiffusionTransformer(nn.Module):
     block = nn.remat(DiTBlock, static_argnums=(3,)) if self.remat else DiTBlock
     for i in range(self.depth):
       h = block(self.width, self.heads, self.mlp_ratio, self.dropout, self.dtype,
-                name=f"block_{i}")(h, c, train)
+                self.attention, name=f"block_{i}")(h, c, train)
 
     shift, scale = jnp.split(
         dense(2 * self.width, kernel_init=_zeros, bias_init=_zeros, name="final_adaln")(

@@ -9,13 +9,13 @@ Bidirectional mode (order-agnostic ARDM): ``x`` holds the mask id ``V`` (= ``voc
 hidden positions; a class token is prepended and the logits ``[B, L, V]`` are read off the ``L``
 token positions. Nothing is masked in attention.
 
-Attention is ``jax.nn.dot_product_attention``: causal training passes ``is_causal`` and decoding
-the filled length ``key_value_seq_lengths`` rather than a dense mask, so a fused kernel can skip
-the masked blocks. Caveat (jax 0.10): its default implementation is XLA's on every backend
-(float32 logits and softmax, as written out before); cuDNN's flash attention is used only when
-asked for (``implementation="cudnn"``, bf16/fp16 on GPUs), which nothing here does yet, untested
-without a GPU. The decoding cache is an explicit
-pytree in that function's layout: ``{"k": (depth arrays [B, L, heads, head_dim]), "v": same}``,
+Attention over the whole sequence is :func:`ardiff.kernels.attention.attention` (``attention``
+attribute: XLA's, or flash attention chosen per platform when the program is lowered), and a
+decoding step's is :func:`ardiff.kernels.decode_attention.decode_attention` (``decode_attention``
+attribute: XLA's over every cache slot, or a kernel that reads only the filled prefix). The
+decoding cache is an explicit pytree, heads before positions so the kernels read it where it
+lies: ``{"k": (depth arrays [B, heads, C, head_dim]), "v": same}`` with C = ``seq_len`` rounded
+up to a multiple of 16 (``decode_attention.cache_length``; the extra slots are never filled),
 preallocated by :func:`init_cache` and filled one position at a time by
 :meth:`Transformer.decode_step` (causal mode only).
 
@@ -36,6 +36,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ardiff.kernels import attention as full_attention
+from ardiff.kernels import decode_attention as decode_kernels
+
 Cache = dict[str, tuple[jax.Array, ...]]  # {"k": per-layer arrays, "v": per-layer arrays}
 
 
@@ -48,6 +51,7 @@ class Block(nn.Module):
   dropout: float
   dtype: Any = jnp.float32
   causal: bool = False
+  attention: str = "xla"
   decode_attention: str = "xla"
 
   def setup(self):
@@ -68,14 +72,11 @@ class Block(nn.Module):
     qkv = self.qkv(self.ln1(h)).reshape(b, t, 3, self.heads, self.width // self.heads)
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
-  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool = False,
-              kv_length: jax.Array | None = None) -> jax.Array:
-    """Softmax attention of q [B, Tq, heads, hd] over k, v [B, Tk, heads, hd] (causal, or over
-    the first kv_length [B] keys); returns [B, Tq, W]. The logits and softmax are float32
-    whatever the compute dtype (jax's implementation: a bf16 exp-sum over hundreds of positions
-    would lose the small weights)."""
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal,
-                                       key_value_seq_lengths=kv_length)
+  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Softmax attention of q over k, v [B, T, heads, hd] (causal or not); returns [B, T, W].
+    The logits and softmax are float32 whatever the compute dtype (a bf16 exp-sum over hundreds
+    of positions would lose the small weights)."""
+    out = full_attention.attention(q, k, v, causal=self.causal, impl=self.attention)
     b, t = out.shape[:2]
     return out.reshape(b, t, self.width)
 
@@ -86,23 +87,20 @@ class Block(nn.Module):
 
   def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
     q, k, v = self._qkv(h)
-    return self._finish(h, self._attend(q, k, v, is_causal=self.causal), train)
+    return self._finish(h, self._attend(q, k, v), train)
 
   def decode(
       self, h: jax.Array, pos: jax.Array, k_cache: jax.Array, v_cache: jax.Array
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One position: h [B, 1, W] at index pos; this layer's caches [B, L, heads, head_dim]."""
-    q, k, v = self._qkv(h)
-    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
-    v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
+    """One position: h [B, 1, W] at index pos; this layer's caches [B, heads, C, head_dim]."""
+    q, k, v = self._qkv(h)  # [B, 1, heads, hd]
+    at = (0, 0, pos, 0)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k.swapaxes(1, 2).astype(k_cache.dtype), at)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v.swapaxes(1, 2).astype(v_cache.dtype), at)
     filled = jnp.full((h.shape[0],), pos + 1, jnp.int32)  # positions 0..pos are in the cache
-    if self.decode_attention == "pallas":
-      from ardiff.kernels.decode_attention import decode_attention
-
-      attn = decode_attention(q, k_cache, v_cache, filled).reshape(h.shape[0], 1, self.width)
-    else:
-      attn = self._attend(q.astype(k_cache.dtype), k_cache, v_cache, kv_length=filled)
-    out = self._finish(h, attn, train=False)
+    attn = decode_kernels.decode_attention(q[:, 0], k_cache, v_cache, filled,
+                                           impl=self.decode_attention)
+    out = self._finish(h, attn.reshape(h.shape[0], 1, self.width), train=False)
     return out, k_cache, v_cache
 
 
@@ -121,9 +119,13 @@ class Transformer(nn.Module):
       (``nn.remat``), trading compute for memory; same gradients. How much memory it saves is
       up to XLA's scheduler (XLA:CPU's estimate at L = 784 drops only ~5%); measure on the
       accelerator before relying on it.
-    decode_attention: attention of a KV-cache decode step: "xla" (all L slots, the empty ones
-      masked) or "pallas" (`ardiff.kernels.decode_attention`: only the filled prefix; tested
-      in interpret mode, not yet timed on an accelerator). Same parameters either way.
+    attention: attention over the whole sequence (training, evaluation, and every step of the
+      bidirectional samplers), one of ``kernels.attention.IMPLS``: "xla" (default; the maps
+      materialised) or "flash" (TPU / GPU flash kernels chosen when lowered, XLA's on CPU;
+      lowered and interpreter-tested, not yet timed on a device). Same parameters either way.
+    decode_attention: attention of a KV-cache decode step, one of
+      ``kernels.decode_attention.IMPLS``: "xla" (all slots, the empty ones masked) or "pallas"
+      (TPU / GPU kernels that read only the filled prefix, chosen when lowered; XLA's on CPU).
     input_vocab_size: bidirectional mode only: the number of input token ids (embedding rows),
       for processes whose inputs are richer than the V output values (the upscale ARDM's
       coarse-value tokens); the head still outputs V logits and the process chooses its own
@@ -142,6 +144,7 @@ class Transformer(nn.Module):
   causal: bool = True
   dtype: Any = jnp.float32
   remat: bool = False
+  attention: str = "xla"
   decode_attention: str = "xla"
   input_vocab_size: int | None = None
 
@@ -151,8 +154,10 @@ class Transformer(nn.Module):
     return self.vocab_size
 
   def setup(self):
-    if self.decode_attention not in ("xla", "pallas"):
-      raise ValueError(f"decode_attention must be 'xla' or 'pallas', got "
+    if self.attention not in full_attention.IMPLS:
+      raise ValueError(f"attention must be one of {full_attention.IMPLS}, got {self.attention!r}")
+    if self.decode_attention not in decode_kernels.IMPLS:
+      raise ValueError(f"decode_attention must be one of {decode_kernels.IMPLS}, got "
                        f"{self.decode_attention!r}")
     init = nn.initializers.normal(0.02)
     if self.input_vocab_size is not None and (self.causal or self.input_vocab_size < 1):
@@ -170,7 +175,7 @@ class Transformer(nn.Module):
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     self.blocks = [
         block(self.width, self.heads, self.mlp_ratio, self.dropout, self.dtype, self.causal,
-              self.decode_attention, name=f"block_{i}")
+              self.attention, self.decode_attention, name=f"block_{i}")
         for i in range(self.depth)
     ]
     self.ln_f = nn.LayerNorm(dtype=self.dtype)
@@ -201,7 +206,7 @@ class Transformer(nn.Module):
     Args:
       prev_tokens: int [B], the token x_{pos-1} (ignored at pos == 0, where the class is read).
       pos: int scalar (may be traced), the position whose distribution is wanted.
-      cache: {"k", "v"}, each a tuple of depth arrays [B, L, heads, head_dim], filled for
+      cache: {"k", "v"}, each a tuple of depth arrays [B, heads, C, head_dim], filled for
         positions < pos (see init_cache).
       y: int [B] labels (num_classes = null).
 
@@ -225,8 +230,9 @@ class Transformer(nn.Module):
 
 
 def init_cache(model: Transformer, batch_size: int, dtype=None) -> Cache:
-  """Zero KV cache {"k": (depth arrays), "v": (depth arrays)}, each [batch, L, heads, head_dim],
-  in ``dtype`` (default: the model's compute dtype, which is what the keys and values are).
+  """Zero KV cache {"k": (depth arrays), "v": (depth arrays)}, each [batch, heads, C, head_dim]
+  with C = ``decode_attention.cache_length(seq_len)``, in ``dtype`` (default: the model's
+  compute dtype, which is what the keys and values are).
 
   One array per layer rather than one stacked [depth, ...] array: slicing a layer out of a
   stacked carry makes XLA copy it every step (measured 2-3x slower decoding at L = 784 on CPU);
@@ -234,6 +240,7 @@ def init_cache(model: Transformer, batch_size: int, dtype=None) -> Cache:
   """
   if model.width % model.heads:
     raise ValueError(f"width {model.width} must be divisible by heads {model.heads}")
-  shape = (batch_size, model.seq_len, model.heads, model.width // model.heads)
+  shape = (batch_size, model.heads, decode_kernels.cache_length(model.seq_len),
+           model.width // model.heads)
   zeros = tuple(jnp.zeros(shape, dtype or model.dtype) for _ in range(model.depth))
   return {"k": zeros, "v": zeros}

@@ -1,0 +1,136 @@
+"""Full-sequence softmax attention for training and evaluation, per platform.
+
+    out = attention(q, k, v, causal=True, impl="flash")   # q, k, v, out: [B, T, N, H]
+
+    out_i = sum_j softmax_j(q_i.k_j / sqrt(H)) v_j,   over j <= i (causal) or all j,
+
+with float32 logits and softmax whatever the compute dtype. ``impl`` (see ``IMPLS``):
+  * ``"xla"``: ``jax.nn.dot_product_attention`` with XLA's implementation: it materialises the
+    [B, N, T, T] logits and probabilities, and keeps them for the backward pass (at T = 785,
+    width 256, batch 64 that is most of the ~41 GiB of the MNIST-scale step, ``ardiff bench
+    memory``). The reference, and the CPU body of ``"flash"``.
+  * ``"flash"``: chosen when the program is lowered (``platform.by_platform``):
+      - TPU: JAX's Pallas TPU flash attention (``pallas.ops.tpu.flash_attention``, forward and
+        backward kernels, [B, N, T, H] layout);
+      - GPU: JAX's Pallas GPU (Triton) flash attention (``pallas.ops.gpu.attention.mha``, forward
+        and backward kernels). cuDNN's (``dot_product_attention(implementation="cudnn")``) is not
+        used: it asks the local cuDNN for its version while tracing, so it cannot be shown to
+        lower from a CPU host, and it is bf16/fp16 only;
+      - CPU: ``"xla"``.
+    Both kernels need the length to be a multiple of their tile: T is padded to ``padded_length``
+    and the padding is kept out by segment ids (real tokens segment 1, padding 0: a real query
+    never attends to a padded key; padded queries attend to padding and are sliced away). Memory
+    is O(T) per head: the kernels keep the output and the log-sum-exp, not the maps.
+  * ``"flash-tpu-interpret"`` / ``"flash-gpu-interpret"``: the TPU / GPU path in Pallas's
+    interpreter on any backend, padding included; only for checking on a CPU (tests).
+Status: both kernels lower for their platform from a CPU host, forward and backward
+(tests/test_lowering.py), and match float64 attention and its gradient in the interpreter
+(tests/kernels/test_attention.py); not compiled or timed on a device yet, so ``"xla"`` stays
+the default (``ardiff bench accelerator`` decides).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
+
+from ardiff.kernels.platform import by_platform
+
+IMPLS = ("xla", "flash", "flash-tpu-interpret", "flash-gpu-interpret")
+TILE = 128  # both kernels' default tile along the sequence
+
+
+def padded_length(length: int, platform: str) -> int:
+  """The sequence length a kernel runs at. TPU: a multiple of TILE (its segment-id masking
+  needs key tiles of 128 lanes). GPU: a multiple of TILE above it, else the next power of two
+  >= 16 (Triton tiles are powers of two)."""
+  if length > TILE or platform == "tpu":
+    return -(-length // TILE) * TILE
+  return max(16, 1 << (length - 1).bit_length())
+
+
+def xla_attention(q, k, v, causal: bool):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+
+
+def _pad(x, to):
+  return jnp.pad(x, ((0, 0), (0, to - x.shape[1]), (0, 0), (0, 0)))
+
+
+def _segments(batch: int, length: int, to: int) -> jax.Array:
+  return jnp.broadcast_to((jnp.arange(to) < length).astype(jnp.int32), (batch, to))
+
+
+def _tpu_flash(q, k, v, causal: bool):
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+
+  b, length, _, dim = q.shape
+  to, tile = padded_length(length, "tpu"), TILE
+  sizes = tpu_flash.BlockSizes(
+      block_q=tile, block_k_major=tile, block_k=tile, block_b=1, block_q_major_dkv=tile,
+      block_k_major_dkv=tile, block_k_dkv=tile, block_q_dkv=tile, block_k_major_dq=tile,
+      block_k_dq=tile, block_q_dq=tile)
+  heads_first = lambda x: jnp.swapaxes(_pad(x, to), 1, 2)  # [B, N, T', H]
+  segments = _segments(b, length, to)
+  out = tpu_flash.flash_attention(
+      heads_first(q), heads_first(k), heads_first(v),
+      segment_ids=tpu_flash.SegmentIds(segments, segments), causal=causal,
+      sm_scale=1.0 / float(dim) ** 0.5, block_sizes=sizes)
+  return jnp.swapaxes(out, 1, 2)[:, :length].astype(q.dtype)
+
+
+# The TPU kernel has no `interpret` argument; Pallas's TPU interpreter is a context that must
+# be active whenever a kernel is traced, the backward kernels included (traced when the
+# gradient is taken, outside any forward call): hence a custom_vjp that enters it both times.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _tpu_flash_interpreted(q, k, v, causal):
+  with pltpu.force_tpu_interpret_mode():
+    return _tpu_flash(q, k, v, causal)
+
+
+def _tpu_flash_interpreted_fwd(q, k, v, causal):
+  with pltpu.force_tpu_interpret_mode():
+    return jax.vjp(lambda *qkv: _tpu_flash(*qkv, causal), q, k, v)
+
+
+def _tpu_flash_interpreted_bwd(causal, vjp, cotangent):
+  with pltpu.force_tpu_interpret_mode():
+    return vjp(cotangent)
+
+
+_tpu_flash_interpreted.defvjp(_tpu_flash_interpreted_fwd, _tpu_flash_interpreted_bwd)
+
+
+def _gpu_flash(q, k, v, causal: bool, interpret: bool = False):
+  from jax.experimental.pallas.ops.gpu import attention as gpu_flash
+
+  b, length, _, dim = q.shape
+  to = padded_length(length, "cuda")
+  tile = min(TILE, to)
+  back = min(32, to)  # JAX's default backward tiles (shared memory bounds them on GPUs)
+  sizes = gpu_flash.BlockSizes(block_q=tile, block_k=tile, block_q_dkv=back, block_kv_dkv=back,
+                               block_q_dq=back, block_kv_dq=back)
+  out = gpu_flash.mha(_pad(q, to), _pad(k, to), _pad(v, to), _segments(b, length, to),
+                      sm_scale=1.0 / float(dim) ** 0.5, causal=causal, block_sizes=sizes,
+                      interpret=interpret)
+  return out[:, :length].astype(q.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
+              impl: str = "xla") -> jax.Array:
+  """Softmax attention of q over k, v, all [B, T, N, H]; returns [B, T, N, H] in q's dtype.
+  ``impl``: see the module docstring."""
+  if impl == "xla":
+    return xla_attention(q, k, v, causal)
+  if impl == "flash":
+    return by_platform(q, k, v, xla=lambda *a: xla_attention(*a, causal),
+                       tpu=lambda *a: _tpu_flash(*a, causal),
+                       cuda=lambda *a: _gpu_flash(*a, causal))
+  if impl == "flash-tpu-interpret":
+    return _tpu_flash_interpreted(q, k, v, causal)
+  if impl == "flash-gpu-interpret":
+    return _gpu_flash(q, k, v, causal, interpret=True)
+  raise ValueError(f"attention: impl must be one of {IMPLS}, got {impl!r}")

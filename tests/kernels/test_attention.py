@@ -1,0 +1,50 @@
+"""Full-sequence attention: the TPU and GPU flash kernels (Pallas's interpreter on the CPU, with
+the padding and segment ids of the real path) against float64 attention and its gradient."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ardiff.kernels.attention import IMPLS, attention, padded_length
+from tests.kernels._reference import attention64, attention64_grad
+
+
+def test_padded_length_fits_both_kernels():
+  lengths = (1, 9, 16, 17, 65, 128, 129, 785)
+  assert [padded_length(n, "cuda") for n in lengths] == [16, 16, 16, 32, 128, 128, 256, 896]
+  assert [padded_length(n, "tpu") for n in lengths] == [128] * 6 + [256, 896]
+
+
+def _inputs(length, seed=0, batch=2, heads=2, dim=8):
+  rng = np.random.default_rng(seed)
+  return [(2 * rng.normal(size=(batch, length, heads, dim))).astype(np.float32)
+          for _ in range(4)]
+
+
+@pytest.mark.parametrize("impl", ["xla", "flash-tpu-interpret", "flash-gpu-interpret"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_and_its_gradient_are_float64_attention(impl, causal):
+  # 23 tokens: padded to 32, so a wrong padding mask (padded keys seen) shows.
+  q, k, v, g = _inputs(23)
+  allowed = np.tril(np.ones((23, 23), bool)) if causal else np.ones((23, 23), bool)
+
+  def loss(q, k, v):
+    out = attention(q, k, v, causal=causal, impl=impl)
+    return jnp.sum(out * g), out
+
+  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  np.testing.assert_allclose(np.asarray(out), attention64(q, k, v, allowed)[0], atol=2e-5)
+  for got, want, name in zip(grads, attention64_grad(q, k, v, allowed, g), "qkv"):
+    np.testing.assert_allclose(np.asarray(got), want, atol=5e-5, err_msg=f"d{name}")
+
+
+def test_flash_runs_xla_on_the_cpu_and_names_a_bad_impl():
+  q, k, v, _ = _inputs(5)
+  np.testing.assert_array_equal(np.asarray(attention(q, k, v, causal=True, impl="flash")),
+                                np.asarray(attention(q, k, v, causal=True, impl="xla")))
+  with pytest.raises(ValueError, match="impl must be one of"):
+    attention(q, k, v, causal=True, impl="cudnn")
+  assert set(IMPLS) >= {"xla", "flash"}

@@ -1,0 +1,67 @@
+"""KV-cache decode attention: the TPU kernel and JAX's GPU kernel (Pallas's interpreter on the
+CPU) and the XLA path against float64 softmax attention over the filled prefix, and each inside
+the transformer against the full causal forward."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ardiff.kernels.decode_attention import (IMPLS, block_size, cache_length,
+                                             decode_attention)
+from ardiff.models.transformer import Transformer, init_cache
+from tests.kernels._reference import attention64
+from tests.models.test_transformer import rough_params
+
+KERNELS = ["xla", "pallas-tpu-interpret", "pallas-gpu-interpret"]
+
+
+def test_block_and_cache_sizes():
+  assert [block_size(n) for n in (784, 64, 48, 7, 1024)] == [16, 64, 16, 1, 128]
+  assert [cache_length(n) for n in (1, 12, 16, 64, 784, 785)] == [16, 16, 16, 64, 784, 800]
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+def test_decode_is_softmax_attention_over_the_filled_prefix(impl):
+  rng = np.random.default_rng(0)
+  b, heads, slots, dim = 5, 2, 48, 8
+  q = rng.normal(size=(b, heads, dim)).astype(np.float32)
+  k = 3 * rng.normal(size=(b, heads, slots, dim)).astype(np.float32)  # garbage past `filled`
+  v = rng.normal(size=(b, heads, slots, dim)).astype(np.float32)
+  filled = np.array([1, 15, 16, 17, 48])  # one slot, tile edges, the whole cache
+  out = np.asarray(decode_attention(q, k, v, filled, impl=impl))
+  for i, n in enumerate(filled):
+    # [1, 1, N, H] query over [1, C, N, H] keys, the first n allowed.
+    ref, _ = attention64(q[i][None, None], k[i].swapaxes(0, 1)[None], v[i].swapaxes(0, 1)[None],
+                         np.arange(slots)[None] < n)
+    np.testing.assert_allclose(out[i], ref[0, 0], atol=2e-6, err_msg=f"filled={n}")
+
+
+def test_bad_shapes_and_impls_are_named():
+  q = np.zeros((2, 2, 8), np.float32)
+  with pytest.raises(ValueError, match=r"must be \[B, N, H\] and the caches"):
+    decode_attention(q, np.zeros((2, 16, 2, 8)), np.zeros((2, 16, 2, 8)), 3)
+  with pytest.raises(ValueError, match="impl must be one of"):
+    decode_attention(q, np.zeros((2, 2, 16, 8)), np.zeros((2, 2, 16, 8)), 3, impl="cuda")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_transformer_decodes_as_the_full_forward_with_every_impl(impl):
+  model = Transformer(vocab_size=5, seq_len=12, num_classes=3, width=32, depth=2, heads=4,
+                      decode_attention=impl)
+  params = rough_params(model)
+  y = jnp.array([0, 2, 3])
+  x = jax.random.randint(jax.random.key(1), (3, 12), 0, 5)
+  full = np.asarray(jax.jit(model.apply)(params, x, y))
+  step = jax.jit(lambda prev, pos, cache: model.apply(params, prev, pos, cache, y,
+                                                      method=Transformer.decode_step))
+  cache = init_cache(model, 3)
+  prev = jnp.zeros((3,), jnp.int32)
+  for pos in range(12):
+    logits, cache = step(prev, jnp.int32(pos), cache)
+    np.testing.assert_allclose(np.asarray(logits), full[:, pos], atol=2e-5, rtol=1e-5)
+    prev = x[:, pos]
+  with pytest.raises(ValueError, match="decode_attention must be one of"):
+    model.clone(decode_attention="cuda").apply(params, x, y)
