@@ -65,7 +65,7 @@ def _transformer(cfg, dataset: Dataset, dtype, causal: bool, input_vocab_size=No
   return Transformer(vocab_size=dataset.num_levels, seq_len=dataset.num_tokens,
                      num_classes=dataset.num_classes, width=cfg.width, depth=cfg.depth,
                      heads=cfg.heads, dropout=cfg.dropout, causal=causal, dtype=dtype,
-                     remat=cfg.get("remat", False), attention=_attention(cfg),
+                     remat=cfg.get("remat", False), attention=cfg.get("attention", "xla"),
                      decode_attention=cfg.get("decode_attention", "xla"),
                      input_vocab_size=input_vocab_size)
 
@@ -74,17 +74,6 @@ def _transformer(cfg, dataset: Dataset, dtype, causal: bool, input_vocab_size=No
 # parameters and outputs): left out of the model cache's key.
 COMPUTE_ONLY_FIELDS = ("remat", "attention", "decode_attention")
 
-
-def _attention(cfg) -> str:
-  """The transformer section's `attention`, after checking it and `decode_attention` (a
-  ConfigError naming the key when either is not an impl)."""
-  from ardiff.configs.validation import require_choice
-  from ardiff.kernels import attention, decode_attention
-
-  impl = cfg.get("attention", "xla")
-  require_choice(impl, "ar.attention", attention.IMPLS)
-  require_choice(cfg.get("decode_attention", "xla"), "ar.decode_attention", decode_attention.IMPLS)
-  return impl
 
 
 def _tiny_transformer():
@@ -221,7 +210,7 @@ def gaussian_transformer(cfg, dataset: Dataset, dtype, diffusion=None):
                                num_classes=dataset.num_classes,
                                patch_size=cfg.get("patch_size", 1), dropout=cfg.dropout,
                                dtype=dtype, remat=cfg.get("remat", False),
-                               attention=_attention(cfg))
+                               attention=cfg.get("attention", "xla"))
   return GaussianDiffusion(model, dataset.num_classes, diffusion.schedule,
                            diffusion.num_timesteps, diffusion.target, diffusion.p_uncond,
                            diffusion.clip_x0, data_shape=dataset.shape,

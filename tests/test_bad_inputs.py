@@ -84,6 +84,10 @@ CLI_CASES = [
     ("width-bool", RUN + ["--config.model.width=False"], r"'model.width'.*int.*bool"),
     ("runs-not-list", RUN + ["--config.sample.runs=7"], r"'sample.runs'.*list.*int"),
     ("remat-int", RUN_AR + ["--config.ar.remat=1"], r"'ar.remat'.*bool"),
+    ("attention-impl", RUN_AR + ["--config.ar.attention=cudnn"],
+     r"'ar.attention'.*unknown value 'cudnn'; choose from xla, flash"),
+    ("decode-attention-impl", RUN_AR + ["--config.ar.decode_attention=triton"],
+     r"'ar.decode_attention'.*unknown value 'triton'"),
     # Training ranges (TrainConfig, checked before the work dir is touched).
     ("steps-zero", RUN + ["--config.train.steps=0"], r"'train.steps'.*positive"),
     ("steps-negative", RUN + ["--config.train.steps=-5"], r"'train.steps'.*positive"),

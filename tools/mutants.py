@@ -57,6 +57,8 @@ BEATS_DDIM = f"{S}::test_second_order_solvers_beat_ddim_at_ten_evaluations"
 EULER_A_IS_DDIM = f"{S}::test_euler_ancestral_is_ddim_with_the_same_eta_on_the_same_grid"
 CONTINUOUS_TIME = (f"{S}::test_continuous_schedule_interpolates_log_snr_between_training_steps",
                    f"{S}::test_spacings_follow_their_formulas")
+KERNEL_DECODE = "tests/kernels/test_decode_attention.py"
+KERNEL_ATTENTION = "tests/kernels/test_attention.py"
 MUTANTS = (
     # ---- diffusion samplers (the solver protocol of samplers/base.py; x~ = x / sqrt(ab))
     _m("ddim-variance-drops-(1-sigma_s^2/sigma_t^2)", "samplers", SAMPLERS + "ddim.py",
@@ -264,6 +266,19 @@ MUTANTS = (
     _m("sample-cache-ignores-the-key", "report", "ardiff/sample_cache.py",
        "  h.update(np.asarray(jax.random.key_data(key)).tobytes())\n", "",
        "tests/test_sample_cache.py"),
+    # ---- attention kernels (checked in Pallas's interpreter against float64 attention)
+    _m("tpu-decode-reads-one-slot-past-the-filled", "kernels", "ardiff/kernels/decode_attention.py",
+       "s = jnp.where(position < filled, s, -jnp.inf)",
+       "s = jnp.where(position <= filled, s, -jnp.inf)", KERNEL_DECODE),
+    _m("gpu-decode-lengths-tiled-not-repeated-per-head", "kernels",
+       "ardiff/kernels/decode_attention.py", "kv_seq_len=jnp.repeat(filled, heads)",
+       "kv_seq_len=jnp.tile(filled, heads)", KERNEL_DECODE),
+    _m("flash-padding-in-the-real-segment", "kernels", "ardiff/kernels/attention.py",
+       "(jnp.arange(to) < length).astype(jnp.int32)",
+       "(jnp.arange(to) <= length).astype(jnp.int32)", KERNEL_ATTENTION),
+    _m("chunked-backward-drops-the-row-sum", "kernels", "ardiff/kernels/attention.py",
+       "ds = p * (jnp.einsum(\"bqnh,bknh->bnqk\", g32, vp) - d_chunk.transpose(0, 2, 1)[..., None])",
+       "ds = p * jnp.einsum(\"bqnh,bknh->bnqk\", g32, vp)", KERNEL_ATTENTION),
 )
 
 

@@ -1,4 +1,4 @@
-"""`ardiff bench samplers|ar|diffusion|train|all`: speed tables measured in one run.
+"""`ardiff bench samplers|ar|diffusion|train|all|memory|accelerator`: tables measured in one run.
 
 Never timed tests: the numbers are printed, not asserted. Every bench times through the one
 timer (`ardiff.bench.timer.interleaved`): each contender is called once untimed (compilation),
@@ -8,12 +8,18 @@ medians of the same run.
 
 Modules: `samplers` (diffusion lax.scan vs Python loop), `ar` (KV cache vs recompute),
 `diffusion` (UNet training and DDIM sampling on digits), `train` (training throughput at
-MNIST size with XLA's FLOP count). Each has TITLE and rows(quick) -> list of dicts.
+MNIST size with XLA's FLOP count); `all` runs these four. `memory` (XLA's memory analysis of
+each family's train step with and without flash attention, and what fits which accelerator) and
+`accelerator` (the acceptance run for a new GPU/TPU: kernels against XLA, decode, train step,
+sampling). Each has TITLE and rows(quick) -> list of dicts; `--out` writes the markdown and the
+rows as JSON beside it.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -21,7 +27,8 @@ from ardiff.bench.timer import MIN_REPEATS
 
 REPEATS = MIN_REPEATS  # timed rounds per contender in every bench
 
-BENCHES = ("samplers", "ar", "diffusion", "train")  # run in this order by `all`
+BENCHES = ("samplers", "ar", "diffusion", "train", "memory", "accelerator")
+ALL = BENCHES[:4]  # the speed tables, run in this order by `all`
 
 
 def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -64,21 +71,25 @@ def header() -> str:
 
 def run(what: str, quick: bool = False, out: str | None = None) -> str:
   """Run one bench (or `all`), print the markdown, also write it to `out`; returns it."""
-  names = list(BENCHES) if what == "all" else [what]
+  names = list(ALL) if what == "all" else [what]
   for name in names:
     if name not in BENCHES:
       raise SystemExit(f"ardiff bench: {name!r} is not available; choose from "
                        f"{list(BENCHES) + ['all']}")
-  text = [header()]
+  text, records = [header()], {}
   for name in names:
     module = importlib.import_module(f"ardiff.bench.{name}")
     print(f"running bench {name} ...", file=sys.stderr, flush=True)
     note = getattr(module, "NOTE", "")
+    records[name] = module.rows(quick)
     text.append(f"## {module.TITLE}\n\n" + (f"{note}\n\n" if note else "")
-                + table(module.rows(quick)))
+                + table(records[name]))
   result = "\n".join(text)
   print(result)
   if out:
     with open(out, "w") as f:
       f.write(result)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+      json.dump({"header": text[0], "quick": quick, "benches": records}, f, indent=1,
+                default=str)
   return result

@@ -37,6 +37,18 @@ def compiled_flops(compiled) -> float | None:
   return step_flops(compiled)
 
 
+def compiled_memory(compiled) -> dict | None:
+  """Bytes of a compiled program per device from XLA's memory analysis: `fixed` (arguments +
+  outputs - aliased), `temp` (temporaries) and their `total`; None if the backend gives none."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  fixed = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+           - stats.alias_size_in_bytes)
+  return {"fixed": fixed, "temp": stats.temp_size_in_bytes,
+          "total": fixed + stats.temp_size_in_bytes}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainCase:
   """One model's train step, ready to time: `fn` runs `steps` steps and returns the last loss."""
@@ -47,32 +59,52 @@ class TrainCase:
   steps: int
   flops: float | None  # per step
   fn: Callable[[], Any]
+  memory: dict | None = None  # compiled_memory of the step
 
 
-def train_case(name: str, process, x, y, batch: int, steps: int) -> TrainCase:
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+  """A train step compiled ahead of time for one batch, with what it is called on."""
+
+  compiled: Any
+  state: Any
+  arrays: Any
+  key: Any
+
+
+def compile_train_step(process, x, y, batch: int) -> CompiledStep:
   """Compile the real train step (ardiff.train.train_step) for one batch of (x, y)."""
   import functools
 
   import jax
 
   from ardiff import parallel
-  from ardiff.train import TrainConfig, init_state, make_optimizer, num_params, train_step
+  from ardiff.train import TrainConfig, init_state, make_optimizer, train_step
 
   mesh = parallel.data_mesh()
   tx = make_optimizer(TrainConfig(steps=1000, batch_size=batch))
   arrays = parallel.put_global_batch({"x": x[:batch], "y": y[:batch]}, mesh)
   state = init_state(process, tx, arrays, jax.random.key(0))
   key = jax.random.key(1)
-  # Compiled once, ahead of time: the same executable gives the FLOPs and runs the steps.
+  # Compiled once, ahead of time: the same executable gives the FLOPs, the memory and the runs.
   step = jax.jit(functools.partial(train_step, process, tx, 0.999)).lower(
       state, arrays, key).compile()
+  return CompiledStep(step, state, arrays, key)
+
+
+def train_case(name: str, process, x, y, batch: int, steps: int) -> TrainCase:
+  """The compiled train step for one batch of (x, y), ready to time."""
+  from ardiff.train import num_params
+
+  step = compile_train_step(process, x, y, batch)
 
   def run_steps():
     for _ in range(steps):
-      _, metrics = step(state, arrays, key)
+      _, metrics = step.compiled(step.state, step.arrays, step.key)
     return metrics["loss"]
 
-  return TrainCase(name, num_params(state.params), batch, steps, compiled_flops(step), run_steps)
+  return TrainCase(name, num_params(step.state.params), batch, steps,
+                   compiled_flops(step.compiled), run_steps, compiled_memory(step.compiled))
 
 
 def time_cases(cases: list[TrainCase]) -> dict:

@@ -164,6 +164,11 @@ def validate_transformer(cfg, prefix: str) -> None:
           f"width={cfg.width} must be divisible by heads={cfg.heads}")
   require(0 <= cfg.dropout < 1, f"{prefix}.dropout", f"must lie in [0, 1), got {cfg.dropout}")
   require(0 <= cfg.p_uncond <= 1, f"{prefix}.p_uncond", f"must lie in [0, 1], got {cfg.p_uncond}")
+  from ardiff.kernels import attention, decode_attention
+
+  require_choice(cfg.get("attention", "xla"), f"{prefix}.attention", attention.IMPLS)
+  require_choice(cfg.get("decode_attention", "xla"), f"{prefix}.decode_attention",
+                 decode_attention.IMPLS)
 
 
 def validate_train(cfg, prefix: str) -> None:

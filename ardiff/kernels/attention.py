@@ -21,6 +21,12 @@ with float32 logits and softmax whatever the compute dtype. ``impl`` (see ``IMPL
     and the padding is kept out by segment ids (real tokens segment 1, padding 0: a real query
     never attends to a padded key; padded queries attend to padding and are sliced away). Memory
     is O(T) per head: the kernels keep the output and the log-sum-exp, not the maps.
+  * ``"chunked"``: flash attention's memory in plain XLA, on any backend: the queries in chunks
+    of TILE under ``lax.scan``, a custom VJP that keeps only (q, k, v, out, log-sum-exp) and
+    recomputes each chunk's probabilities in the backward pass (dV = P^T G, dS = P (G V^T - D),
+    D = rowsum(G * out), dQ = dS K / sqrt(H), dK = dS^T Q / sqrt(H)). Slower than ``"xla"`` on a
+    CPU (a loop of small matmuls); it is how ``ardiff bench memory`` measures what the flash
+    kernels leave of a step's memory on a CPU, and a fallback where no kernel lowers.
   * ``"flash-tpu-interpret"`` / ``"flash-gpu-interpret"``: the TPU / GPU path in Pallas's
     interpreter on any backend, padding included; only for checking on a CPU (tests).
 Status: both kernels lower for their platform from a CPU host, forward and backward
@@ -39,7 +45,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from ardiff.kernels.platform import by_platform
 
-IMPLS = ("xla", "flash", "flash-tpu-interpret", "flash-gpu-interpret")
+IMPLS = ("xla", "flash", "chunked", "flash-tpu-interpret", "flash-gpu-interpret")
 TILE = 128  # both kernels' default tile along the sequence
 
 
@@ -119,6 +125,79 @@ def _gpu_flash(q, k, v, causal: bool, interpret: bool = False):
   return out[:, :length].astype(q.dtype)
 
 
+def _chunks(x, to):  # [B, T, N, H] -> [T'/TILE, B, TILE, N, H], zero-padded
+  b, _, n, h = x.shape
+  return _pad(x, to).reshape(b, to // TILE, TILE, n, h).swapaxes(0, 1)
+
+
+def _unchunk(x, length):  # the inverse of _chunks, padding dropped
+  c, b, tile = x.shape[:3]
+  return x.swapaxes(0, 1).reshape(b, c * tile, *x.shape[3:])[:, :length]
+
+
+def _chunk_scores(q_chunk, index, k, causal, length):
+  """float32 scores of one query chunk [B, TILE, N, H] against every key [B, T', N, H], with the
+  keys past the true length or (causal) past the query at -inf: [B, N, TILE, T']."""
+  scale = 1.0 / float(q_chunk.shape[-1]) ** 0.5
+  s = jnp.einsum("bqnh,bknh->bnqk", q_chunk.astype(jnp.float32), k.astype(jnp.float32)) * scale
+  query = index * TILE + jnp.arange(TILE)[:, None]
+  key = jnp.arange(k.shape[1])[None, :]
+  allowed = (key < length) & ((key <= query) if causal else True)
+  return jnp.where(allowed, s, -jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _chunked(q, k, v, causal):
+  return _chunked_fwd(q, k, v, causal)[0]
+
+
+def _chunked_fwd(q, k, v, causal):
+  length = q.shape[1]
+  to = -(-length // TILE) * TILE
+  kp, vp = _pad(k, to), _pad(v, to)
+
+  def one(_, xs):
+    q_chunk, index = xs
+    s = _chunk_scores(q_chunk, index, kp, causal, length)
+    lse = jax.nn.logsumexp(s, axis=-1)  # [B, N, TILE]
+    out = jnp.einsum("bnqk,bknh->bqnh", jnp.exp(s - lse[..., None]), vp.astype(jnp.float32))
+    return None, (out.astype(q.dtype), lse)
+
+  _, (out, lse) = jax.lax.scan(one, None, (_chunks(q, to), jnp.arange(to // TILE)))
+  out = _unchunk(out, length)
+  return out, (q, k, v, out, lse)
+
+
+def _chunked_bwd(causal, residuals, g):
+  q, k, v, out, lse = residuals
+  length = q.shape[1]
+  to = -(-length // TILE) * TILE
+  kp, vp = _pad(k, to).astype(jnp.float32), _pad(v, to).astype(jnp.float32)
+  scale = 1.0 / float(q.shape[-1]) ** 0.5
+  delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, T, N]
+
+  def one(carry, xs):
+    dk, dv = carry
+    q_chunk, g_chunk, d_chunk, lse_chunk, index = xs
+    p = jnp.exp(_chunk_scores(q_chunk, index, kp, causal, length) - lse_chunk[..., None])
+    g32 = g_chunk.astype(jnp.float32)
+    dv = dv + jnp.einsum("bnqk,bqnh->bknh", p, g32)
+    ds = p * (jnp.einsum("bqnh,bknh->bnqk", g32, vp) - d_chunk.transpose(0, 2, 1)[..., None])
+    dq = jnp.einsum("bnqk,bknh->bqnh", ds, kp) * scale
+    dk = dk + jnp.einsum("bnqk,bqnh->bknh", ds, q_chunk.astype(jnp.float32)) * scale
+    return (dk, dv), dq
+
+  zeros = jnp.zeros(kp.shape, jnp.float32)
+  xs = (_chunks(q, to), _chunks(g, to), _chunks(delta[..., None], to)[..., 0], lse,
+        jnp.arange(to // TILE))
+  (dk, dv), dq = jax.lax.scan(one, (zeros, zeros), xs)
+  return (_unchunk(dq, length).astype(q.dtype), dk[:, :length].astype(k.dtype),
+          dv[:, :length].astype(v.dtype))
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
               impl: str = "xla") -> jax.Array:
   """Softmax attention of q over k, v, all [B, T, N, H]; returns [B, T, N, H] in q's dtype.
@@ -129,6 +208,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
     return by_platform(q, k, v, xla=lambda *a: xla_attention(*a, causal),
                        tpu=lambda *a: _tpu_flash(*a, causal),
                        cuda=lambda *a: _gpu_flash(*a, causal))
+  if impl == "chunked":
+    return _chunked(q, k, v, causal)
   if impl == "flash-tpu-interpret":
     return _tpu_flash_interpreted(q, k, v, causal)
   if impl == "flash-gpu-interpret":

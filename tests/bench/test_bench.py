@@ -79,3 +79,43 @@ def test_bench_quick_prints_a_table(what):
   if what == "diffusion":  # every row, training and sampling, has its images/s
     col = [c.strip(" |") for c in header].index("images/s")
     assert all(row.split(" | ")[col].strip(" |") for row in rows)
+
+
+def test_memory_fit_takes_the_largest_power_of_two_under_the_usable_hbm():
+  from ardiff.bench.memory import GIB, USABLE, fit_cells, largest_batch
+
+  memory = {"fixed": 1 * GIB, "temp": 2 * GIB}  # at batch 8: 0.25 GiB per example
+  # v5e: 0.9 * 16 - 1 = 13.4 GiB -> 53 examples -> 32; v5p: 0.9 * 95 - 1 = 84.5 -> 338 -> 256.
+  assert largest_batch(memory, 8, 16) == 32 and largest_batch(memory, 8, 95) == 256
+  assert largest_batch({"fixed": 20 * GIB, "temp": GIB}, 8, 16) == 0  # the state alone is over
+  b = largest_batch(memory, 8, 32)
+  assert 1 * GIB + 0.25 * GIB * b <= USABLE * 32 * GIB < 1 * GIB + 0.25 * GIB * 2 * b
+  cells = fit_cells({"fixed": 1 * GIB, "temp": 16 * GIB}, 64)  # 0.25 GiB/example at batch 64
+  assert cells["v5e"] == "32 (2)" and cells["v5p"] == "256 (1)"
+
+
+def test_memory_bench_quick_compares_the_attentions():
+  from ardiff.bench import memory
+
+  rows = memory.rows(quick=True)
+  assert [(r["family"], r["attention"]) for r in rows] == [("raster", "xla"), ("raster", "flash")]
+  assert all(r["GiB"] > 0 for r in rows) and rows[1]["maps' share"].endswith("%")
+
+
+def test_accelerator_bench_runs_reduced_and_writes_its_report(tmp_path):
+  import json
+
+  from ardiff import cli
+
+  out = tmp_path / "accelerator_report.md"
+  assert cli.main(["bench", "accelerator", "--quick", f"--out={out}"]) == 0
+  report = json.loads((tmp_path / "accelerator_report.json").read_text())
+  rows = report["benches"]["accelerator"]
+  kernels = [r for r in rows if "verdict" in r]
+  # Both interpreted kernels of each path, checked against XLA (CPU: reduced mode).
+  assert {r["impl"] for r in kernels} == {"pallas-tpu-interpret", "pallas-gpu-interpret",
+                                          "flash-tpu-interpret", "flash-gpu-interpret"}
+  assert all(r["verdict"] == "correct" and r["max err"] <= r["tolerance"] for r in kernels)
+  checks = " ".join(r["check"] for r in rows)
+  assert "raster decode" in checks and "train step" in checks and "ddim" in checks
+  assert "Accelerator acceptance" in out.read_text()

@@ -24,12 +24,16 @@ def _inputs(length, seed=0, batch=2, heads=2, dim=8):
           for _ in range(4)]
 
 
-@pytest.mark.parametrize("impl", ["xla", "flash-tpu-interpret", "flash-gpu-interpret"])
+@pytest.mark.parametrize("impl", ["xla", "chunked", "flash-tpu-interpret",
+                                  "flash-gpu-interpret"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_and_its_gradient_are_float64_attention(impl, causal):
-  # 23 tokens: padded to 32, so a wrong padding mask (padded keys seen) shows.
-  q, k, v, g = _inputs(23)
-  allowed = np.tril(np.ones((23, 23), bool)) if causal else np.ones((23, 23), bool)
+  # 23 tokens: padded (to 32 or 128), so a wrong padding mask (padded keys seen) shows; 150
+  # for the chunked path, two chunks of 128 with the causal edge across them.
+  length = 150 if impl == "chunked" else 23
+  q, k, v, g = _inputs(length)
+  allowed = np.ones((length, length), bool)
+  allowed = np.tril(allowed) if causal else allowed
 
   def loss(q, k, v):
     out = attention(q, k, v, causal=causal, impl=impl)
