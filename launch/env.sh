@@ -3,7 +3,8 @@
 #
 # Makes the repo's .venv ready and activates it:
 #   - creates .venv with the first of python3.13, python3.12, python3.11, python3 that is >= 3.11;
-#   - runs `pip install -e '.[test]'` when pyproject.toml changed since the last install
+#   - runs `pip install -e '.[test,peers]'` when pyproject.toml changed since the last install
+#     (peers: diffusers and a CPU build of torch, which tests/peers cross-check the solvers against)
 #     (pyproject.toml's sha256 is kept in .venv/.ardiff-pyproject.sha256, pip's log beside it);
 #   - activates .venv. JAX_PLATFORMS is left as it is.
 # Silent on success (one line on a terminal while it installs). On failure it says why on stderr
@@ -58,9 +59,9 @@ print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$root/pyproj
   if [[ $want != "$have" ]]; then
     log="$venv/.ardiff-install.log"
     [[ -t 2 ]] && echo "launch/env.sh: installing the project into $venv (log: $log)" >&2
-    if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "${root}[test]" \
+    if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "${root}[test,peers]" \
       >"$log" 2>&1; then
-      echo "launch/env.sh: 'pip install -e .[test]' into $venv failed; the end of $log:" >&2
+      echo "launch/env.sh: 'pip install -e .[test,peers]' into $venv failed; the end of $log:" >&2
       tail -n 25 "$log" >&2
       return 1
     fi

@@ -226,7 +226,7 @@ def test_env_installs_only_when_pyproject_changes(repo):
   out = _bash(root, env, script=SOURCE)
   assert out.stdout == f"rc=0 venv={venv}\n" and out.stderr == ""  # quiet on success
   assert calls.read_text() == (
-      f"python -m pip install --disable-pip-version-check -q -e {root}[test]\n")
+      f"python -m pip install --disable-pip-version-check -q -e {root}[test,peers]\n")
   out = _bash(root, env, script=SOURCE)
   assert out.stdout == f"rc=0 venv={venv}\n" and out.stderr == ""
   assert len(calls.read_text().splitlines()) == 1  # unchanged pyproject: no second install
@@ -240,7 +240,7 @@ def test_env_failed_install_is_loud_and_not_stamped(repo):
   venv = _fake_venv(root, calls)
   out = _bash(root, {**env, "FAKE_PIP_RC": "1"}, script=SOURCE)
   assert out.stdout.startswith("rc=1 ")
-  assert "pip install -e .[test]" in out.stderr and "failed" in out.stderr
+  assert "pip install -e .[test,peers]" in out.stderr and "failed" in out.stderr
   assert not (venv / ".ardiff-pyproject.sha256").exists()
 
 
