@@ -12,9 +12,9 @@ run only on a device). Arguments are `jax.ShapeDtypeStruct`s: nothing is allocat
 paper- and MNIST-scale programs lower on a laptop.
 
 Programs the project runs on accelerators, built here from abstract inputs:
-  - `train_step_program`: the guarded train step as `ardiff.train` jits it (parameters
-    replicated, batch sharded over the "data" axis), on a mesh of any size: an
-    `AbstractMesh` needs no devices (`abstract_data_mesh(8)`);
+  - `train_step_programs`: the guarded train step as `ardiff.train` jits it (parameters
+    replicated, batch sharded over the "data" axis), traced once and placed on meshes of any
+    size: an `AbstractMesh` needs no devices (`abstract_data_mesh(8)`);
   - `sample_program`: `process.sample` for a spec (and guidance) with the parameters abstract.
 Used by tests/test_lowering.py (every builder family and every registered sampler) and by the
 benchmarks.
@@ -80,28 +80,37 @@ def abstract_batch(kind: str, data_spec, batch_size: int, sharding=None) -> dict
   return {"x": x, "y": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
 
 
-def _key_struct(sharding=None) -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding)
+def _key_struct() -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
 
 
-def train_step_program(process, cfg, batch: dict, mesh) -> tuple[Callable, tuple]:
-  """(jitted guarded train step, its abstract arguments) for `process` under TrainConfig `cfg`,
-  as `ardiff.train` runs it: state and divergence replicated over `mesh`, the batch sharded on
-  its data axis, the state donated. `batch`: abstract arrays (`abstract_batch`); `mesh`: a
-  concrete or abstract data mesh. Nothing is initialised: the state's shapes come from
-  `jax.eval_shape` of the initialiser."""
+def train_step_programs(process, cfg, batch: dict, meshes: Sequence) -> list[tuple]:
+  """[(jitted guarded train step, its abstract arguments)] on each mesh of `meshes`, as
+  `ardiff.train` runs the step (TrainConfig `cfg`): state and divergence replicated, the batch
+  sharded on the data axis, the state donated. `batch`: abstract arrays (`abstract_batch`);
+  a mesh may be concrete or abstract (`abstract_data_mesh`). Nothing is initialised (the
+  state's shapes come from `jax.eval_shape`), and the step is traced once: each mesh's program
+  is that jaxpr with the mesh's shardings (the arguments are the flattened pytrees)."""
+  from jax.extend.core import jaxpr_as_fun
+
   from ardiff.train import Divergence, guarded_train_step, init_state, make_optimizer
 
-  repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   tx = make_optimizer(cfg)
+  step = functools.partial(guarded_train_step, process, tx, cfg.ema_decay,
+                           ema_warmup=cfg.ema_warmup, grad_accum=cfg.grad_accum)
   state = jax.eval_shape(functools.partial(init_state, process, tx), batch, jax.random.key(0))
-  step = jax.jit(functools.partial(guarded_train_step, process, tx, cfg.ema_decay,
-                                   ema_warmup=cfg.ema_warmup, grad_accum=cfg.grad_accum),
-                 in_shardings=(repl, repl, data, repl), out_shardings=(repl, repl, repl),
-                 donate_argnums=0)
-  args = (abstract(state, repl), abstract(jax.eval_shape(Divergence.none), repl),
-          abstract(batch, data), _key_struct(repl))
-  return step, args
+  args = (state, jax.eval_shape(Divergence.none), batch, _key_struct())
+  closed = jax.jit(step).trace(*args).jaxpr
+  counts = [len(jax.tree.leaves(a)) for a in args]
+  programs = []
+  for mesh in meshes:
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    shardings = [repl] * (counts[0] + counts[1]) + [data] * counts[2] + [repl] * counts[3]
+    fn = jax.jit(jaxpr_as_fun(closed), in_shardings=shardings, out_shardings=repl,
+                 donate_argnums=tuple(range(counts[0])))
+    programs.append((fn, [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+                          for a, s in zip(jax.tree.leaves(args), shardings)]))
+  return programs
 
 
 def abstract_params(process, kind: str, data_spec) -> Any:
@@ -110,16 +119,26 @@ def abstract_params(process, kind: str, data_spec) -> Any:
   return jax.eval_shape(process.init_params, jax.random.key(0), batch)
 
 
+# What a wrapper raises when it needs a concrete value of something traced.
+_NEEDS_CONCRETE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                   jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
+
+
 def staged(fn: Callable) -> Callable:
-  """`fn` with what it computes from concrete values done at trace time, as when it is called
-  outside a trace (sampling time grids from a schedule, plans, keys): only what depends on the
-  traced arguments is staged. For wrappers that prepare host values before calling their
-  jitted core (`process.sample`, `inpaint`, ...), so that they can be jitted whole."""
+  """`fn`, to be traced whole: for wrappers that prepare values on the host before calling
+  their jitted core (`process.sample`, `inpaint`, ...). Everything is staged into the program
+  (what such a wrapper runs eagerly runs on the accelerator too), unless the wrapper needs a
+  concrete value (e.g. a diffusion time grid computed with numpy from the schedule): then it is
+  traced again with the computations on concrete values done at trace time, as when it is
+  called outside a trace, and only what depends on the traced arguments is staged."""
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    with jax.ensure_compile_time_eval():
+    try:
       return fn(*args, **kwargs)
+    except _NEEDS_CONCRETE:
+      with jax.ensure_compile_time_eval():
+        return fn(*args, **kwargs)
 
   return wrapper
 
@@ -138,4 +157,4 @@ def sample_program(process, spec: str, labels, *, guidance=None) -> Callable:
 
 __all__ = ["PLATFORMS", "abstract", "abstract_batch", "abstract_data_mesh", "abstract_params",
            "custom_call_targets", "export", "module_text", "sample_program", "staged",
-           "train_step_program"]
+           "train_step_programs"]

@@ -22,8 +22,10 @@ registering it:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -113,6 +115,45 @@ def scaled_process(kind: str, scale: str):
   return build.build(kind, section, spec, dtype=dtype, **extra), spec
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _apply(module, static, params, args, traced):
+  # Traced even inside `lowering.staged`'s compile-time evaluation: flax checks each
+  # parameter's shape by evaluating its initialiser on a constant key, which would otherwise
+  # compile and run every initialiser on the CPU (~15 s for a UNet).
+  from jax._src import config as jax_config
+
+  with jax_config.eager_constant_folding(False):
+    return module.apply(params, *args, **dict(static), **traced)
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedNetwork:
+  """A network whose `apply` is one jitted function, traced once per input shape and shared by
+  every program that calls it (the samplers of one process): the programs lowered are the
+  same, with the network as a called function instead of inlined."""
+
+  module: Any
+
+  def apply(self, params, *args, **kwargs):
+    static = tuple(sorted((k, v) for k, v in kwargs.items()
+                          if v is None or isinstance(v, (bool, str))))
+    traced = {k: v for k, v in kwargs.items() if k not in dict(static)}
+    return _apply(self.module, static, params, args, traced)
+
+  def __getattr__(self, name):
+    return getattr(self.module, name)
+
+
+@functools.lru_cache(maxsize=None)
+def sampling_process(kind: str, scale: str):
+  """`scaled_process`, its network shared across samplers where the process is a dataclass
+  that takes any network (the diffusion processes; token processes require a Transformer)."""
+  process, spec = scaled_process(kind, scale)
+  if dataclasses.is_dataclass(process) and hasattr(process, "model"):
+    process = dataclasses.replace(process, model=SharedNetwork(process.model))
+  return process, spec
+
+
 def spiral():
   """The spiral experiment's point diffusion (an MLP denoiser), for the points code path."""
   spec = DataSpec("spiral", "points", (2,), 3, None, (0.0, 0.0), (1.0, 1.0))
@@ -124,28 +165,34 @@ def spiral():
 # ------------------------------------------------------------------------- train steps
 
 
-def _train_step(kind: str, process, spec, cfg: TrainConfig, devices: int, what: str):
-  mesh = lowering.abstract_data_mesh(devices)
+@functools.lru_cache(maxsize=None)
+def train_programs(kind: str, scale: str) -> dict:
+  """{devices: (jitted step, abstract args)}, from one trace of the step of `kind` at `scale`
+  (`scale` "points": the spiral's point diffusion)."""
+  if scale == "points":
+    process, spec, cfg = spiral()
+  else:
+    process, spec = scaled_process(kind, scale)
+    cfg = TrainConfig.from_config(scale_config(scale).train)
   batch = lowering.abstract_batch(kind, spec, cfg.batch_size)
-  step, args = lowering.train_step_program(process, cfg, batch, mesh)
-  check_module(lower(what, step, *args), what, devices)
+  meshes = [lowering.abstract_data_mesh(n) for n in MESHES]
+  return dict(zip(MESHES, lowering.train_step_programs(process, cfg, batch, meshes)))
 
 
 @pytest.mark.parametrize("devices", MESHES, ids=lambda n: f"{n}dev")
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_train_step_lowers(kind, scale, devices):
-  process, spec = scaled_process(kind, scale)
-  cfg = TrainConfig.from_config(scale_config(scale).train)
-  _train_step(kind, process, spec, cfg, devices,
-              f"train step of {kind!r} at scale {scale!r} on {devices} device(s)")
+  what = f"train step of {kind!r} at scale {scale!r} on {devices} device(s)"
+  step, args = train_programs(kind, scale)[devices]
+  check_module(lower(what, step, *args), what, devices)
 
 
 @pytest.mark.parametrize("devices", MESHES, ids=lambda n: f"{n}dev")
 def test_point_diffusion_train_step_lowers(devices):
-  process, spec, cfg = spiral()
-  _train_step("gaussian", process, spec, cfg, devices,
-              f"train step of 'gaussian' on points on {devices} device(s)")
+  what = f"train step of 'gaussian' on points on {devices} device(s)"
+  step, args = train_programs("gaussian", "points")[devices]
+  check_module(lower(what, step, *args), what, devices)
 
 
 # ------------------------------------------------------------------------------ samplers
@@ -221,7 +268,7 @@ def _labels(process) -> np.ndarray:
 
 
 def _sample(kind: str, scale: str, spec: str, guided: bool):
-  process, _ = scaled_process(kind, scale)
+  process, _ = sampling_process(kind, scale)
   guidance = Guidance(2.0, negative=0) if guided else None
   what = (f"sampler {spec!r}{' guided' if guided else ''} of {kind!r} at scale {scale!r}")
   fn = lowering.sample_program(process, spec, _labels(process), guidance=guidance)
@@ -263,7 +310,7 @@ def _solvers() -> list[str]:
 def test_diffusion_inpainting_lowers(solver):
   from ardiff.processes.gaussian.inpaint import inpaint
 
-  process, spec = scaled_process("gaussian", SAMPLER_SCALE)
+  process, spec = sampling_process("gaussian", SAMPLER_SCALE)
   labels = _labels(process)
   x_known = jax.ShapeDtypeStruct((len(labels), *spec.shape), jnp.float32)
   mask = np.zeros(spec.shape, bool)
@@ -284,8 +331,9 @@ def test_classifier_guidance_lowers(solver):
   from ardiff.processes.gaussian.classifier_guidance import (NoisyClassifier,
                                                              sample_with_classifier)
 
-  process, spec = scaled_process("gaussian", SAMPLER_SCALE)
-  classifier = NoisyClassifier.for_process(process, NoisyClassifierNet(process.num_classes))
+  process, spec = sampling_process("gaussian", SAMPLER_SCALE)
+  classifier = NoisyClassifier.for_process(
+      process, SharedNetwork(NoisyClassifierNet(process.num_classes)))
   classifier_params = jax.eval_shape(
       classifier.init_params, jax.random.key(0),
       {"x": jax.ShapeDtypeStruct((1, *spec.shape), jnp.float32)})
