@@ -2,22 +2,28 @@
 
 One `jax.export` for ("tpu", "cuda") runs every op's lowering rule for both platforms, so a
 program fails here if either platform's lowering refuses it (`test_export_lowers_each_platform`
-shows it with a Pallas kernel that only TPU refuses). Lowered is not compiled: XLA:TPU,
-Mosaic and Triton only run on a device. Inputs are `jax.ShapeDtypeStruct`s and parameters come
-from `jax.eval_shape`, so the paper- and MNIST-scale programs cost tracing, not memory.
+shows it with a Pallas kernel that only TPU refuses); the failure names the program and the
+platform. Lowered is not compiled: XLA:TPU, Mosaic and Triton only run on a device. Inputs are
+`jax.ShapeDtypeStruct`s and parameters come from `jax.eval_shape`, so the paper- and
+MNIST-scale programs cost tracing, not memory. The XLA programs need no abstract TPU device
+(`AbstractMesh(..., abstract_device=...)`): only Pallas kernels do.
 
-Covered, generated from the registries so that a new builder or sampler is covered by
+Covered, generated from the registries, so that a new builder or sampler is covered by
 registering it:
   - the guarded train step (as `ardiff.train` jits it) of every builder family of
-    `ardiff.build.BUILDERS` at every scale of `ardiff.configs.sections.SCALES` (the sections
-    `image_config` gives that scale; a family whose example section is of no known kind keeps
-    its example section), on one device and on an 8-device data mesh (an `AbstractMesh`: no
-    devices needed), plus the spiral's point diffusion;
+    `ardiff.build.BUILDERS` at every scale of `ardiff.configs.sections.SCALES` (the model
+    section `image_config` gives at that scale, in its dtype; a family whose example section
+    is of no known kind keeps it), on one device and on an 8-device data mesh (an
+    `AbstractMesh`: no devices needed; traced once, exported on each mesh), and the spiral's
+    point diffusion;
   - every sampler each process registers (the "known:" list of its unknown-sampler error, the
-    contract of `ardiff.processes.base`) at its defaults, the builder's example specs, and
-    each guided (classifier-free, with a negative label) where the process has guidance, at
-    the small scale; the raster KV-cache decode at the MNIST scale too; inpainting and
-    classifier guidance with every registered diffusion solver; ARDM inpainting.
+    contract of `ardiff.processes.base`) at its defaults and in the builder's example specs,
+    and each guided (classifier-free, with a negative label) where the process has guidance,
+    on the builder's example network (tiny images, as tests/processes/test_contract.py: the
+    networks at every scale are lowered in the train steps); the raster KV-cache decode at
+    the MNIST scale; every diffusion solver on points, with inpainting and with classifier
+    guidance; ARDM inpainting.
+Cost: ~140 CPU-seconds on one core (tracing, mostly flax's).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ DIT_PATCH = {"mnist": 2}
 # every scale are lowered in the train steps (their forward pass included), the samplers'
 # loops around them here.
 EXAMPLE = "example"
+POINTS = "points"  # the spiral experiment's point diffusion
 TINY = DataSpec("tiny", "image", (4, 4, 1), 3, 5)
 
 
@@ -74,6 +81,12 @@ def lower(what: str, fn, *args, **kwargs) -> jax.export.Exported:
 def check_module(exported, what: str, devices: int = 1) -> None:
   assert exported.platforms == PLATFORMS, what
   assert exported.nr_devices == devices, (what, exported.nr_devices)
+
+
+def check_batch_sharded(exported, what: str) -> None:
+  """The batch's arrays (x and y) come in sharded over the data axis."""
+  text = lowering.module_text(exported)
+  assert text.count('sdy.sharding = #sdy.sharding<@mesh, [{"data"}') >= 2, what
 
 
 # ------------------------------------------------------------------- sections at each scale
@@ -111,6 +124,9 @@ def scaled(kind: str, scale: str):
 
 @functools.lru_cache(maxsize=None)
 def scaled_process(kind: str, scale: str):
+  if scale == POINTS:
+    assert kind == "gaussian", kind
+    return spiral()[:2]
   section, extra, dtype, spec = scaled(kind, scale)
   return build.build(kind, section, spec, dtype=dtype, **extra), spec
 
@@ -169,7 +185,7 @@ def spiral():
 def train_programs(kind: str, scale: str) -> dict:
   """{devices: (jitted step, abstract args)}, from one trace of the step of `kind` at `scale`
   (`scale` "points": the spiral's point diffusion)."""
-  if scale == "points":
+  if scale == POINTS:
     process, spec, cfg = spiral()
   else:
     process, spec = scaled_process(kind, scale)
@@ -185,13 +201,16 @@ def train_programs(kind: str, scale: str) -> dict:
 def test_train_step_lowers(kind, scale, devices):
   what = f"train step of {kind!r} at scale {scale!r} on {devices} device(s)"
   step, args = train_programs(kind, scale)[devices]
-  check_module(lower(what, step, *args), what, devices)
+  exported = lower(what, step, *args)
+  check_module(exported, what, devices)
+  if devices > 1:
+    check_batch_sharded(exported, what)
 
 
 @pytest.mark.parametrize("devices", MESHES, ids=lambda n: f"{n}dev")
 def test_point_diffusion_train_step_lowers(devices):
   what = f"train step of 'gaussian' on points on {devices} device(s)"
-  step, args = train_programs("gaussian", "points")[devices]
+  step, args = train_programs("gaussian", POINTS)[devices]
   check_module(lower(what, step, *args), what, devices)
 
 
@@ -205,10 +224,11 @@ LABELS = (0, 1, 2)
 def registered_samplers(process) -> list[str]:
   """The sampler names a process takes: the 'known:' list its unknown-sampler error gives
   (the contract tests/processes/test_contract.py checks)."""
-  with pytest.raises(ValueError, match="known: ") as info:
+  try:
     process.nfe("no_such_sampler")
-  known = re.search(r"known: (.*)$", str(info.value)).group(1)
-  return [name.strip() for name in known.split(",")]
+  except ValueError as e:
+    return [name.strip() for name in re.search(r"known: (.*)$", str(e)).group(1).split(",")]
+  raise AssertionError(f"{type(process).__name__} took the sampler 'no_such_sampler'")
 
 
 def accepted(process, spec: str, guidance=None) -> bool:
@@ -238,19 +258,15 @@ def has_guidance(process, spec: str) -> bool:
 
 
 def sampler_cases() -> list[tuple[str, str, bool]]:
-  """(kind, spec, guided) for every registered sampler of every builder family, at defaults,
-  plus the builder's example specs the process accepts at the sampler scale."""
+  """(kind, spec, guided) for every registered sampler of every builder family at its
+  defaults, the builder's example specs, and each sampler's default spec guided."""
   cases = []
   for kind in KINDS:
     process, _ = scaled_process(kind, SAMPLER_SCALE)
-    examples = [s for s in build.BUILDERS.get(kind).example()[2] if accepted(process, s)]
-    specs = list(dict.fromkeys(
-        [default_spec(process, name) for name in registered_samplers(process)] + examples))
+    defaults = [default_spec(process, name) for name in registered_samplers(process)]
+    specs = dict.fromkeys(defaults + build.BUILDERS.get(kind).example()[2])
     cases += [(kind, spec, False) for spec in specs]
-    # guided: each sampler's default spec
-    cases += [(kind, default_spec(process, name), True)
-              for name in registered_samplers(process)
-              if has_guidance(process, default_spec(process, name))]
+    cases += [(kind, spec, True) for spec in defaults if has_guidance(process, spec)]
   return cases
 
 
@@ -304,6 +320,13 @@ def _solvers() -> list[str]:
   from ardiff.processes.gaussian import samplers
 
   return samplers.SAMPLERS.names()
+
+
+@pytest.mark.parametrize("solver", _solvers())
+def test_point_diffusion_sampler_lowers(solver):
+  process, _ = scaled_process("gaussian", POINTS)
+  for guided in (False, True):
+    _sample("gaussian", POINTS, default_spec(process, solver), guided)
 
 
 @pytest.mark.parametrize("solver", _solvers())
