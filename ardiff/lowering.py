@@ -16,8 +16,9 @@ Programs the project runs on accelerators, built here from abstract inputs:
     replicated, batch sharded over the "data" axis), traced once and placed on meshes of any
     size: an `AbstractMesh` needs no devices (`abstract_data_mesh(8)`);
   - `sample_program`: `process.sample` for a spec (and guidance) with the parameters abstract.
-Used by tests/test_lowering.py (every builder family and every registered sampler) and by the
-benchmarks.
+Used by tests/test_lowering.py (every builder family and every registered sampler); the same
+programs with a concrete mesh can be compiled on the CPU for XLA's memory analysis
+(`fn.lower(*args).compile().memory_analysis()`), for the benchmarks.
 """
 
 from __future__ import annotations
