@@ -136,10 +136,21 @@ def _apply(module, static, params, args, traced):
   # Traced even inside `lowering.staged`'s compile-time evaluation: flax checks each
   # parameter's shape by evaluating its initialiser on a constant key, which would otherwise
   # compile and run every initialiser on the CPU (~15 s for a UNet).
-  from jax._src import config as jax_config
-
-  with jax_config.eager_constant_folding(False):
+  with _no_compile_time_eval():
     return module.apply(params, *args, **dict(static), **traced)
+
+
+def _no_compile_time_eval():
+  """Undo `jax.ensure_compile_time_eval` inside (a private switch of jax; without it, only
+  slower)."""
+  import contextlib
+
+  try:
+    from jax._src import config as jax_config
+
+    return jax_config.eager_constant_folding(False)
+  except (ImportError, AttributeError):
+    return contextlib.nullcontext()
 
 
 @dataclasses.dataclass(frozen=True)
