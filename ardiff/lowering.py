@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,30 +33,15 @@ import numpy as np
 from jax.sharding import AbstractMesh, AxisType
 
 from ardiff import parallel
-
-PLATFORMS = ("tpu", "cuda")
-
-# `stablehlo.custom_call @target(...)` in the generic or the pretty form of the module text.
-_CUSTOM_CALL = re.compile(r'custom_call\s*@([\w$.\-]+)|call_target_name\s*=\s*"([^"]+)"')
+from ardiff.kernels.platform import ACCELERATORS as PLATFORMS
+from ardiff.kernels.platform import custom_call_targets, export_for, module_text
 
 
 def export(fn: Callable, *args, platforms: Sequence[str] = PLATFORMS,
-           disabled_checks: Iterable = ()) -> jax.export.Exported:
-  """`fn` (jitted, or jitted here) lowered for `platforms` from abstract `args`."""
-  if not hasattr(fn, "trace"):
-    fn = jax.jit(fn)
-  return jax.export.export(fn, platforms=tuple(platforms),
-                           disabled_checks=list(disabled_checks))(*args)
-
-
-def module_text(exported: "jax.export.Exported | str") -> str:
-  return exported if isinstance(exported, str) else exported.mlir_module()
-
-
-def custom_call_targets(exported: "jax.export.Exported | str") -> set[str]:
-  """The custom-call targets in an exported module (kernels: "tpu_custom_call" for Mosaic
-  TPU, "__gpu$xla.gpu.triton" for Triton, "mosaic_gpu..." for Mosaic GPU)."""
-  return {a or b for a, b in _CUSTOM_CALL.findall(module_text(exported))}
+           pallas_tpu: bool = False) -> jax.export.Exported:
+  """`fn` (jitted, or jitted here) lowered for `platforms` from abstract `args`
+  (`kernels.platform.export_for`; `pallas_tpu` for programs with Pallas TPU kernels)."""
+  return export_for(fn, args, platforms, pallas_tpu=pallas_tpu)
 
 
 def abstract(tree, sharding=None):

@@ -49,9 +49,18 @@ def abstract_tpu(device_kind: str = "TPU v5 lite", num_cores: int = 1) -> Iterat
     yield
 
 
-def custom_call_targets(module_text: str) -> list[str]:
-  """The distinct custom-call targets in a StableHLO module's text, sorted."""
-  return sorted(set(re.findall(r"custom_call @([\w$.]+)", module_text)))
+# `stablehlo.custom_call @target(...)` in the generic or the pretty form of the module text.
+_CUSTOM_CALL = re.compile(r'custom_call\s*@([\w$.\-]+)|call_target_name\s*=\s*"([^"]+)"')
+
+
+def module_text(exported: "jax.export.Exported | str") -> str:
+  return exported if isinstance(exported, str) else exported.mlir_module()
+
+
+def custom_call_targets(exported: "jax.export.Exported | str") -> set[str]:
+  """The custom-call targets of an exported module (or its text): "tpu_custom_call" for a
+  Mosaic TPU kernel, "__gpu$xla.gpu.triton" for Triton, "mosaic_gpu..." for Mosaic GPU."""
+  return {a or b for a, b in _CUSTOM_CALL.findall(module_text(exported))}
 
 
 def export_for(fn: Callable, args: Sequence[Any], platforms: Sequence[str] = ACCELERATORS,
@@ -59,7 +68,7 @@ def export_for(fn: Callable, args: Sequence[Any], platforms: Sequence[str] = ACC
   """``jax.export`` of ``jax.jit(fn)`` at abstract ``args`` (ShapeDtypeStructs are enough) for
   ``platforms``; ``pallas_tpu``: lower under :func:`abstract_tpu` (needed for Pallas TPU kernels).
   Raises whatever lowering raises."""
-  jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+  jitted = fn if hasattr(fn, "trace") else jax.jit(fn)
   ctx = abstract_tpu() if pallas_tpu and "tpu" in platforms else contextlib.nullcontext()
   with ctx:
     return jax.export.export(jitted, platforms=tuple(platforms), disabled_checks=_DISABLED)(*args)
