@@ -15,7 +15,7 @@ import pytest
 from ardiff import storage
 from ardiff.train import read_training_info, train
 from tests._gcs_emulator import gcs_emulator
-from tests._train_helpers import assert_same_leaves, tiny_setup
+from tests.train.helpers import assert_same_leaves, tiny_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "ardiff-test"

@@ -13,7 +13,7 @@ import pytest
 from ardiff import console
 from ardiff.report import plots, write_results
 from ardiff.train import train
-from tests._train_helpers import tiny_setup
+from tests.train.helpers import tiny_setup
 
 
 class _Terminal(io.StringIO):

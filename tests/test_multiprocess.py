@@ -36,7 +36,7 @@ WORKER = textwrap.dedent("""
   initialised = maybe_initialize()
   import jax, numpy as np
   from ardiff.train import train
-  from tests._train_helpers import tiny_setup
+  from tests.train.helpers import tiny_setup
   import dataclasses, os, signal, time
   from ardiff.train import Preempted
   workdir, steps, sigterm_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -32,7 +32,7 @@ from ardiff.metrics.points import sliced_wasserstein
 from ardiff.models.mlp import MLPDenoiser
 from ardiff.precision import compute_dtype
 from ardiff.train import TrainConfig, init_state, make_optimizer, train, train_step
-from tests._train_helpers import tiny_setup
+from tests.train.helpers import tiny_setup
 
 
 def _float_dtypes(tree) -> set[str]:

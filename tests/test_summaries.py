@@ -16,7 +16,7 @@ from tensorboardX.proto import event_pb2
 
 from ardiff.summaries import Summaries, image_grid
 from ardiff.train import learning_rate_schedule, train
-from tests._train_helpers import tiny_setup
+from tests.train.helpers import tiny_setup
 
 
 def read_events(logdir) -> list:

@@ -46,7 +46,7 @@ def _m(name, area, path, old, new, *tests):
   return Mutant(name, area, path, old, new, tuple(tests))
 
 
-D, TRAIN, AR, BUDGET = ("tests/processes/gaussian/test_diffusion.py", "tests/test_train.py",
+D, TRAIN, AR, BUDGET = ("tests/processes/gaussian/test_diffusion.py", "tests/train/test_train.py",
                         "tests/processes/autoregressive/test_autoregressive.py", "tests/processes/autoregressive/test_budget.py")
 S, INPAINT = "tests/processes/gaussian/test_solvers.py", "tests/processes/gaussian/test_inpaint.py"
 SAMPLERS = "ardiff/processes/gaussian/samplers/"

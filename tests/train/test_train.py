@@ -20,10 +20,10 @@ import pytest
 from ardiff.data.base import batch_indices
 from ardiff.train import (Preempted, TrainConfig, init_state, make_optimizer, train,
                           train_step)
-from tests._train_helpers import tiny_setup
+from tests.train.helpers import tiny_setup
 from tests._xla import with_device_count
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _leaves(tree):
@@ -256,7 +256,7 @@ SCRIPT = textwrap.dedent("""
   import jax, numpy as np
   from ardiff import parallel
   from ardiff.train import train
-  from tests._train_helpers import tiny_setup
+  from tests.train.helpers import tiny_setup
   assert jax.device_count() == 8, jax.devices()
   out = {}
   for n in (1, 8):

@@ -27,9 +27,9 @@ from ardiff import checkpoints, cli, runs, workdir as workdir_lib
 from ardiff.data.base import batch_indices
 from ardiff.errors import CheckpointDamaged, TrainingDiverged, WorkdirLocked
 from ardiff.train import Interrupted, read_training_info, train
-from tests._train_helpers import assert_same_leaves as _assert_same, tiny_setup
+from tests.train.helpers import assert_same_leaves as _assert_same, tiny_setup
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 4  # checkpoints at 2 and 4
 
 
@@ -413,7 +413,7 @@ def test_more_steps_extend_the_run(run, copy):
 KILLED = textwrap.dedent("""
   import dataclasses, sys
   from ardiff.train import train
-  from tests._train_helpers import assert_same_leaves as _assert_same, tiny_setup
+  from tests.train.helpers import assert_same_leaves as _assert_same, tiny_setup
   process, data, cfg = tiny_setup(steps=4)
   cfg = dataclasses.replace(cfg, checkpoint_every=1, keep_checkpoints=3)
   def log(message):

@@ -9,7 +9,7 @@ import pytest
 from ardiff import train as training
 from ardiff.configs.validation import ConfigError
 from ardiff.train import TrainConfig, read_training_info, snapshot_params, train
-from tests._train_helpers import assert_same_leaves as _assert_same, tiny_setup
+from tests.train.helpers import assert_same_leaves as _assert_same, tiny_setup
 
 
 def _metrics(workdir):
