@@ -27,7 +27,8 @@ from ardiff.configs.overrides import config_hash
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
 from ardiff.data.levels import levels_to_unit, to_tokens
-from ardiff.train import LATER_FIELDS, TrainConfig, TrainState, read_training_info, train
+from ardiff.train import (TrainConfig, TrainState, later_field_defaults, outside_model_key,
+                          read_training_info, train)
 
 
 def model_dir(config: ml_collections.ConfigDict, workdir: str, name: str, *sections: Any,
@@ -91,35 +92,24 @@ class TrainKey(dict):
     self.legacy = legacy
 
 
-# Train fields that cannot change a model's parameters at a given step: left out of its key,
-# so changing them finds the same directory. `steps` is the budget: more steps extend the run
-# from its last checkpoint (the learning-rate schedule then follows the new budget from there:
-# see ardiff.train), fewer return it as it is. Kept in the key: everything that changes the
-# parameters a step produces (learning rate, batch, seed, ...) or which parameters are
-# returned (`eval_every` decides which EMAs compete for the best one, `patience` when training
-# stops, `val_examples` what is trained on), `flops` (a budget compared at matched compute,
-# each its own model), and `snapshots`, which no later run can make up for (with snapshots,
-# `steps` stays in the key too: snapshots are fractions of it).
-LOOP_ONLY_FIELDS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "preview_every",
-                    "steps_per_call")
-
-
 def train_key(train_cfg, *, keep_steps: bool = False) -> TrainKey:
-  """The train section as it enters a model's cache key: the loop-only fields are left out
-  (`LOOP_ONLY_FIELDS`; `keep_steps` keeps `steps`, for experiments that train one model at
-  several budgets and need each kept), and fields added later at the defaults that train as
-  before (`ardiff.train.LATER_FIELDS`), so older models stay valid.
+  """The train section as it enters a model's cache key: the fields that say so in
+  `TrainConfig` are left out (`ardiff.train.config`: fields that cannot change a model's
+  parameters at a given step, and `steps`, the budget; `keep_steps` keeps `steps`, for
+  experiments that train one model at several budgets and need each kept, and so do snapshots,
+  which are fractions of it), and fields added later at the defaults that train as before
+  (`later_field_defaults`), so older models stay valid.
 
   Models cached before the loop-only fields left the key are found under their old key
   (`TrainKey.legacy`, see `model_dir`) when rerun with the same config; after a change to a
   loop-only field such a model is retrained once.
   """
   values = _plain(train_cfg)
-  legacy = {k: v for k, v in values.items()
-            if not (k in LATER_FIELDS and _same(v, LATER_FIELDS[k]))}
+  later = later_field_defaults()
+  legacy = {k: v for k, v in values.items() if not (k in later and _same(v, later[k]))}
   keep = {"steps"} if keep_steps or values.get("snapshots") else set()
-  return TrainKey({k: v for k, v in legacy.items()
-                   if k not in LOOP_ONLY_FIELDS or k in keep}, legacy)
+  left_out = outside_model_key() - keep
+  return TrainKey({k: v for k, v in legacy.items() if k not in left_out}, legacy)
 
 
 def _same(a, b) -> bool:

@@ -84,7 +84,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import runs, sample_cache, storage
+from ardiff import runs, sample_cache
 from ardiff.configs import require
 from ardiff.configs.sections import image_config, unet_section, validate_image_config
 from ardiff.data.from_config import config_dataset
@@ -93,7 +93,7 @@ from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
 from ardiff.report.tables import pareto_front
-from ardiff.train import TrainConfig, snapshot_params, train_step_flops
+from ardiff.train import TrainConfig, read_metrics, snapshot_params, train_step_flops
 
 SMOKE_OVERRIDES = ["budget_steps=6", "budget_tflop=0", "train.log_every=2", "train.eval_every=2",
                    "train.val_examples=64", "train.warmup_steps=2", "ar.width=16",
@@ -584,12 +584,7 @@ def _panels(path, series, x_key, floors, *, xlabel, title):
 
 def _validation_curve(model) -> tuple[np.ndarray, np.ndarray]:
   """(steps, validation losses) from a model's metrics.jsonl."""
-  import json
-
-  rows = [json.loads(line) for line in
-          storage.read_text(storage.join(model.directory, "metrics.jsonl")).splitlines()
-          if line.strip()]
-  rows = [r for r in rows if "val/loss" in r]
+  rows = [r for r in read_metrics(model.directory) if "val/loss" in r]
   return (np.array([r["step"] for r in rows], float), np.array([r["val/loss"] for r in rows]))
 
 

@@ -47,6 +47,7 @@ from ardiff.data.levels import to_tokens
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.fixed_order import exact_test_bpd
 from ardiff.report import plots, write_results
+from ardiff.train import read_metrics
 
 SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=1", "ar.width=16", "ar.depth=1",
                    "bidirectional_multiples=[1]", "curve_points=2", "eval_examples=16",
@@ -116,9 +117,8 @@ def _train(kind, process, c, workdir, data, steps, evaluate):
   wall = None
   if storage.exists(timing_path):
     wall = json.loads(storage.read_text(timing_path))["train_seconds"]
-  records = [json.loads(line) for line in
-             storage.read_text(os.path.join(directory, "metrics.jsonl")).splitlines()]
-  points = {int(r["step"]): float(r["eval/test_bpd"]) for r in records if "eval/test_bpd" in r}
+  points = {int(r["step"]): float(r["eval/test_bpd"]) for r in read_metrics(directory)
+            if "eval/test_bpd" in r}
   return sorted(points.items()), wall
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ardiff import train as training
+from ardiff.train import best as training_best
 from ardiff.configs.validation import ConfigError
 from ardiff.train import TrainConfig, read_training_info, snapshot_params, train
 from tests.train.helpers import assert_same_leaves as _assert_same, tiny_setup
@@ -45,11 +45,11 @@ def test_held_out_examples_are_never_trained_on(tmp_path):
   vals = [r for r in _metrics(tmp_path / "held") if "val/loss" in r]
   assert [r["step"] for r in vals] == [2, 4, 5]
   # The recorded validation loss is the process's loss on the held-out examples.
-  evaluate = training._validation_loss_fn(process, data.x_train[-40:], data.y_train[-40:],
-                                          cfg.batch_size, cfg.seed, _mesh())
+  evaluate = training_best.validation_loss_fn(process, data.x_train[-40:], data.y_train[-40:],
+                                               cfg.batch_size, cfg.seed, _mesh())
   assert vals[-1]["val/loss"] == pytest.approx(evaluate(a.ema_params)["loss"], rel=1e-6)
-  other = training._validation_loss_fn(process, data.x_train[:40], data.y_train[:40],
-                                       cfg.batch_size, cfg.seed, _mesh())
+  other = training_best.validation_loss_fn(process, data.x_train[:40], data.y_train[:40],
+                                            cfg.batch_size, cfg.seed, _mesh())
   assert vals[-1]["val/loss"] != pytest.approx(other(a.ema_params)["loss"], rel=1e-3)
 
 
@@ -71,7 +71,7 @@ def _scripted_validation(monkeypatch):
       return {"loss": SCRIPTED[len(calls) - 1]}
     return evaluate
 
-  monkeypatch.setattr(training, "_validation_loss_fn", fake)
+  monkeypatch.setattr(training_best, "validation_loss_fn", fake)
   return calls
 
 

@@ -3,7 +3,7 @@ fall back to the previous step, one process per directory, Ctrl-C saves, metrics
 duplicate steps after a resume, and more `steps` extend a cached run.
 
 Cheap by construction: one tiny run (module fixture) is copied for each case, and every
-`train` call with the fixture's config reuses its compiled step (`ardiff.train._programs`);
+`train` call with the fixture's config reuses its compiled step (`ardiff.train.loop.PROGRAMS`);
 only the divergence-by-learning-rate and the extension tests compile a step of their own.
 """
 
@@ -199,9 +199,9 @@ def test_no_intact_step_names_the_directory(run, copy):
 
 def test_damaged_best_is_replaced_by_the_current_ema(run, tmp_path, monkeypatch):
   """best/ falls back too; with its only step damaged, the restored EMA becomes the best."""
-  from ardiff import train as training
+  from ardiff.train import best as training_best
 
-  monkeypatch.setattr(training, "_validation_loss_fn",
+  monkeypatch.setattr(training_best, "validation_loss_fn",
                       lambda *a, **k: (lambda params: {"loss": 1.0}))
   directory = str(tmp_path / "val")
   _train(run, directory, val_examples=40, eval_every=2, stop_at=2)
@@ -281,10 +281,10 @@ def test_huge_learning_rate_stops_before_saving(run, copy):
 def test_nonfinite_validation_loss_is_never_the_best(run, tmp_path, monkeypatch):
   """Validation losses nan, 4, nan, 5: the best is step 2's; patience 2 stops at step 4, and
   a rerun with more steps stays stopped."""
-  from ardiff import train as training
+  from ardiff.train import best as training_best
 
   scripted = iter([float("nan"), 4.0, float("nan"), 5.0])
-  monkeypatch.setattr(training, "_validation_loss_fn",
+  monkeypatch.setattr(training_best, "validation_loss_fn",
                       lambda *a, **k: (lambda params: {"loss": next(scripted)}))
   directory = str(tmp_path / "val")
   messages = []

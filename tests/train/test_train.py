@@ -304,7 +304,7 @@ def test_gradient_accumulation_is_the_whole_batch_update():
   which turns rounding in near-zero gradients into differences of order lr)."""
   import optax
 
-  from ardiff.train import _accumulated_grads
+  from ardiff.train.step import accumulated_grads as _accumulated_grads
 
   process = _deterministic_ar()
   rng = np.random.default_rng(0)
