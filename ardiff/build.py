@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from ardiff.configs import sections
 from ardiff.data.base import DataSpec, Dataset
+from ardiff.model_sections import (diffusion_section, oneshot_section, transformer_section,
+                                   unet_section, validate_diffusion)
 from ardiff.precision import compute_dtype
 from ardiff.registry import Registry
 
@@ -77,7 +78,7 @@ COMPUTE_ONLY_FIELDS = ("remat", "attention", "decode_attention")
 
 
 def _tiny_transformer():
-  return sections.transformer_section(width=16, depth=1, heads=2, dropout=0.0)
+  return transformer_section(width=16, depth=1, heads=2, dropout=0.0)
 
 
 @register("raster", preview="raster",
@@ -159,16 +160,16 @@ def raster_bidirectional(cfg, dataset: Dataset, dtype):
 # halves in the other order), so UNets trained before it must retrain. Points version 2: the
 # process standardises point data per dimension (its network sees unit-variance data).
 @register("gaussian", preview="ddim:25", version=2,
-          example=lambda: (sections.unet_section(base_channels=8, channel_mult=(1,),
-                                                 num_res_blocks=1, num_heads=2, dropout=0.0),
-                           {"diffusion": sections.diffusion_section(num_timesteps=20)},
+          example=lambda: (unet_section(base_channels=8, channel_mult=(1,),
+                                        num_res_blocks=1, num_heads=2, dropout=0.0),
+                           {"diffusion": diffusion_section(num_timesteps=20)},
                            ["ddpm:4", "ddim:3", "ddim:3:eta=0.5", "ddpm:5:noise=0"]))
 def gaussian(cfg, dataset: Dataset, dtype, diffusion=None):
   """Diffusion with a UNet (cfg: unet section) on images, or an MLP (cfg: model section with
   width and depth) on points; `diffusion` is the diffusion section."""
   from ardiff.processes.gaussian.process import GaussianDiffusion
 
-  sections.validate_diffusion(diffusion)
+  validate_diffusion(diffusion)
   if dataset.kind == "image":
     from ardiff.models.unet import UNet
 
@@ -187,8 +188,8 @@ def gaussian(cfg, dataset: Dataset, dtype, diffusion=None):
 
 
 @register("gaussian_transformer", preview="ddim:25",
-          example=lambda: (sections.transformer_section(width=16, depth=1, heads=2, dropout=0.0),
-                           {"diffusion": sections.diffusion_section(num_timesteps=20)},
+          example=lambda: (transformer_section(width=16, depth=1, heads=2, dropout=0.0),
+                           {"diffusion": diffusion_section(num_timesteps=20)},
                            ["ddpm:4", "ddim:3", "dpmpp_2m:3"]))
 def gaussian_transformer(cfg, dataset: Dataset, dtype, diffusion=None):
   """Diffusion on images with a transformer denoiser (`models.dit.DiffusionTransformer`).
@@ -205,7 +206,7 @@ def gaussian_transformer(cfg, dataset: Dataset, dtype, diffusion=None):
   if dataset.kind != "image":
     raise ConfigError(f"process 'gaussian_transformer' needs image data, got {dataset.kind!r} "
                       f"data {dataset.name!r} (use 'gaussian' for points)")
-  sections.validate_diffusion(diffusion)
+  validate_diffusion(diffusion)
   model = DiffusionTransformer(width=cfg.width, depth=cfg.depth, heads=cfg.heads,
                                num_classes=dataset.num_classes,
                                patch_size=cfg.get("patch_size", 1), dropout=cfg.dropout,
@@ -218,9 +219,9 @@ def gaussian_transformer(cfg, dataset: Dataset, dtype, diffusion=None):
 
 
 @register("gaussian_learned_var", preview="ddim:25",
-          example=lambda: (sections.unet_section(base_channels=8, channel_mult=(1,),
-                                                 num_res_blocks=1, num_heads=2, dropout=0.0),
-                           {"diffusion": sections.diffusion_section(num_timesteps=20)},
+          example=lambda: (unet_section(base_channels=8, channel_mult=(1,),
+                                        num_res_blocks=1, num_heads=2, dropout=0.0),
+                           {"diffusion": diffusion_section(num_timesteps=20)},
                            ["ddpm_learned:4", "ddim:3"]))
 def gaussian_learned_var(cfg, dataset: Dataset, dtype, diffusion=None, learned_variance=None):
   """Image diffusion whose UNet (cfg: unet section, out_channels = 2C) also predicts the reverse
@@ -231,7 +232,7 @@ def gaussian_learned_var(cfg, dataset: Dataset, dtype, diffusion=None, learned_v
   from ardiff.models.unet import UNet
   from ardiff.processes.gaussian.learned_variance import VLB_WEIGHT, LearnedVarianceDiffusion
 
-  sections.validate_diffusion(diffusion)
+  validate_diffusion(diffusion)
   require(dataset.kind == "image", "dataset", "gaussian_learned_var needs image data (grey "
           f"levels for its decoder term), got {dataset.kind!r} data")
   require(diffusion.target == "eps", "diffusion.target",
@@ -250,7 +251,7 @@ def gaussian_learned_var(cfg, dataset: Dataset, dtype, diffusion=None, learned_v
 
 
 @register("oneshot", preview="oneshot",
-          example=lambda: (sections.oneshot_section(width=16, depth=1), {}, ["oneshot"]))
+          example=lambda: (oneshot_section(width=16, depth=1), {}, ["oneshot"]))
 def oneshot(cfg, dataset: Dataset, dtype):
   import math
 

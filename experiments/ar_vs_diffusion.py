@@ -86,10 +86,9 @@ import numpy as np
 
 from ardiff import runs, sample_cache
 from ardiff.configs import require
-from ardiff.configs.sections import image_config, unet_section, validate_image_config
-from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
 from ardiff.metrics.sample_quality import SampleQuality
+from ardiff.presets import config_dataset, image_config, unet_section, validate_image_config
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
 from ardiff.report.tables import pareto_front

@@ -20,11 +20,10 @@ import numpy as np
 
 from ardiff import runs
 from ardiff.configs import require
-from ardiff.configs.sections import (image_config, oneshot_section, train_section,
-                                     validate_image_config, validate_train)
-from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality, pixel_entropy, sharpness
+from ardiff.presets import (config_dataset, image_config, oneshot_section, train_section,
+                            validate_image_config, validate_train)
 from ardiff.processes.guidance import Guidance
 from ardiff.report import plots, write_results
 

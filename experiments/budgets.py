@@ -20,9 +20,8 @@ import numpy as np
 
 from ardiff import runs
 from ardiff.configs import require
-from ardiff.configs.sections import image_config, validate_image_config
-from ardiff.data.from_config import config_dataset
 from ardiff.metrics.sample_quality import SampleQuality
+from ardiff.presets import config_dataset, image_config, validate_image_config
 from ardiff.processes.autoregressive.budget import budget_cost, resolve_dp
 from ardiff.processes.autoregressive.evaluate import budget_losses
 from ardiff.processes.spec import parse_spec

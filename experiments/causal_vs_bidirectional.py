@@ -41,9 +41,8 @@ from ardiff import build, runs, storage
 from ardiff.bench.timer import MIN_REPEATS, interleaved
 from ardiff.bench.train import train_case
 from ardiff.configs import require
-from ardiff.configs.sections import image_config, train_section, validate_image_config
-from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
+from ardiff.presets import config_dataset, image_config, train_section, validate_image_config
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.fixed_order import exact_test_bpd
 from ardiff.report import plots, write_results

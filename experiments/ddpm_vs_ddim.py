@@ -54,13 +54,12 @@ import numpy as np
 from ardiff import build, runs
 from ardiff.configs import require, require_choice
 from ardiff.configs.overrides import load_experiment
-from ardiff.configs.sections import SCALES, image_config, validate_image_config
-from ardiff.data.from_config import config_dataset
 from ardiff.data.spiral import spiral_dataset
 from ardiff.metrics.frechet import frechet_distance
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.points import mmd_rbf, nearest_distance, sliced_wasserstein, spread
 from ardiff.metrics.sample_quality import SampleQuality, pixel_entropy, sharpness
+from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
 from ardiff.report import plots, write_results
 
 SMOKE_OVERRIDES = ["spiral.train.steps=20", "spiral.train.log_every=10", "spiral.model.width=32",

@@ -20,10 +20,9 @@ import numpy as np
 
 from ardiff import runs
 from ardiff.configs import require
-from ardiff.configs.sections import image_config, validate_image_config
-from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
 from ardiff.metrics.sample_quality import SampleQuality
+from ardiff.presets import config_dataset, image_config, validate_image_config
 from ardiff.processes.autoregressive.budget import budget_cost, optimal_budget
 from ardiff.processes.autoregressive.evaluate import ardm_test_bpd, budget_losses, raster_test_bpd
 from ardiff.processes.autoregressive.orders import uniform_step_sizes

@@ -23,12 +23,11 @@ import numpy as np
 
 from ardiff import build, runs
 from ardiff.configs import require
-from ardiff.configs.sections import (image_config, train_section, validate_image_config,
-                                     validate_train)
-from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.models.noisy_classifier import NoisyClassifierNet
+from ardiff.presets import (config_dataset, image_config, train_section, validate_image_config,
+                            validate_train)
 from ardiff.processes.gaussian.classifier_guidance import NoisyClassifier, sample_with_classifier
 from ardiff.processes.gaussian.inpaint import inpaint
 from ardiff.processes.gaussian.likelihood import bpd as diffusion_bpd

@@ -62,13 +62,12 @@ import numpy as np
 
 from ardiff import runs
 from ardiff.configs import require, require_choice
-from ardiff.configs.sections import image_config, train_section, validate_image_config
-from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
 from ardiff.data.synthetic import (independent_pixels, marginal_cross_entropy_bits,
                                    marginal_entropy_bits)
 from ardiff.metrics.frechet import frechet_distance
 from ardiff.metrics.sample_quality import SampleQuality
+from ardiff.presets import config_dataset, image_config, train_section, validate_image_config
 from ardiff.processes.autoregressive.budget import budget_cost
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.orders import uniform_step_sizes

@@ -42,11 +42,10 @@ import numpy as np
 
 from ardiff import runs
 from ardiff.configs import require
-from ardiff.configs.sections import image_config, validate_image_config
-from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.frechet import frechet_distance_from_stats, gaussian_stats
 from ardiff.metrics.sample_quality import SampleQuality
+from ardiff.presets import config_dataset, image_config, validate_image_config
 from ardiff.processes import discrete
 from ardiff.processes.gaussian import learned_variance as lv
 from ardiff.processes.gaussian.likelihood import bpd as fixed_bpd

@@ -34,9 +34,8 @@ import numpy as np
 
 from ardiff import build, runs
 from ardiff.configs import require
-from ardiff.configs.sections import image_config, train_section, validate_image_config
-from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import to_tokens
+from ardiff.presets import config_dataset, image_config, train_section, validate_image_config
 from ardiff.processes.autoregressive import orders
 from ardiff.processes.autoregressive.step_restricted import (StepRestrictedAR, revealed_counts,
                                                              step_cost)

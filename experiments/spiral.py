@@ -26,13 +26,13 @@ import numpy as np
 
 from ardiff import build, runs
 from ardiff.configs import require, require_choice, require_positive
-from ardiff.configs.sections import (diffusion_section, require_null_label, train_section,
-                                     validate_diffusion, validate_train)
 from ardiff.data.arrays import load_npz_dataset
 from ardiff.data.checks import check_batch
 from ardiff.data.spiral import spiral_dataset
 from ardiff.metrics.points import nearest_label, point_metrics
 from ardiff.precision import COMPUTE_DTYPES
+from ardiff.presets import (diffusion_section, require_null_label, train_section,
+                            validate_diffusion, validate_train)
 from ardiff.processes.guidance import Guidance
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results

@@ -24,10 +24,9 @@ import numpy as np
 
 from ardiff import build, runs
 from ardiff.configs import require, require_choice
-from ardiff.configs.sections import image_config, validate_image_config
-from ardiff.data.from_config import config_dataset
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality
+from ardiff.presets import config_dataset, image_config, validate_image_config
 from ardiff.processes.gaussian.targets import TARGETS, eps_to_x0
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results

@@ -482,7 +482,7 @@ def test_bad_input_end_to_end_exits_2_with_one_line(tmp_path):
 def test_own_images_from_the_cli_config(data_dir, monkeypatch, capsys):
   """dataset=npz with data.path: the image experiments validate on the file's images."""
   from ardiff.configs import get_experiment_config
-  from ardiff.data.from_config import config_data_spec, config_dataset
+  from ardiff.presets import config_data_spec, config_dataset
 
   monkeypatch.chdir(ROOT)
   path = os.path.join(data_dir, "good_images.npz")

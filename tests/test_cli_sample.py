@@ -9,8 +9,8 @@ import pytest
 
 from ardiff import runs
 from ardiff.cli import main
-from ardiff.configs.sections import diffusion_section, train_section
 from ardiff.data.spiral import spiral_dataset
+from ardiff.presets import diffusion_section, train_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -101,7 +101,7 @@ def test_spiral_trains_on_a_users_unlabelled_points(tmp_path):
 
 
 def test_mnist_config_is_paper_sized():
-  from ardiff.configs.sections import image_config, validate_image_config
+  from ardiff.presets import image_config, validate_image_config
   from ardiff.processes.spec import parse_spec
 
   c = image_config("mnist", ar=True, diffusion=True)

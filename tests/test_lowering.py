@@ -11,7 +11,7 @@ MNIST-scale programs cost tracing, not memory. The XLA programs need no abstract
 Covered, generated from the registries, so that a new builder or sampler is covered by
 registering it:
   - the guarded train step (as `ardiff.train` jits it) of every builder family of
-    `ardiff.build.BUILDERS` at every scale of `ardiff.configs.sections.SCALES` (the model
+    `ardiff.build.BUILDERS` at every scale of `ardiff.presets.SCALES` (the model
     section `image_config` gives at that scale, in its dtype; a family whose example section
     is of no known kind keeps it), on one device and on an 8-device data mesh (an
     `AbstractMesh`: no devices needed; traced once, exported on each mesh), and the spiral's
@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 
 from ardiff import build, lowering
-from ardiff.configs import sections
+from ardiff import presets as sections
 from ardiff.data import data_spec
 from ardiff.data.base import DataSpec
 from ardiff.processes.guidance import Guidance

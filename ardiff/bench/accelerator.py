@@ -109,7 +109,7 @@ def decode_rows(reduced: bool) -> list[dict]:
   from ardiff import build
   from ardiff.bench import REPEATS
   from ardiff.bench.timer import interleaved
-  from ardiff.configs.sections import transformer_section
+  from ardiff.presets import transformer_section
   from ardiff.data.base import DataSpec
   from ardiff.processes.autoregressive import decode
 
@@ -139,7 +139,7 @@ def train_rows(reduced: bool, dtype: str) -> list[dict]:
   from ardiff.bench.memory import GIB
   from ardiff.bench.timer import interleaved
   from ardiff.bench.train import train_case
-  from ardiff.configs.sections import transformer_section
+  from ardiff.presets import transformer_section
   from ardiff.data.base import DataSpec
   from ardiff.data.levels import to_tokens
 
@@ -175,7 +175,7 @@ def sample_rows(reduced: bool) -> list[dict]:
   from ardiff import build
   from ardiff.bench import REPEATS
   from ardiff.bench.timer import interleaved
-  from ardiff.configs.sections import diffusion_section, unet_section
+  from ardiff.presets import diffusion_section, unet_section
   from ardiff.data.base import DataSpec
 
   s = _sizes(reduced)

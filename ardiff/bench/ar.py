@@ -36,7 +36,7 @@ def bench_kv_cache(seq_lens: Sequence[int] = (64, 784), batch: int = 64, *,
   from ardiff import build
   from ardiff.bench import REPEATS
   from ardiff.bench.timer import interleaved
-  from ardiff.configs.sections import transformer_section
+  from ardiff.presets import transformer_section
   from ardiff.data.base import DataSpec
   from ardiff.processes.autoregressive import decode
 

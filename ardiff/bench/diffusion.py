@@ -17,7 +17,7 @@ def rows(quick: bool = False) -> list[dict]:
   from ardiff.bench import REPEATS
   from ardiff.bench.timer import interleaved
   from ardiff.bench.train import train_case, train_row
-  from ardiff.configs.sections import diffusion_section, unet_section
+  from ardiff.presets import diffusion_section, unet_section
   from ardiff.data import load_dataset
   from ardiff.data.levels import levels_to_unit
 

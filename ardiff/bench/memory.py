@@ -60,7 +60,7 @@ def fit_cells(memory: dict, batch: int) -> dict:
 
 def _cases(quick: bool):
   """(scale, data spec, config) per scale measured."""
-  from ardiff.configs.sections import image_config
+  from ardiff.presets import image_config
   from ardiff.data.base import DataSpec
 
   if quick:

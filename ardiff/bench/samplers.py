@@ -17,7 +17,7 @@ def rows(quick: bool = False) -> list[dict]:
   from ardiff import build
   from ardiff.bench import REPEATS
   from ardiff.bench.timer import interleaved, ratio
-  from ardiff.configs.sections import diffusion_section
+  from ardiff.presets import diffusion_section
   from ardiff.data.base import DataSpec
   from ardiff.processes.gaussian.samplers import sample, sample_python_loop
 

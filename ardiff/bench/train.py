@@ -133,7 +133,7 @@ def rows(quick: bool = False) -> list[dict]:
 
   from ardiff import build
   from ardiff.bench import on_cpu
-  from ardiff.configs.sections import diffusion_section, transformer_section, unet_section
+  from ardiff.presets import diffusion_section, transformer_section, unet_section
   from ardiff.data.base import DataSpec
   from ardiff.data.levels import levels_to_unit, to_tokens
 

@@ -36,7 +36,7 @@ class TrainConfig:
   """Plain values (built from the `train` section of an experiment's config)."""
 
   # The one set of training defaults: configs' train sections are built from these
-  # (`ardiff.configs.sections.train_section`).
+  # (`ardiff.presets.train_section`).
   steps: int = _field(3000, model_key=False)  # the budget: see the module docstring
   batch_size: int = _field(64)
   learning_rate: float = _field(1e-3)

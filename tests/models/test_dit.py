@@ -19,9 +19,9 @@ import optax
 import pytest
 
 from ardiff import build
-from ardiff.configs import sections
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
+from ardiff.model_sections import diffusion_section, transformer_section
 from ardiff.models.dit import DiffusionTransformer, DiTBlock, patchify, unpatchify
 from ardiff.runs import model_inputs
 
@@ -265,9 +265,9 @@ def _tiny_images(n: int = 32, levels: int = 5) -> Dataset:
 
 def test_builder_trains_a_diffusion_model_and_rejects_points():
   data = _tiny_images()
-  section = sections.transformer_section(width=32, depth=1, heads=2, dropout=0.0)
+  section = transformer_section(width=32, depth=1, heads=2, dropout=0.0)
   process = build.build("gaussian_transformer", section, data,
-                        diffusion=sections.diffusion_section(num_timesteps=20))
+                        diffusion=diffusion_section(num_timesteps=20))
   assert isinstance(process.model, DiffusionTransformer) and process.model.width == 32
   batch = {"x": jnp.asarray(model_inputs("gaussian_transformer", data)), "y": data.y_train}
   # An rbg key: XLA:CPU compiles its initialisers faster than threefry's.
@@ -297,4 +297,4 @@ def test_builder_trains_a_diffusion_model_and_rejects_points():
   points = Dataset("pts", "points", np.zeros((8, 2), np.float32), np.zeros(8, np.int32),
                    np.zeros((2, 2), np.float32), np.zeros(2, np.int32), 2)
   with pytest.raises(ConfigError, match="gaussian_transformer"):
-    build.build("gaussian_transformer", section, points, diffusion=sections.diffusion_section())
+    build.build("gaussian_transformer", section, points, diffusion=diffusion_section())

@@ -219,7 +219,7 @@ def test_damaged_best_is_replaced_by_the_current_ema(run, tmp_path, monkeypatch)
 
 
 def test_load_model_falls_back_without_moving(run, copy, capsys):
-  from ardiff.configs.sections import diffusion_section
+  from ardiff.presets import diffusion_section
 
   runs.write_model_card(copy, "gaussian", ml_collections.ConfigDict(dict(width=32, depth=2)),
                         run["data"], "float32", {"diffusion": diffusion_section()})

@@ -18,8 +18,8 @@ from scipy.stats import norm
 
 from ardiff.build import build
 from ardiff.configs import ConfigError
-from ardiff.configs.sections import diffusion_section, unet_section
 from ardiff.data.base import Dataset
+from ardiff.presets import diffusion_section, unet_section
 from ardiff.processes.gaussian import learned_variance as lv
 from ardiff.processes.gaussian import likelihood
 from ardiff.processes.gaussian.samplers import ddpm_learned

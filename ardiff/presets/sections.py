@@ -1,8 +1,10 @@
-"""Every config section, its defaults, its validation, and the scales.
+"""The scales, the image experiments' shared sections, and the train section (defaults and
+validation).
 
-Experiments assemble their configs from these sections; models are cached by a hash of the
-sections that define them (`ardiff.runs`), so experiments that use the same sections share one
-trained model. Scales (`image_config`):
+Experiments assemble their configs from these sections and the model sections
+(`ardiff.model_sections`); models are cached by a hash of the sections that define them
+(`ardiff.runs`), so experiments that use the same sections share one trained model. Scales
+(`image_config`):
   small  digits 8x8, models that train in minutes on a CPU (the README's numbers);
   paper  digits 8x8, the larger models and longer training the figures are quoted at;
   mnist  MNIST 28x28 (256 levels) through tensorflow-datasets, paper-size models trained in
@@ -16,28 +18,14 @@ import dataclasses
 
 import ml_collections
 
-from ardiff.configs.validation import ConfigError, require, require_choice, require_positive
+from ardiff.configs.validation import ConfigError, require_choice, require_positive
 from ardiff.data.base import DataSpec
+from ardiff.model_sections import (diffusion_section, require_null_label, transformer_section,
+                                   unet_section, validate_diffusion, validate_transformer,
+                                   validate_unet_shape)
 from ardiff.precision import COMPUTE_DTYPES
-from ardiff.processes.gaussian.schedules import SCHEDULES
-from ardiff.processes.gaussian.targets import TARGETS
+from ardiff.presets.data import config_data_spec
 from ardiff.train import TrainConfig
-
-
-def transformer_section(**overrides) -> ml_collections.ConfigDict:
-  # remat: recompute activations in the backward pass (memory for compute; same model).
-  # attention: "xla" or "flash" (ardiff.kernels.attention; same model, O(T) memory on TPU/GPU);
-  # decode_attention: "xla" or "pallas" (ardiff.kernels.decode_attention).
-  base = dict(width=64, depth=2, heads=4, dropout=0.1, p_uncond=0.1, remat=False,
-              attention="xla", decode_attention="xla")
-  base.update(overrides)
-  return ml_collections.ConfigDict(base)
-
-
-def unet_section(**overrides) -> ml_collections.ConfigDict:
-  base = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, num_heads=4, dropout=0.1)
-  base.update(overrides)
-  return ml_collections.ConfigDict(base)
 
 
 def train_section(**overrides) -> ml_collections.ConfigDict:
@@ -48,30 +36,6 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     raise ConfigError(f"train section has no key(s) {sorted(unknown)}")
   base.update(overrides)
   return ml_collections.ConfigDict(base)
-
-
-def oneshot_section(**overrides) -> ml_collections.ConfigDict:
-  base = dict(width=128, depth=2, p_uncond=0.1)
-  base.update(overrides)
-  return ml_collections.ConfigDict(base)
-
-
-def diffusion_section(**overrides) -> ml_collections.ConfigDict:
-  # No clip by default: point data is standardised by the process and every sampler starts at
-  # sigma_max = 80, so nothing needs a data-range-specific clip (images set 1.0, their range).
-  base = dict(schedule="cosine", num_timesteps=1000, target="eps", p_uncond=0.1, clip_x0=None)
-  base.update(overrides)
-  return ml_collections.ConfigDict(base)
-
-
-def validate_diffusion(cfg: ml_collections.ConfigDict, prefix: str = "diffusion") -> None:
-  require_choice(cfg.schedule, f"{prefix}.schedule", SCHEDULES.names())
-  require_choice(cfg.target, f"{prefix}.target", TARGETS)
-  require(isinstance(cfg.num_timesteps, int) and cfg.num_timesteps >= 2,
-          f"{prefix}.num_timesteps", f"must be an integer >= 2, got {cfg.num_timesteps!r}")
-  require(0.0 <= cfg.p_uncond <= 1.0, f"{prefix}.p_uncond", f"must lie in [0, 1], got {cfg.p_uncond}")
-  require(cfg.clip_x0 is None or cfg.clip_x0 > 0, f"{prefix}.clip_x0",
-          f"must be positive or None, got {cfg.clip_x0}")
 
 
 SCALES = ("small", "paper", "mnist")
@@ -124,8 +88,6 @@ def validate_image_config(c: ml_collections.ConfigDict, null_label: bool = True)
   null_label: the experiment samples with the null label (unconditional samples, guidance),
   so each model's p_uncond must be > 0 (label dropout is what trains the null label).
   """
-  from ardiff.data.from_config import config_data_spec
-
   require_choice(c.scale, "scale", SCALES)
   require_choice(c.dtype, "dtype", COMPUTE_DTYPES)
   if "ar" in c:
@@ -141,34 +103,6 @@ def validate_image_config(c: ml_collections.ConfigDict, null_label: bool = True)
   if "unet" in c:
     validate_unet_shape(c.unet, spec.shape, "unet")
   return spec
-
-
-def validate_unet_shape(cfg, shape: tuple[int, ...], prefix: str) -> None:
-  """The UNet halves the resolution once per extra level: H and W must allow it."""
-  factor = 2 ** (len(cfg.channel_mult) - 1)
-  require(all(d % factor == 0 for d in shape[:2]), f"{prefix}.channel_mult",
-          f"{list(cfg.channel_mult)} halves the resolution {len(cfg.channel_mult) - 1} time(s), "
-          f"so image height and width must be divisible by {factor}; the data's images are "
-          f"{shape[0]}x{shape[1]}")
-
-
-def require_null_label(p_uncond: float, key: str) -> None:
-  """Unconditional sampling and guidance use the null label, trained only by label dropout."""
-  require(p_uncond > 0, key, f"must be > 0, got {p_uncond}: unconditional samples and guidance "
-          "use the null label, which only label dropout (p_uncond) trains")
-
-
-def validate_transformer(cfg, prefix: str) -> None:
-  require_positive(cfg, prefix, "width", "depth", "heads")
-  require(cfg.width % cfg.heads == 0, f"{prefix}.heads",
-          f"width={cfg.width} must be divisible by heads={cfg.heads}")
-  require(0 <= cfg.dropout < 1, f"{prefix}.dropout", f"must lie in [0, 1), got {cfg.dropout}")
-  require(0 <= cfg.p_uncond <= 1, f"{prefix}.p_uncond", f"must lie in [0, 1], got {cfg.p_uncond}")
-  from ardiff.kernels import attention, decode_attention
-
-  require_choice(cfg.get("attention", "xla"), f"{prefix}.attention", attention.IMPLS)
-  require_choice(cfg.get("decode_attention", "xla"), f"{prefix}.decode_attention",
-                 decode_attention.IMPLS)
 
 
 def validate_train(cfg, prefix: str) -> None:
