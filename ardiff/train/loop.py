@@ -169,13 +169,16 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
       end = start  # converged earlier: nothing left to train
     validation = actions.validation(cfg, best, snapshot_steps) if best is not None else None
     checkpoint = actions.checkpointing(cfg, end, manager, info, summaries, chief)
-    looks = [actions.metrics_log(cfg, start, end, learning_rate_schedule(cfg), log), validation,
-             eval_every and eval_fn and actions.evaluation(eval_fn, eval_every, cfg, log),
-             cfg.preview_every and preview_fn and actions.preview(preview_fn, cfg, end, summaries),
-             snapshot_steps and actions.snapshots(snapshot_steps, snapshot_manager, best, chief)]
-    looks = [a for a in looks if a]  # in this order: the metrics row fills in it
-    periods = [a.every for a in [*looks, checkpoint]]
-    marks = sorted(set().union(*(a.at for a in [*looks, checkpoint])))
+    # The actions that read the state after a call, in the order they fill the metrics row;
+    # checkpointing comes after the row is written (and also runs at a stop).
+    observers = [
+        actions.metrics_log(cfg, start, end, learning_rate_schedule(cfg), log), validation,
+        eval_every and eval_fn and actions.evaluation(eval_fn, eval_every, cfg, log),
+        cfg.preview_every and preview_fn and actions.preview(preview_fn, cfg, end, summaries),
+        snapshot_steps and actions.snapshots(snapshot_steps, snapshot_manager, best, chief)]
+    observers = [a for a in observers if a]
+    periods = [a.every for a in [*observers, checkpoint]]
+    marks = sorted(set().union(*(a.at for a in [*observers, checkpoint])))
     info.start_clock()
     divergence = jax.device_put(Divergence.none(), repl)
 
@@ -201,7 +204,7 @@ def _train(process, x, y, cfg, workdir, *, stop_at, log, eval_fn, eval_every, pr
           metrics = jax.tree.map(lambda m: m[-1], metrics)  # the call's last step's
         done = step + n
         bar.update(n)
-        due = [a for a in looks if a.due(done)]
+        due = [a for a in observers if a.due(done)]
         if due or checkpoint.due(done):  # the guard's one host sync, before anything is written
           stop_if_diverged()
         row = {"step": done}
