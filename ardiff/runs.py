@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import build as builders
-from ardiff import checkpoints, console, storage
+from ardiff import build, checkpoints, console, storage
 from ardiff.configs.overrides import config_hash
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
@@ -130,13 +129,13 @@ def fit_model(kind: str, config: ml_collections.ConfigDict, workdir: str, datase
   seeds then share one process object, and its compiled samplers).
   """
   if process is None:
-    process = builders.build(kind, model_cfg, dataset, config.get("dtype", "float32"),
-                             **build_extra)
+    process = build.build(kind, model_cfg, dataset, config.get("dtype", "float32"),
+                          **build_extra)
   # remat and the attention kernels leave the trained model as it is: not in the key.
-  model_key = {k: v for k, v in model_cfg.items() if k not in builders.COMPUTE_ONLY_FIELDS}
+  model_key = {k: v for k, v in model_cfg.items() if k not in build.COMPUTE_ONLY_FIELDS}
   sections = key_sections or (dataset.name, model_key, *build_extra.values())
   directory = model_dir(config, workdir, name or f"{dataset.name}-{kind}", *sections,
-                        train_key(train_cfg), version=builders.code_version(kind, dataset))
+                        train_key(train_cfg), version=build.code_version(kind, dataset))
   write_model_card(directory, kind, model_cfg, dataset, config.get("dtype", "float32"),
                    build_extra)
   state = train_cached(process, model_inputs(kind, dataset), dataset.y_train, train_cfg,
@@ -148,7 +147,7 @@ def preview_sampler(process, kind: str, dataset: Dataset, num: int = 16, seed: i
   """ema_params -> `num` unconditional samples by the builder's preview spec (the grids shown
   in TensorBoard while training, `train.preview_every`); None for points or no spec. The same
   key at every call, so successive grids differ only through the parameters."""
-  spec = builders.BUILDERS.get(kind).preview
+  spec = build.BUILDERS.get(kind).preview
   if dataset.kind != "image" or not spec:
     return None
   labels = jnp.full((num,), process.num_classes, jnp.int32)
@@ -189,8 +188,8 @@ def load_model(directory: str):
   card = json.loads(storage.read_text(storage.join(directory, MODEL_CARD)))
   extra = {k: ml_collections.ConfigDict(v) if isinstance(v, dict) else v
            for k, v in card["extra"].items()}
-  process = builders.build(card["kind"], ml_collections.ConfigDict(card["model"]),
-                           DataSpec.from_dict(card["data"]), card["dtype"], **extra)
+  process = build.build(card["kind"], ml_collections.ConfigDict(card["model"]),
+                        DataSpec.from_dict(card["data"]), card["dtype"], **extra)
   ckpt = storage.join(storage.absolute(directory), "checkpoints")
   with ocp.CheckpointManager(ckpt) as manager:
     # A reader: damaged steps are reported and skipped, never moved (a run may be training).
