@@ -54,7 +54,9 @@ def _unit(module: str) -> str | None:
 def _imports(path: str) -> set[str]:
   """The ardiff modules a file imports (absolute imports; `from ardiff import x` names x)."""
   found = set()
-  for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read(), path)
+  for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       found.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
