@@ -76,6 +76,8 @@ def run(what: str, quick: bool = False, out: str | None = None) -> str:
     note = getattr(module, "NOTE", "")
     text.append(f"## {module.TITLE}\n\n" + (f"{note}\n\n" if note else "")
                 + table(module.rows(quick)))
+    for title, extra_note, extra_rows in getattr(module, "extra_tables", lambda q: [])(quick):
+      text.append(f"## {title}\n\n{extra_note}\n\n" + table(extra_rows))
   result = "\n".join(text)
   print(result)
   if out:
