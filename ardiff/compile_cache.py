@@ -1,12 +1,12 @@
 """A persistent JAX compilation cache for the command-line entry points.
 
-Every sampler is one compiled program per step count, batch size, guidance setting and (for
-ARDM) step plan, and every train step is one per model and batch: in a new process each of them
-costs 1-2 s of XLA compilation on a CPU, and `ardiff sample` is a new process every time. JAX can
-keep compiled executables on disk, keyed by the program, the compiler options, the jaxlib
-version and the device, and load them in the next process instead of compiling again (measured
-in README.md: `ardiff sample` on the spiral starts about 2 s sooner). Entries of another jaxlib
-are never loaded, only left behind: deleting the directory is always safe.
+Every sampler is one compiled program per batch size and guidance setting (the step count and
+the step plan are data), and every train step is one per model and batch: in a new process each
+of them costs 1-2 s of XLA compilation on a CPU, and `ardiff sample` is a new process every
+time. JAX can keep compiled executables on disk, keyed by the program, the compiler options, the
+jaxlib version and the device, and load them in the next process instead of compiling again
+(measured in README.md: `ardiff sample` on the spiral starts about 2 s sooner). Entries of
+another jaxlib are never loaded, only left behind: deleting the directory is always safe.
 
 Only the command line turns this on (`ardiff run`, `ardiff sample`, `ardiff bench`); importing
 the library changes no JAX setting. The directory is, in order:

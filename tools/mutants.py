@@ -113,6 +113,12 @@ MUTANTS = (
     _m("inpaint-replaces-at-the-noise-level-of-t-not-s", "samplers", SAMPLERS + "base.py",
        "return hook(x, s, i, hook_args), state", "return hook(x, t, i, hook_args), state",
        INPAINT),
+    # The step count as data (samplers/base.py): the padded loop runs n steps where the last
+    # one is the separate final step, so it steps to t = 0 twice (the tail off by one).
+    _m("padded-loop-also-runs-the-final-step", "samplers", SAMPLERS + "base.py",
+       "carry = jax.lax.fori_loop(0, looped, loop_body, carry)",
+       "carry = jax.lax.fori_loop(0, n, loop_body, carry)",
+       f"{S}::test_scan_and_python_loop_agree_to_the_last_bits"),
     _m("cfg-extrapolates-from-the-conditional-stream", "samplers", "ardiff/processes/guidance.py",
        "return neg + jnp.asarray(w, out.dtype) * (cond - neg)",
        "return cond + jnp.asarray(w, out.dtype) * (cond - neg)", "tests/processes/test_guidance.py",
@@ -199,6 +205,11 @@ MUTANTS = (
        "ardiff/processes/autoregressive/order_agnostic.py",
        'if spec.get("order", "random") == "contiguous":',
        'if spec.get("order", "random") != "contiguous":', AR),
+    # The ARDM plan as data: a trip count one short leaves the last step's positions hidden.
+    _m("ardm-loop-skips-the-last-step", "AR decoding", "ardiff/processes/autoregressive/decode.py",
+       "return jax.lax.fori_loop(0, num_steps, step, tokens)",
+       "return jax.lax.fori_loop(0, num_steps - 1, step, tokens)",
+       f"{AR}::test_order_agnostic_sampler_distribution"),
     # ---- DP budgets
     _m("budget-allows-empty-steps", "budgets", "ardiff/processes/autoregressive/budget.py",
        "step_cost = np.where(t[None, :] > t[:length, None],",

@@ -84,6 +84,9 @@ def run(what: str, quick: bool = False, out: str | None = None) -> str:
     records[name] = module.rows(quick)
     text.append(f"## {module.TITLE}\n\n" + (f"{note}\n\n" if note else "")
                 + table(records[name]))
+    for title, extra_note, extra_rows in getattr(module, "extra_tables", lambda q: [])(quick):
+      records[f"{name}: {title}"] = extra_rows
+      text.append(f"## {title}\n\n{extra_note}\n\n" + table(extra_rows))
   result = "\n".join(text)
   print(result)
   if out:

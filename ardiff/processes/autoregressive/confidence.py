@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiff.processes import discrete
+from ardiff.processes import discrete, padded
 
 SCHEDULES = ("cosine", "uniform")
 
@@ -63,16 +63,59 @@ def reveal_schedule(length: int, steps: int, schedule: str = "cosine") -> tuple[
   return tuple(sizes)
 
 
-def _candidates(keys, logits, temperature):
-  """Tokens [B, L] drawn at the temperature (0: argmax) and their confidences [B, L]: the
+def _candidates(keys, logits, temperature, greedy: bool):
+  """Tokens [B, L] drawn at the temperature (greedy: argmax) and their confidences [B, L]: the
   model's own log-probability of each token (untempered, so that the temperature changes which
   tokens are drawn, not how sure the model is of them)."""
   logits = logits.astype(jnp.float32)
   logp = jax.nn.log_softmax(logits, axis=-1)
-  if temperature == 0:
+  if greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32), jnp.max(logp, axis=-1)
   z = discrete.draw(keys, logits, temperature)
   return z, jnp.take_along_axis(logp, z[..., None], axis=-1)[..., 0]
+
+
+def step_table(sizes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+  """The positions revealed after each step, cumsum(sizes), padded to its bucket (int32 [P]),
+  and the number of steps S (int32): the plan as data, so one program serves every S."""
+  return (jnp.asarray(padded.pad_rows(np.cumsum(sizes)), jnp.int32),
+          jnp.int32(len(sizes)))
+
+
+def _reveal_step(logits_fn, keys, tokens, s, revealed_after, num_steps, total, *, mask_id,
+                 temperature, greedy, noise, noisy):
+  """Step s of S: reveal the most confident hidden positions until revealed_after are."""
+  step_keys = discrete.step_keys(keys, s)
+  z, confidence = _candidates(step_keys, logits_fn(tokens), temperature, greedy)
+  if noisy:
+    scale = noise * (1.0 - (s + 1) / num_steps)
+    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, z.shape[1:]))(
+        discrete.step_keys(step_keys, 1))
+    confidence = confidence + scale * gumbel
+  hidden = tokens == mask_id
+  # Reveal the top-n hidden positions, n = those this step must leave revealed in total
+  # minus those already revealed by earlier steps; ties go to the lower position.
+  n = revealed_after - (total - hidden.sum(axis=1))
+  score = jnp.where(hidden, confidence, -jnp.inf)
+  rank = jnp.argsort(jnp.argsort(-score, axis=1, stable=True), axis=1, stable=True)
+  reveal = hidden & (rank < n[:, None])
+  return jnp.where(reveal, z, tokens)
+
+
+def reveal_loop(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array, cumulative: jax.Array,
+                num_steps: jax.Array, *, mask_id: int, temperature=1.0, greedy: bool = False,
+                noise=0.0, noisy: bool = False) -> jax.Array:
+  """The decoding loop with the plan as data (`step_table`): a fori_loop over the traced S
+  that reads cumulative[0 .. S-1] only. temperature and noise may be traced; greedy and noisy
+  (noise > 0) are static, as they change the program."""
+  total = cumulative[num_steps - 1]
+
+  def body(s, tokens):
+    return _reveal_step(logits_fn, keys, tokens, s, cumulative[s], num_steps, total,
+                        mask_id=mask_id, temperature=temperature, greedy=greedy, noise=noise,
+                        noisy=noisy)
+
+  return jax.lax.fori_loop(0, num_steps, body, tokens)
 
 
 def confidence_decode(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array,
@@ -88,7 +131,8 @@ def confidence_decode(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array,
       (every example must hide the same number; checked when concrete).
     temperature: candidate tokens from softmax(logits / temperature); 0: argmax (greedy).
     noise: Gumbel noise on the confidences, scaled by noise * (1 - (s + 1) / S).
-    return_history: also return the tokens after every step, int32 [S, B, L].
+    return_history: also return the tokens after every step, int32 [S, B, L] (a scan over
+      the S steps; without it the loop runs S as data, `reveal_loop`).
   Returns tokens int32 [B, L] (and the history).
   """
   sizes = tuple(int(s) for s in sizes)
@@ -102,27 +146,16 @@ def confidence_decode(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array,
     if not (hidden == sum(sizes)).all():
       raise ValueError(f"sizes sum to {sum(sizes)} but the examples hide "
                        f"{sorted(set(hidden.tolist()))} positions")
-  num_steps = len(sizes)
-  cumulative = jnp.asarray(np.cumsum(sizes), jnp.int32)
+  options = dict(mask_id=mask_id, temperature=temperature, greedy=temperature == 0,
+                 noise=noise, noisy=noise > 0)
+  if not return_history:
+    return reveal_loop(logits_fn, keys, tokens, *step_table(sizes), **options)
+  num_steps, cumulative = len(sizes), jnp.asarray(np.cumsum(sizes), jnp.int32)
 
   def step(tokens, xs):
     s, revealed_after = xs
-    step_keys = discrete.step_keys(keys, s)
-    z, confidence = _candidates(step_keys, logits_fn(tokens), temperature)
-    if noise > 0:
-      scale = noise * (1.0 - (s + 1) / num_steps)
-      gumbel = jax.vmap(lambda k: jax.random.gumbel(k, z.shape[1:]))(
-          discrete.step_keys(step_keys, 1))
-      confidence = confidence + scale * gumbel
-    hidden = tokens == mask_id
-    # Reveal the top-n hidden positions, n = those this step must leave revealed in total
-    # minus those already revealed by earlier steps; ties go to the lower position.
-    n = revealed_after - (sum(sizes) - hidden.sum(axis=1))
-    score = jnp.where(hidden, confidence, -jnp.inf)
-    rank = jnp.argsort(jnp.argsort(-score, axis=1, stable=True), axis=1, stable=True)
-    reveal = hidden & (rank < n[:, None])
-    tokens = jnp.where(reveal, z, tokens)
-    return tokens, tokens if return_history else None
+    tokens = _reveal_step(logits_fn, keys, tokens, s, revealed_after, num_steps, sum(sizes),
+                          **options)
+    return tokens, tokens
 
-  tokens, history = jax.lax.scan(step, tokens, (jnp.arange(num_steps), cumulative))
-  return (tokens, history) if return_history else tokens
+  return jax.lax.scan(step, tokens, (jnp.arange(num_steps), cumulative))

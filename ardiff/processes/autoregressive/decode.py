@@ -1,6 +1,8 @@
 """Samplers for the causal (raster) and bidirectional (order-agnostic) transformers.
 
-Every entry point is one jitted function whose loop is a ``jax.lax.scan``.
+Every entry point is one jitted function whose loop is a ``jax.lax.scan`` (raster) or a
+``jax.lax.fori_loop`` with a traced step count (parallel decoding: one program for every plan
+of the same batch shape, whatever its number of steps).
 
 Classifier-free guidance: with weight ``w`` two streams run in one batched model call, the
 conditional one (labels ``y``) and the unconditional one (the null label ``num_classes``, or
@@ -31,6 +33,7 @@ import numpy as np
 from ardiff.models.transformer import Transformer, init_cache
 from ardiff.processes import discrete
 from ardiff.processes import guidance as guide
+from ardiff.processes.autoregressive import confidence
 
 
 def guidance_streams(model: Transformer, y: jax.Array, guidance, neg_y) -> dict | None:
@@ -133,20 +136,29 @@ def raster_history(tokens: jax.Array, mask_id: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _parallel(model, params, key, y, plan, temperature, guidance, neg_y, known_mask, known_tokens):
+def _parallel(model, params, key, y, reveal_step, num_steps, temperature, guidance, neg_y,
+              known_mask, known_tokens):
+  """Steps s = 0 .. num_steps - 1 reveal the positions with reveal_step == s. The step count
+  is a traced int32 and the plan is [B, L] whatever S, so every S shares this program."""
   cond = guidance_streams(model, y, guidance, neg_y)
   keys = discrete.example_keys(key, y.shape[0])
   tokens = jnp.where(known_mask, known_tokens, model.mask_id).astype(jnp.int32)
-  steps = jnp.swapaxes(plan, 0, 1)  # [S, B, L]
 
-  def step(tokens, xs):
-    reveal, s = xs
+  def step(s, tokens):
     z = discrete.draw(discrete.step_keys(keys, s), model_call(model, params, tokens, cond, y),
                       temperature)
-    return jnp.where(reveal & ~known_mask, z, tokens), None
+    return jnp.where((reveal_step == s) & ~known_mask, z, tokens)
 
-  tokens, _ = jax.lax.scan(step, tokens, (steps, jnp.arange(steps.shape[0])))
-  return tokens
+  return jax.lax.fori_loop(0, num_steps, step, tokens)
+
+
+def plan_steps(plan: jax.Array) -> jax.Array:
+  """A bool plan [..., S, L] as the step that reveals each position, int32 [..., L] (-1:
+  never); on the host when the plan is concrete (no program per S)."""
+  if isinstance(plan, jax.core.Tracer):
+    return jnp.where(plan.any(axis=-2), jnp.argmax(plan, axis=-2), -1).astype(jnp.int32)
+  plan = np.asarray(plan, bool)
+  return jnp.asarray(np.where(plan.any(axis=-2), plan.argmax(axis=-2), -1), jnp.int32)
 
 
 def order_agnostic_sample(
@@ -171,11 +183,13 @@ def order_agnostic_sample(
   """
   _check_common(model, False, y, temperature, guidance, neg_y)
   b, length = np.shape(y)[0], model.seq_len
-  plan = jnp.asarray(plan, bool)
-  if plan.ndim == 2:
-    plan = jnp.broadcast_to(plan[None], (b,) + plan.shape)
-  if plan.ndim != 3 or plan.shape[0] != b or plan.shape[2] != length:
-    raise ValueError(f"plan must be bool [S, {length}] or [{b}, S, {length}], got {plan.shape}")
+  if not isinstance(plan, jax.core.Tracer):
+    plan = np.asarray(plan, bool)  # host-side checks and conversion: no program per S
+  if np.ndim(plan) == 2:
+    plan = plan[None]
+  if np.ndim(plan) != 3 or np.shape(plan)[0] not in (1, b) or np.shape(plan)[2] != length:
+    raise ValueError(f"plan must be bool [S, {length}] or [{b}, S, {length}], got "
+                     f"{np.shape(plan)}")
   if (known_mask is None) != (known_tokens is None):
     raise ValueError("known_mask and known_tokens must be given together")
   if known_mask is None:
@@ -188,5 +202,51 @@ def order_agnostic_sample(
     if not (count == 1).all():
       raise ValueError("plan: with known_mask, every position must be revealed exactly once; "
                        f"found reveal counts {sorted(set(count.ravel().tolist()))}")
-  return _parallel(model, params, key, jnp.asarray(y, jnp.int32), plan, temperature, guidance,
-                   neg_y, known_mask, known_tokens)
+  reveal_step = jnp.broadcast_to(plan_steps(plan), (b, length))
+  return _parallel(model, params, key, jnp.asarray(y, jnp.int32), reveal_step,
+                   jnp.int32(np.shape(plan)[1]), temperature, guidance, neg_y, known_mask,
+                   known_tokens)
+
+
+def reveal_step_sample(model: Transformer, params, key: jax.Array, y: jax.Array,
+                       reveal_step: jax.Array, num_steps: int, *, temperature: float = 1.0,
+                       guidance: float | None = None, neg_y: jax.Array | None = None):
+  """`order_agnostic_sample` with the plan given as the step of each position, int [B, L] or
+  [L] (`orders.reveal_steps`: every position in 0..num_steps-1), and no known positions: the
+  form whose shapes do not depend on the number of steps (one program for every S)."""
+  _check_common(model, False, y, temperature, guidance, neg_y)
+  b, length = np.shape(y)[0], model.seq_len
+  reveal_step = jnp.broadcast_to(jnp.asarray(reveal_step, jnp.int32), (b, length))
+  if not isinstance(reveal_step, jax.core.Tracer) and jnp.ndim(key) == 1:
+    # laid out like the per-example keys (a random plan drawn from them already is): a plan
+    # that is not (a raster one) would otherwise compile a second program
+    reveal_step = jax.device_put(reveal_step, key.sharding)
+  return _parallel(model, params, key, jnp.asarray(y, jnp.int32), reveal_step,
+                   jnp.int32(num_steps), temperature, guidance, neg_y, jnp.zeros((b, length), bool),
+                   jnp.zeros((b, length), jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "greedy", "noisy"))
+def _confidence(model, params, keys, y, cumulative, num_steps, temperature, noise, guidance,
+                neg_y, *, greedy, noisy):
+  cond = guidance_streams(model, y, guidance, neg_y)
+  tokens = jnp.full((y.shape[0], model.seq_len), model.mask_id, jnp.int32)
+  return confidence.reveal_loop(lambda t: model_call(model, params, t, cond, y), keys, tokens,
+                                cumulative, num_steps, mask_id=model.mask_id,
+                                temperature=temperature, greedy=greedy, noise=noise,
+                                noisy=noisy)
+
+
+def confidence_sample(model: Transformer, params, keys: jax.Array, y: jax.Array, sizes, *,
+                      temperature: float = 1.0, noise: float = 0.0,
+                      guidance: float | None = None, neg_y: jax.Array | None = None):
+  """Confidence decoding (`confidence.confidence_decode`) of every position from per-example
+  keys [B], compiled once for every step count, temperature > 0 and noise > 0 (the sizes are
+  padded data; greedy decoding and noise off are their own programs)."""
+  _check_common(model, False, y, temperature if temperature > 0 else 1.0, guidance, neg_y)
+  if noise < 0:
+    raise ValueError(f"noise must be >= 0, got {noise}")
+  cumulative, num_steps = confidence.step_table(sizes)
+  return _confidence(model, params, keys, jnp.asarray(y, jnp.int32), cumulative, num_steps,
+                     jnp.float32(temperature), jnp.float32(noise), guidance, neg_y,
+                     greedy=temperature == 0, noisy=noise > 0)

@@ -94,12 +94,18 @@ class OrderAgnosticAR(TransformerProcess):
   def _decode(self, params, keys, labels, spec, w, neg_y):
     if spec.name == "confidence":
       return self._confidence(params, keys, labels, spec, w, neg_y)
-    return decode.order_agnostic_sample(self.model, params, keys, labels,
-                                        self._plan(keys, spec, labels.shape[0]),
-                                        temperature=spec.get("temperature", 1.0), guidance=w,
-                                        neg_y=neg_y)
+    sizes = self.step_sizes(spec)
+    return decode.reveal_step_sample(self.model, params, keys, labels,
+                                     self._reveal_steps(keys, spec, labels.shape[0]),
+                                     len(sizes), temperature=spec.get("temperature", 1.0),
+                                     guidance=w, neg_y=neg_y)
 
   def _confidence(self, params, keys, labels, spec, w, neg_y, return_history=False):
+    if not return_history:  # one compiled program for every step count
+      return decode.confidence_sample(
+          self.model, params, keys, labels, self.confidence_sizes(spec),
+          temperature=spec.get("temperature", 1.0), noise=spec.get("noise", 0.0),
+          guidance=w, neg_y=neg_y)
     cond = decode.guidance_streams(self.model, labels, w, neg_y)
     tokens = jnp.full((labels.shape[0], self.seq_len), self.mask_id, jnp.int32)
     return confidence.confidence_decode(
@@ -108,15 +114,21 @@ class OrderAgnosticAR(TransformerProcess):
         temperature=spec.get("temperature", 1.0), noise=spec.get("noise", 0.0),
         return_history=return_history)
 
-  def _plan(self, keys, spec, batch: int) -> jax.Array:
-    """The reveal plan of an `ardm` spec: bool [B, S, L]."""
+  def _reveal_steps(self, keys, spec, batch: int) -> jax.Array:
+    """The step that reveals each position under an `ardm` spec: int32 [B, L] (a shape that
+    does not depend on the number of steps, so every k shares one compiled decoder)."""
     sizes = self.step_sizes(spec)
     if spec.get("order", "random") == "contiguous":
-      return jnp.broadcast_to(orders.reveal_plan(orders.raster_order(self.seq_len), sizes),
-                              (batch, len(sizes), self.seq_len))
+      return jnp.broadcast_to(orders.reveal_steps(orders.raster_order(self.seq_len), sizes),
+                              (batch, self.seq_len))
     # a random order per example, drawn from that example's own key
-    return jax.vmap(lambda k: orders.random_plan(k, 1, self.seq_len, step_sizes=sizes)[0])(
-        discrete.setup_keys(keys))
+    return jax.vmap(lambda k: orders.reveal_steps(orders.random_orders(k, 1, self.seq_len)[0],
+                                                  sizes))(discrete.setup_keys(keys))
+
+  def _plan(self, keys, spec, batch: int) -> jax.Array:
+    """The reveal plan of an `ardm` spec: bool [B, S, L] (for the step history)."""
+    steps = jnp.arange(len(self.step_sizes(spec)), dtype=jnp.int32)
+    return self._reveal_steps(keys, spec, batch)[:, None, :] == steps[:, None]
 
   def _history(self, params, keys, labels, spec):
     if spec.name == "confidence":

@@ -56,10 +56,14 @@ def check_step_sizes(step_sizes: Sequence[int], total: int) -> tuple[int, ...]:
   return sizes
 
 
-def reveal_plan(
+def reveal_steps(
     order: jax.Array, step_sizes: Sequence[int], length: int | None = None
 ) -> jax.Array:
-  """Bool plan [..., S, length]: step s reveals order[..., c_s : c_s + step_sizes[s]].
+  """The step that reveals each position, int32 [..., length] (-1: never, e.g. a known one).
+
+  Position order[..., j] is revealed at step s with c_s <= j < c_s + step_sizes[s], c_s the
+  sizes before s. The same information as `reveal_plan`, in a shape that does not depend on
+  the number of steps S: a decoder that takes it compiles once for every S.
 
   Args:
     order: int [..., m], distinct positions in 0..length-1 in generation order.
@@ -73,14 +77,22 @@ def reveal_plan(
   if m > length:
     raise ValueError(f"order has {m} positions, more than length={length}")
   sizes = check_step_sizes(step_sizes, m)
-  step_of_rank = jnp.asarray(np.repeat(np.arange(len(sizes)), sizes), jnp.int32)
+  step_of_rank = jnp.asarray(np.repeat(np.arange(len(sizes)), sizes), jnp.int32)  # [m]
 
   def one(o):
     return jnp.full((length,), -1, jnp.int32).at[o].set(step_of_rank)
 
-  flat = order.reshape(-1, m)
-  step_of_pos = jax.vmap(one)(flat).reshape(order.shape[:-1] + (length,))
-  return step_of_pos[..., None, :] == jnp.arange(len(sizes), dtype=jnp.int32)[:, None]
+  return jax.vmap(one)(order.reshape(-1, m)).reshape(order.shape[:-1] + (length,))
+
+
+def reveal_plan(
+    order: jax.Array, step_sizes: Sequence[int], length: int | None = None
+) -> jax.Array:
+  """Bool plan [..., S, length]: step s reveals order[..., c_s : c_s + step_sizes[s]] (the
+  arguments of `reveal_steps`)."""
+  step_of_pos = reveal_steps(order, step_sizes, length)
+  num_steps = len(check_step_sizes(step_sizes, jnp.shape(order)[-1]))
+  return step_of_pos[..., None, :] == jnp.arange(num_steps, dtype=jnp.int32)[:, None]
 
 
 def chunk_plan(length: int, k: int) -> jax.Array:

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from ardiff.processes import discrete
-from ardiff.processes.gaussian.samplers.base import (EpsFn, per_example_normal, run_loop,
-                                                     sampler_args, sampling_times)
+from ardiff.processes.gaussian.samplers.base import (EpsFn, loop_grid, per_example_normal,
+                                                     run_loop, sampler_args, sampling_times)
 from ardiff.processes.gaussian.schedules import Schedule
 
 
@@ -49,8 +49,8 @@ def _replace_known(x, s, i, hook_args):
 
 
 @functools.partial(jax.jit, static_argnames=("eps_fn", "sampler", "return_trajectory"))
-def _inpaint(eps_fn, params, schedule, x_known, mask, key, cond, args, times, *, sampler,
-             return_trajectory):
+def _inpaint(eps_fn, params, schedule, x_known, mask, key, cond, args, times, num_steps, *,
+             sampler, return_trajectory):
   batch = x_known.shape[0]
   keys = discrete.example_keys(key, batch)
   replace_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
@@ -58,7 +58,7 @@ def _inpaint(eps_fn, params, schedule, x_known, mask, key, cond, args, times, *,
   x_init = per_example_normal(discrete.setup_keys(keys), x_known)
   x_init = _replace_known(x_init, times[0], jnp.int32(-1), hook_args)
   out = run_loop(eps_fn, params, schedule, x_init, keys, cond, args, times, sampler=sampler,
-                 to_zero=True, hook=_replace_known, hook_args=hook_args,
+                 to_zero=True, num_steps=num_steps, hook=_replace_known, hook_args=hook_args,
                  return_trajectory=return_trajectory)
   x, traj = out if return_trajectory else (out, None)
   x = jnp.where(mask, x_known, x)
@@ -90,7 +90,7 @@ def inpaint(eps_fn: EpsFn, params: Any, schedule: Schedule, x_known, mask, key, 
     raise ValueError(
         f"mask of shape {mask.shape} does not broadcast to x_known's {x_known.shape}") from None
   args = sampler_args(sampler, **options)  # validates name and options before tracing
-  times = sampling_times(schedule, sampler, num_steps, options)
-  return _inpaint(eps_fn, params, schedule, x_known, mask, key, cond, args,
-                  jnp.asarray(times, schedule.log_snrs.dtype), sampler=sampler,
-                  return_trajectory=return_trajectory)
+  grid, n = loop_grid(sampling_times(schedule, sampler, num_steps, options),
+                      schedule.log_snrs.dtype, pad=not return_trajectory)
+  return _inpaint(eps_fn, params, schedule, x_known, mask, key, cond, args, grid, n,
+                  sampler=sampler, return_trajectory=return_trajectory)

@@ -23,6 +23,7 @@ Samplers (the spec grammar of `ardiff.processes.spec`):
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -56,21 +57,25 @@ def masked_diffusion_loss(logits_fn, x: jax.Array, y: jax.Array, key: jax.Array,
   return weight * jnp.sum(jnp.where(masked, nll, 0.0), axis=1)
 
 
-def ancestral_sample(logits_fn, keys: jax.Array, tokens: jax.Array, steps: int, *, mask_id: int,
+def ancestral_sample(logits_fn, keys: jax.Array, tokens: jax.Array, steps, *, mask_id: int,
                      schedule: MaskingSchedule, temperature: float = 1.0,
                      resample: float = 0.0, return_history: bool = False):
   """Masked-diffusion ancestral sampling from t = 1 to 0 in `steps` steps: int32 [B, L].
 
   logits_fn: tokens [B, L] -> logits [B, L, V]; keys: per-example keys [B]; tokens: the start,
   mask_id at every position to generate (others are kept: inpainting).
+  steps: S, an int, or an int32 scalar (traced: step k runs from t = 1 - k / S to
+  1 - (k + 1) / S, computed in the loop, so one program serves every S).
   resample: the corrector (the seeds' "tokens could be re-sampled"): after every step but the
   last, each generated pixel revealed so far is masked again with this probability and redrawn
-  from the model given all the others (one more network call per step: NFE 2 S - 1).
-  return_history: also the tokens after every step (after its corrector), int32 [steps, B, L].
+  from the model given all the others (one more network call per step: NFE 2 S - 1). Whether
+  it is on (> 0) is static; its value may be traced.
+  return_history: also the tokens after every step (after its corrector), int32 [steps, B, L]
+  (needs an int `steps`: a scan over them).
   """
-  if not 0.0 <= resample < 1.0:
+  if isinstance(resample, (int, float)) and not 0.0 <= resample < 1.0:
     raise ValueError(f"resample must lie in [0, 1), got {resample}")
-  grid = 1.0 - jnp.arange(steps + 1, dtype=jnp.float32) / steps
+  corrected = not isinstance(resample, (int, float)) or resample > 0
   tokens = jnp.asarray(tokens, jnp.int32)
   generated = tokens == mask_id  # inpainting: the known pixels are never masked again
 
@@ -84,20 +89,35 @@ def ancestral_sample(logits_fn, keys: jax.Array, tokens: jax.Array, steps: int, 
     z = discrete.draw(discrete.step_keys(step_keys, 3), logits_fn(masked), temperature)
     return jnp.where(again, z, tokens)
 
-  def step(tokens, k):
-    t, s = grid[k], grid[k + 1]
+  def step(k, tokens):
+    t = 1.0 - k.astype(jnp.float32) / steps  # the grid 1 - k / S, k = 0 .. S
+    s = 1.0 - (k + 1).astype(jnp.float32) / steps
     m_t, m_s = schedule.masked(t), schedule.masked(s)  # (alpha_s - alpha_t) / (1 - alpha_t)
     p_unmask = jnp.where(k == steps - 1, 1.0, (m_t - m_s) / m_t)
     step_keys = discrete.step_keys(keys, k)
     z = discrete.draw(step_keys, logits_fn(tokens), temperature)
     reveal = (tokens == mask_id) & (uniforms(step_keys, 1) < p_unmask)
     tokens = jnp.where(reveal, z, tokens)
-    if resample > 0:
+    if corrected:
       tokens = jax.lax.cond(k < steps - 1, corrector, lambda t, _: t, tokens, step_keys)
-    return tokens, tokens if return_history else None
+    return tokens
 
-  tokens, history = jax.lax.scan(step, tokens, jnp.arange(steps))
-  return (tokens, history) if return_history else tokens
+  if not return_history:
+    return jax.lax.fori_loop(0, jnp.asarray(steps, jnp.int32), step, tokens)
+  scan_step = lambda tokens, k: (lambda out: (out, out))(step(k, tokens))  # noqa: E731
+  return jax.lax.scan(scan_step, tokens, jnp.arange(steps, dtype=jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "schedule", "corrected"))
+def _masked_sample(model, params, keys, y, steps, temperature, resample, guidance, neg_y, *,
+                   schedule, corrected):
+  """`ancestral_sample` of every position with the model: one program for every step count,
+  temperature and corrector probability (only the corrector on/off is static)."""
+  cond = decode.guidance_streams(model, y, guidance, neg_y)
+  start = jnp.full((y.shape[0], model.seq_len), model.mask_id, jnp.int32)
+  return ancestral_sample(lambda t: decode.model_call(model, params, t, cond, y), keys, start,
+                          steps, mask_id=model.mask_id, schedule=schedule,
+                          temperature=temperature, resample=resample if corrected else 0.0)
 
 
 class MaskedDiffusion(OrderAgnosticAR):
@@ -129,13 +149,18 @@ class MaskedDiffusion(OrderAgnosticAR):
   def _decode(self, params, keys, labels, spec, w, neg_y, return_history=False):
     if spec.name != "masked":
       return super()._decode(params, keys, labels, spec, w, neg_y)
+    resample = float(spec.get("resample", 0.0))
+    if not return_history:
+      return _masked_sample(self.model, params, keys, jnp.asarray(labels, jnp.int32),
+                            jnp.int32(spec.steps), jnp.float32(spec.get("temperature", 1.0)),
+                            jnp.float32(resample), w, neg_y, schedule=self.schedule,
+                            corrected=resample > 0)
     cond = decode.guidance_streams(self.model, labels, w, neg_y)
     start = jnp.full((labels.shape[0], self.seq_len), self.mask_id, jnp.int32)
     return ancestral_sample(lambda t: decode.model_call(self.model, params, t, cond, labels),
                             keys, start, spec.steps, mask_id=self.mask_id,
                             schedule=self.schedule, temperature=spec.get("temperature", 1.0),
-                            resample=float(spec.get("resample", 0.0)),
-                            return_history=return_history)
+                            resample=resample, return_history=True)
 
   def _history(self, params, keys, labels, spec):
     if spec.name != "masked":

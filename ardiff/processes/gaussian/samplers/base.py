@@ -19,12 +19,16 @@ own (samples then do not depend on the batch they were drawn in or on the number
 Most solvers are simplest in the scaled state x~ = x / sqrt(ab) = x0 + sigma eps, where the
 probability-flow ODE is dx~/dsigma = eps (Karras et al., 2022): `to_scaled` / `from_scaled`.
 
-The loop runs the first num_steps - 1 steps in one `lax.scan` and the last (to t = 0) after
-it, with an optional post-step hook (inpainting replaces the known pixels there). The same
-loop serves sampling, trajectories, inpainting and inversion (times increasing); the Python
-loop reference runs the same two compiled step functions from Python. Each solver declares
-how many model calls a step makes (`evals_per_step`, `final_evals`); the loop checks the
-declaration against the calls it traces, so `nfe` is exact.
+The loop runs the first n - 1 steps in one `lax.fori_loop` and the last (to t = 0) after it,
+with an optional post-step hook (inpainting replaces the known pixels there). n is data: the
+grid is padded to a bucket of 1024 times (`ardiff.processes.padded`), so `ddim:8` ... `ddim:1000`,
+every spacing, sigma_max and option value share one compiled program per (model, solver,
+batch shape, guidance on/off). Only the trajectory, whose shape is [n, B, ...], needs the static
+scan over the exact grid (one program per n). The same loop serves sampling, trajectories,
+inpainting and inversion (times increasing); the Python loop reference runs the same two
+compiled step functions from Python. Each solver declares how many model calls a step makes
+(`evals_per_step`, `final_evals`); the loop checks the declaration against the calls it traces
+(the body once, the final step once), so `nfe` is exact.
 
 Adding a solver: a new file in this package whose step is registered with `register_solver`,
 and one import line in `samplers/__init__.py` (see docs/adding_a_sampler.md).
@@ -39,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiff.processes import discrete
+from ardiff.processes import discrete, padded
 from ardiff.processes.gaussian.samplers.spacing import SPACINGS, time_grid
 from ardiff.processes.gaussian.schedules import Schedule
 from ardiff.registry import Registry
@@ -128,10 +132,14 @@ def sampling_times(schedule: Schedule, sampler: str, num_steps: int,
 
 
 class ModelContext:
-  """What one solver step sees of the model (built afresh for every traced step)."""
+  """What one solver step sees of the model (built afresh for every traced step).
+
+  `final` is a Python bool; `num_steps` is an int32 scalar, traced in the compiled loop (the
+  step count is data), so a step may compute with it but not branch on it in Python.
+  """
 
   def __init__(self, model_fn: EpsFn, params, cond, schedule: Schedule, batch: int, *,
-               final: bool, num_steps: int):
+               final: bool, num_steps):
     self._model_fn, self._params, self._cond = model_fn, params, cond
     self.schedule, self.final, self.num_steps = schedule, final, num_steps
     self._batch = batch
@@ -169,16 +177,16 @@ def _no_hook(x, s, i, hook_args):
   return x
 
 
-def _step_fn(model_fn, sampler, num_steps, final, hook):
-  """One step as a pure function (the scan body and the Python-loop reference share it)."""
+def _step_fn(model_fn, sampler, final, hook):
+  """One step as a pure function (the loop body and the Python-loop reference share it)."""
   solver = SAMPLERS.get(sampler)
 
-  def one_step(params, schedule, cond, args, hook_args, x, state, t, s, i, keys):
+  def one_step(params, schedule, cond, args, hook_args, num_steps, x, state, t, s, i, keys):
     ctx = ModelContext(model_fn, params, cond, schedule, x.shape[0], final=final,
                        num_steps=num_steps)
     x, state = solver.step(ctx, state, x, t, s, discrete.step_keys(keys, i), args)
     expected = solver.final_evals if final else solver.evals_per_step
-    if ctx.calls != expected:
+    if ctx.calls != expected:  # counted while tracing: once per compiled loop, whatever n
       raise AssertionError(f"solver {sampler!r} declares {expected} model call(s) per "
                            f"{'final ' if final else ''}step but made {ctx.calls}")
     return hook(x, s, i, hook_args), state
@@ -187,43 +195,66 @@ def _step_fn(model_fn, sampler, num_steps, final, hook):
 
 
 def run_loop(model_fn: EpsFn, params, schedule: Schedule, x_init, keys, cond, args, times,
-             *, sampler: str, to_zero: bool, hook=_no_hook, hook_args=None,
+             *, sampler: str, to_zero: bool, num_steps=None, hook=_no_hook, hook_args=None,
              return_trajectory: bool = False):
-  """Traceable loop over `times` [n + 1] (a jax array); per-example `keys` [B].
+  """Traceable loop over the n steps times[0] -> times[1] -> ... -> times[n]; keys [B].
 
-  With `to_zero`, the last step (ending at t = 0) is traced separately with ctx.final set.
-  Returns x, or (x, trajectory [n, B, ...]) with the state after every step (after the hook).
+  `num_steps` None: n = len(times) - 1 is static and the steps run in one `lax.scan` (the
+  only form that returns the trajectory [n, B, ...], whose shape is n). `num_steps` an int32
+  scalar: n is data, `times` may be padded past n + 1 (`ardiff.processes.padded`) and the steps
+  run in a `lax.fori_loop` with a traced trip count, so one program serves every n. With
+  `to_zero`, the last step (ending at times[n] = 0) runs after the loop, traced once with
+  ctx.final set. Returns x, or (x, trajectory) with the state after every step (after the hook).
   """
-  num_steps = times.shape[0] - 1
+  static = num_steps is None
+  n = times.shape[0] - 1 if static else jnp.asarray(num_steps, jnp.int32)
+  if return_trajectory and not static:
+    raise ValueError("return_trajectory needs the static loop (num_steps=None)")
   solver = SAMPLERS.get(sampler)
-  scanned = num_steps - 1 if to_zero else num_steps
-  body_step = _step_fn(model_fn, sampler, num_steps, False, hook)
-  consts = (params, schedule, cond, args, hook_args)
-
-  def body(carry, inputs):
-    x, state = carry
-    t, s, i = inputs
-    x, state = body_step(*consts, x, state, t, s, i, keys)
-    return (x, state), (x if return_trajectory else None)
-
+  body_step = _step_fn(model_fn, sampler, False, hook)
+  consts = (params, schedule, cond, args, hook_args, jnp.asarray(n, jnp.int32))
+  looped = n - 1 if to_zero else n  # steps that end at s > 0 (inverting: all of them)
   carry = (x_init, solver.init(x_init))
-  idx = jnp.arange(num_steps)
-  carry, traj = jax.lax.scan(body, carry, (times[:scanned], times[1:scanned + 1], idx[:scanned]))
+  traj = None
+  if static:
+    def scan_body(carry, inputs):
+      t, s, i = inputs
+      carry = body_step(*consts, *carry, t, s, i, keys)
+      return carry, (carry[0] if return_trajectory else None)
+
+    idx = jnp.arange(looped, dtype=jnp.int32)
+    carry, traj = jax.lax.scan(scan_body, carry, (times[:looped], times[1:looped + 1], idx))
+  else:
+    def loop_body(i, carry):
+      return body_step(*consts, *carry, times[i], times[i + 1], i, keys)
+
+    carry = jax.lax.fori_loop(0, looped, loop_body, carry)
   x, state = carry
   if to_zero:
-    final_step = _step_fn(model_fn, sampler, num_steps, True, hook)
-    x, _ = final_step(*consts, x, state, times[-2], times[-1], idx[-1], keys)
+    final_step = _step_fn(model_fn, sampler, True, hook)
+    last = n - 1
+    x, _ = final_step(*consts, x, state, times[last], times[last + 1],
+                      jnp.asarray(last, jnp.int32), keys)
     if return_trajectory:
-      traj = jnp.concatenate([traj, x[None]]) if scanned else x[None]
+      traj = jnp.concatenate([traj, x[None]]) if looped else x[None]
   return (x, traj) if return_trajectory else x
 
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "sampler", "return_trajectory"))
-def _sample(model_fn, params, schedule, x_init, key, cond, args, times, *, sampler,
+def _sample(model_fn, params, schedule, x_init, key, cond, args, times, num_steps, *, sampler,
             return_trajectory):
   keys = discrete.example_keys(key, x_init.shape[0])
   return run_loop(model_fn, params, schedule, x_init, keys, cond, args, times,
-                  sampler=sampler, to_zero=True, return_trajectory=return_trajectory)
+                  sampler=sampler, to_zero=True, num_steps=num_steps,
+                  return_trajectory=return_trajectory)
+
+
+def loop_grid(times: np.ndarray, dtype, pad: bool = True):
+  """The grid and step count handed to the compiled loop: padded to its bucket with n as data
+  (one program for every n up to the bucket), or exact with n static (`pad=False`)."""
+  if not pad:
+    return jnp.asarray(times, dtype), None
+  return jnp.asarray(padded.pad_rows(times), dtype), jnp.int32(len(times) - 1)
 
 
 def _times(schedule, sampler, num_steps, options, times):
@@ -248,6 +279,7 @@ def sample(
     num_steps: int = 50,
     return_trajectory: bool = False,
     times: Any = None,
+    pad: bool = True,
     **options: Any,
 ):
   """Run `sampler` from x_init (noise at t_max) to t = 0 in `num_steps` steps.
@@ -257,12 +289,16 @@ def sample(
   `model_fn` must be hashable and stable (a module-level function or a method of a frozen
   dataclass) because it is a static argument of the compiled loop. Returns x_0, or
   (x_0, trajectory [num_steps, B, ...]) when `return_trajectory` is set.
+
+  One compiled program serves every step count up to 1023, spacing, sigma_max and option
+  value (the grid is padded, the count is data). `pad=False`, and `return_trajectory`,
+  compile one program per step count (the static scan; the benchmark's "before").
   """
   args = sampler_args(sampler, **options)  # validates name and options before tracing
   times = _times(schedule, sampler, num_steps, options, times)
-  return _sample(model_fn, params, schedule, x_init, key, cond, args,
-                 jnp.asarray(times, schedule.log_snrs.dtype), sampler=sampler,
-                 return_trajectory=return_trajectory)
+  grid, n = loop_grid(times, schedule.log_snrs.dtype, pad and not return_trajectory)
+  return _sample(model_fn, params, schedule, x_init, key, cond, args, grid, n,
+                 sampler=sampler, return_trajectory=return_trajectory)
 
 
 def sample_python_loop(model_fn, params, schedule, x_init, key, cond=None, *, sampler="ddim",
@@ -278,12 +314,12 @@ def sample_python_loop(model_fn, params, schedule, x_init, key, cond=None, *, sa
   n = times.shape[0] - 1
   x, state = x_init, SAMPLERS.get(sampler).init(x_init)
   for i in range(n):
-    step = _jitted_step(model_fn, sampler, n, i == n - 1)
-    x, state = step(params, schedule, cond, args, None, x, state, times[i], times[i + 1],
-                    jnp.int32(i), keys)
+    step = _jitted_step(model_fn, sampler, i == n - 1)
+    x, state = step(params, schedule, cond, args, None, jnp.int32(n), x, state, times[i],
+                    times[i + 1], jnp.int32(i), keys)
   return x
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_step(model_fn, sampler, num_steps, final):
-  return jax.jit(_step_fn(model_fn, sampler, num_steps, final, _no_hook))
+def _jitted_step(model_fn, sampler, final):
+  return jax.jit(_step_fn(model_fn, sampler, final, _no_hook))

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ardiff.processes import discrete
-from ardiff.processes.gaussian.samplers.base import per_example_normal, sampling_times
+from ardiff.processes.gaussian.samplers.base import loop_grid, per_example_normal, sampling_times
 from ardiff.processes.gaussian.schedules import Schedule
 from ardiff.processes.guidance import combine, stream_inputs, stream_labels
 
@@ -136,23 +136,31 @@ def check_times(schedule: Schedule, num_steps: int, options: dict | None = None,
 
 
 @functools.partial(jax.jit, static_argnames=("eps_frac_fn", "return_trajectory"))
-def _sample(eps_frac_fn, params, schedule, x_init, key, cond, times, *, return_trajectory):
+def _sample(eps_frac_fn, params, schedule, x_init, key, cond, times, num_steps, *,
+            return_trajectory):
+  """The n steps over times[0..n]: a fori_loop with n = num_steps traced (times padded, one
+  program for every n) or, with num_steps None, a scan over the exact grid (trajectory)."""
   batch = x_init.shape[0]
   keys = discrete.example_keys(key, batch)
-  n = times.shape[0] - 1
+  n = times.shape[0] - 1 if num_steps is None else num_steps
 
   def evaluate(x, t):
     eps, frac = eps_frac_fn(params, x, jnp.full((batch,), t), cond)
     return eps, jnp.broadcast_to(frac, x.shape).astype(x.dtype)
 
-  def body(x, inputs):
-    t, s, i = inputs
+  def step(x, t, s, i):
     eps, frac = evaluate(x, t)
     z = per_example_normal(discrete.step_keys(keys, i), x)
-    x = learned_step(x, eps, frac, schedule.sigma_at(t), schedule.sigma_at(s), z)
-    return x, (x if return_trajectory else None)
+    return learned_step(x, eps, frac, schedule.sigma_at(t), schedule.sigma_at(s), z)
 
-  x, traj = jax.lax.scan(body, x_init, (times[:n - 1], times[1:n], jnp.arange(n - 1)))
+  if num_steps is None:
+    def body(x, inputs):
+      x = step(x, *inputs)
+      return x, (x if return_trajectory else None)
+
+    x, traj = jax.lax.scan(body, x_init, (times[:n - 1], times[1:n], jnp.arange(n - 1)))
+  else:
+    x = jax.lax.fori_loop(0, n - 1, lambda i, x: step(x, times[i], times[i + 1], i), x_init)
   x = final_step(x, evaluate(x, times[n - 1])[0], schedule.sigma_at(times[n - 1]))
   if not return_trajectory:
     return x
@@ -166,8 +174,10 @@ def sample(eps_frac_fn: EpsFracFn, params: Any, schedule: Schedule, x_init: jax.
   steps (one model call each); `options` are `spacing` and `sigma_max` (defaults: the `ddpm`
   solver's), `times` a custom decreasing grid ending at 0. key: one key or per-example keys
   [B] (the noise of step i for example b is drawn from fold_in(keys[b], i), as every solver
-  does). Returns x_0, or (x_0, trajectory [num_steps, B, ...]).
+  does). Returns x_0, or (x_0, trajectory [num_steps, B, ...]). One program for every step
+  count up to 1023 (the grid is padded, the count is data), except with the trajectory.
   """
   grid = check_times(schedule, num_steps, options, times)
-  return _sample(eps_frac_fn, params, schedule, x_init, key, cond,
-                 jnp.asarray(grid, schedule.log_snrs.dtype), return_trajectory=return_trajectory)
+  grid, n = loop_grid(grid, schedule.log_snrs.dtype, pad=not return_trajectory)
+  return _sample(eps_frac_fn, params, schedule, x_init, key, cond, grid, n,
+                 return_trajectory=return_trajectory)

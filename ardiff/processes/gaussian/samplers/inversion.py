@@ -15,19 +15,19 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from ardiff.processes import discrete
-from ardiff.processes.gaussian.samplers.base import (SAMPLERS, EpsFn, run_loop, sampler_args,
-                                                     sampling_times)
+from ardiff.processes.gaussian.samplers.base import (SAMPLERS, EpsFn, loop_grid, run_loop,
+                                                     sampler_args, sampling_times)
 from ardiff.processes.gaussian.schedules import Schedule
 
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "sampler", "return_trajectory"))
-def _invert(model_fn, params, schedule, x0, cond, args, times, *, sampler, return_trajectory):
+def _invert(model_fn, params, schedule, x0, cond, args, times, num_steps, *, sampler,
+            return_trajectory):
   keys = discrete.example_keys(jax.random.key(0), x0.shape[0])  # unused: deterministic
   return run_loop(model_fn, params, schedule, x0, keys, cond, args, times, sampler=sampler,
-                  to_zero=False, return_trajectory=return_trajectory)
+                  to_zero=False, num_steps=num_steps, return_trajectory=return_trajectory)
 
 
 def invert(model_fn: EpsFn, params: Any, schedule: Schedule, x0: jax.Array, cond: Any = None,
@@ -41,6 +41,6 @@ def invert(model_fn: EpsFn, params: Any, schedule: Schedule, x0: jax.Array, cond
   options = {k: v for k, v in (("spacing", spacing), ("sigma_max", sigma_max)) if v is not None}
   times = sampling_times(schedule, sampler, num_steps, options)[::-1].copy()
   args = sampler_args(sampler)  # the defaults: eta = 0, deterministic
-  return _invert(model_fn, params, schedule, x0, cond, args,
-                 jnp.asarray(times, schedule.log_snrs.dtype), sampler=sampler,
+  grid, n = loop_grid(times, schedule.log_snrs.dtype, pad=not return_trajectory)
+  return _invert(model_fn, params, schedule, x0, cond, args, grid, n, sampler=sampler,
                  return_trajectory=return_trajectory)

@@ -20,8 +20,8 @@ an offset at sigma_max by a factor sigma_data / sigma_max on its way to t = 0.
   karras     sigma_i = (sigma_max^(1/rho) + i / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
              rho = 7, sigma_min = sigma(1/T), then 0 (Karras et al., 2022, eq. 5)
 
-Spacings are computed on the host in float64 from the schedule's arrays, so they are static
-for the compiled loop.
+Spacings are computed on the host in float64 from the schedule's arrays, and reach the compiled
+loop padded to a bucket (`ardiff.processes.padded`), so the step count is data there.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from ardiff.processes import padded
 from ardiff.processes.gaussian.schedules import Schedule
 from ardiff.registry import Registry
 
@@ -37,12 +38,22 @@ SPACINGS: Registry[Callable[..., np.ndarray]] = Registry("time-step spacing")
 KARRAS_RHO = 7.0
 
 
+def _on_bucket(fn, values) -> np.ndarray:
+  """fn (an elementwise schedule function, run eagerly) at `values`, evaluated on the values
+  padded to their bucket: each eager op then compiles once per bucket, not once per step count
+  (elementwise, so the padding changes no value)."""
+  values = np.asarray(values)
+  flat = values.reshape(-1)
+  out = np.asarray(fn(padded.pad_rows(flat) if flat.size else flat), np.float64)
+  return out[:flat.size].reshape(values.shape)
+
+
 def _sigma(schedule: Schedule, u) -> np.ndarray:
-  return np.asarray(schedule.sigma_at(np.asarray(u)), np.float64)
+  return _on_bucket(schedule.sigma_at, u)
 
 
 def _time(schedule: Schedule, sigma) -> np.ndarray:
-  return np.asarray(schedule.time_at_sigma(np.asarray(sigma)), np.float64)
+  return _on_bucket(schedule.time_at_sigma, sigma)
 
 
 def start_time(schedule: Schedule, sigma_max: float) -> float:
