@@ -44,8 +44,7 @@ def reveal_figure(rows: Sequence[tuple[str, np.ndarray]], path: str, *, vmax: fl
   if len(steps) != 1:
     raise ValueError(f"every row needs the same number of frames, got {sorted(steps)}")
   (num,) = steps
-  cmap = plt.get_cmap("gray_r").copy()
-  cmap.set_bad(HIDDEN)
+  cmap = plt.get_cmap("gray_r").with_extremes(bad=HIDDEN)
   label_in = 0.07 * max(len(label) for label, _ in rows)
   cell = 0.85
   fig, axes = plt.subplots(len(rows), num, squeeze=False,
