@@ -49,12 +49,17 @@ IMPLS = ("xla", "flash", "chunked", "flash-tpu-interpret", "flash-gpu-interpret"
 TILE = 128  # both kernels' default tile along the sequence
 
 
+def whole_tiles(length: int) -> int:
+  """`length` rounded up to a multiple of TILE."""
+  return -(-length // TILE) * TILE
+
+
 def padded_length(length: int, platform: str) -> int:
   """The sequence length a kernel runs at. TPU: a multiple of TILE (its segment-id masking
   needs key tiles of 128 lanes). GPU: a multiple of TILE above it, else the next power of two
   >= 16 (Triton tiles are powers of two)."""
   if length > TILE or platform == "tpu":
-    return -(-length // TILE) * TILE
+    return whole_tiles(length)
   return max(16, 1 << (length - 1).bit_length())
 
 
@@ -153,7 +158,7 @@ def _chunked(q, k, v, causal):
 
 def _chunked_fwd(q, k, v, causal):
   length = q.shape[1]
-  to = -(-length // TILE) * TILE
+  to = whole_tiles(length)
   kp, vp = _pad(k, to), _pad(v, to)
 
   def one(_, xs):
@@ -171,7 +176,7 @@ def _chunked_fwd(q, k, v, causal):
 def _chunked_bwd(causal, residuals, g):
   q, k, v, out, lse = residuals
   length = q.shape[1]
-  to = -(-length // TILE) * TILE
+  to = whole_tiles(length)
   kp, vp = _pad(k, to).astype(jnp.float32), _pad(v, to).astype(jnp.float32)
   scale = 1.0 / float(q.shape[-1]) ** 0.5
   delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, T, N]
