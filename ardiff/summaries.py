@@ -66,8 +66,12 @@ class Summaries:
       if storage.is_remote(self.logdir):
         self._staging = tempfile.TemporaryDirectory(prefix="ardiff-tensorboard-")
         local = self._staging.name
-      # purge_step 0 would hide nothing anyway; None writes no purge event.
-      self._writer = SummaryWriter(local, purge_step=purge_step or None, flush_secs=30)
+      # purge_step 0 would hide nothing anyway; None writes no purge event. tensorboardX names a
+      # file by the second it opened and the host: a run resumed within the same second would
+      # reopen (and truncate) the first start's file, so the start step is in the name too
+      # (zero-padded: files of one second still sort by start).
+      self._writer = SummaryWriter(local, purge_step=purge_step or None, flush_secs=30,
+                                   filename_suffix=f".start{purge_step or 0:010d}")
 
   @property
   def enabled(self) -> bool:
