@@ -287,8 +287,8 @@ MUTANTS = (
        "(jnp.arange(to) < length).astype(jnp.int32)",
        "(jnp.arange(to) <= length).astype(jnp.int32)", KERNEL_ATTENTION),
     _m("chunked-backward-drops-the-row-sum", "kernels", "ardiff/kernels/attention.py",
-       "ds = p * (jnp.einsum(\"bqnh,bknh->bnqk\", g32, vp) - d_chunk.transpose(0, 2, 1)[..., None])",
-       "ds = p * jnp.einsum(\"bqnh,bknh->bnqk\", g32, vp)", KERNEL_ATTENTION),
+       "ds = p * (jnp.einsum(\"bqnh,bknh->bnqk\", g32, values) - d_chunk.transpose(0, 2, 1)[..., None])",
+       "ds = p * jnp.einsum(\"bqnh,bknh->bnqk\", g32, values)", KERNEL_ATTENTION),
 )
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from ardiff.kernels import platform
 from ardiff.kernels.attention import attention
+from ardiff.kernels.attention_mask import BlockMask
 from ardiff.kernels.decode_attention import cache_length, decode_attention
 from ardiff.models.transformer import Transformer, init_cache
 
@@ -90,3 +91,19 @@ def test_an_interpreted_kernel_is_refused_or_seen():
   gpu = _lowered(functools.partial(decode_attention, impl="pallas-gpu-interpret"), args, ("cuda",))
   with pytest.raises(AssertionError, match="cuda: no kernel"):
     _assert_kernels(gpu)
+
+
+@pytest.mark.parametrize("seq,mask", [
+    (784, BlockMask.block_causal(784, 16)),
+    (1569, BlockMask.two_copies(784, 16).with_prefix(1))])
+def test_masked_flash_attention_and_its_gradient_lower_for_tpu_and_cuda(seq, mask):
+  """TPU: splash attention's kernels; CUDA: the chunked XLA path (JAX's GPU mha is causal-only),
+  so no kernel there, only no host callback."""
+  x = S((2, seq, 8, 32), jnp.bfloat16)
+
+  def loss(q, k, v):
+    return attention(q, k, v, mask=mask, impl="flash").astype(jnp.float32).sum()
+
+  targets = _lowered(jax.grad(loss, argnums=(0, 1, 2)), (x, x, x))
+  _assert_kernels({"tpu": targets["tpu"]})
+  assert not targets["cuda"] & set(platform.KERNEL_TARGETS.values())
