@@ -68,7 +68,7 @@ def _transformer(cfg, dataset: Dataset, dtype, causal: bool, input_vocab_size=No
                      heads=cfg.heads, dropout=cfg.dropout, causal=causal, dtype=dtype,
                      remat=cfg.get("remat", False), attention=cfg.get("attention", "xla"),
                      decode_attention=cfg.get("decode_attention", "xla"),
-                     input_vocab_size=input_vocab_size)
+                     input_vocab_size=input_vocab_size, block_size=cfg.get("block_size"))
 
 
 # Fields of a model section that change how the model is computed, not the model (its

@@ -19,6 +19,8 @@ def transformer_section(**overrides) -> ml_collections.ConfigDict:
   # remat: recompute activations in the backward pass (memory for compute; same model).
   # attention: "xla" or "flash" (ardiff.kernels.attention; same model, O(T) memory on TPU/GPU);
   # decode_attention: "xla" or "pallas" (ardiff.kernels.decode_attention).
+  # block_size (no default, so existing models' cache keys stay): attention by blocks of this
+  # many tokens (ardiff.models.transformer.Transformer.block_size), for blockwise processes.
   base = dict(width=64, depth=2, heads=4, dropout=0.1, p_uncond=0.1, remat=False,
               attention="xla", decode_attention="xla")
   base.update(overrides)
@@ -81,3 +83,6 @@ def validate_transformer(cfg, prefix: str) -> None:
   require_choice(cfg.get("attention", "xla"), f"{prefix}.attention", attention.IMPLS)
   require_choice(cfg.get("decode_attention", "xla"), f"{prefix}.decode_attention",
                  decode_attention.IMPLS)
+  block = cfg.get("block_size")
+  require(block is None or (isinstance(block, int) and block >= 1), f"{prefix}.block_size",
+          f"must be None or a positive integer, got {block!r}")

@@ -82,6 +82,17 @@ def xla_decode(q, k_cache, v_cache, filled):
   return jnp.einsum("bnc,bnch->bnh", p, v_cache.astype(jnp.float32)).astype(q.dtype)
 
 
+def xla_block_decode(q, k_cache, v_cache, filled):
+  """Q queries per example, q [B, Q, N, H], each over slots < filled [B] of the caches: the
+  float32 scores [B, N, Q, C], the unfilled slots masked; returns [B, Q, N, H] in q's dtype."""
+  scale = 1.0 / float(q.shape[-1]) ** 0.5
+  s = jnp.einsum("bqnh,bnch->bnqc", q.astype(jnp.float32), k_cache.astype(jnp.float32)) * scale
+  slot = jnp.arange(k_cache.shape[2])
+  s = jnp.where(slot < filled[:, None, None, None], s, -jnp.inf)
+  p = jax.nn.softmax(s, axis=-1)
+  return jnp.einsum("bnqc,bnch->bqnh", p, v_cache.astype(jnp.float32)).astype(q.dtype)
+
+
 def _gpu_decode(q, k_cache, v_cache, filled, *, interpret: bool = False):
   """JAX's Triton decode kernel, every (example, head) a row of its batch."""
   from jax.experimental.pallas.ops.gpu import decode_attention as triton_decode

@@ -17,7 +17,10 @@ decoding cache is an explicit pytree, heads before positions so the kernels read
 lies: ``{"k": (depth arrays [B, heads, C, head_dim]), "v": same}`` with C = ``seq_len`` rounded
 up to a multiple of 16 (``decode_attention.cache_length``; the extra slots are never filled),
 preallocated by :func:`init_cache` and filled one position at a time by
-:meth:`Transformer.decode_step` (causal mode only).
+:meth:`Transformer.decode_step` (causal mode only), or a block of ``block_size`` positions at a
+time by :meth:`Transformer.decode_block` (blockwise AR; block diffusion, whose class token has
+cache slot 0). Attention by blocks is a ``kernels.attention_mask.BlockMask`` (``block_size``;
+``attention_mask()``); a block's b > 1 queries use XLA's decode attention over every slot.
 
 Labels ``y`` are ``0..num_classes-1``, or ``num_classes`` for the null label
 (classifier-free guidance).
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 
 from ardiff.kernels import attention as full_attention
 from ardiff.kernels import decode_attention as decode_kernels
+from ardiff.kernels.attention_mask import BlockMask
 
 Cache = dict[str, tuple[jax.Array, ...]]  # {"k": per-layer arrays, "v": per-layer arrays}
 
@@ -72,11 +76,13 @@ class Block(nn.Module):
     qkv = self.qkv(self.ln1(h)).reshape(b, t, 3, self.heads, self.width // self.heads)
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
-  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Softmax attention of q over k, v [B, T, heads, hd] (causal or not); returns [B, T, W].
-    The logits and softmax are float32 whatever the compute dtype (a bf16 exp-sum over hundreds
-    of positions would lose the small weights)."""
-    out = full_attention.attention(q, k, v, causal=self.causal, impl=self.attention)
+  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array,
+              mask: BlockMask | None) -> jax.Array:
+    """Softmax attention of q over k, v [B, T, heads, hd] (causal or not, or by ``mask``);
+    returns [B, T, W]. The logits and softmax are float32 whatever the compute dtype (a bf16
+    exp-sum over hundreds of positions would lose the small weights)."""
+    out = full_attention.attention(q, k, v, causal=self.causal and mask is None, mask=mask,
+                                   impl=self.attention)
     b, t = out.shape[:2]
     return out.reshape(b, t, self.width)
 
@@ -85,22 +91,29 @@ class Block(nn.Module):
     mlp = self.fc2(nn.gelu(self.fc1(self.ln2(h))))
     return h + self.drop(mlp, deterministic=not train)
 
-  def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, h: jax.Array, train: bool = False,
+               mask: BlockMask | None = None) -> jax.Array:
     q, k, v = self._qkv(h)
-    return self._finish(h, self._attend(q, k, v), train)
+    return self._finish(h, self._attend(q, k, v, mask), train)
 
   def decode(
       self, h: jax.Array, pos: jax.Array, k_cache: jax.Array, v_cache: jax.Array
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One position: h [B, 1, W] at index pos; this layer's caches [B, heads, C, head_dim]."""
-    q, k, v = self._qkv(h)  # [B, 1, heads, hd]
+    """Q positions pos..pos+Q-1 at once: h [B, Q, W]; this layer's caches [B, heads, C,
+    head_dim]. Their keys and values go into slots pos.., and each of them attends to slots
+    0..pos+Q-1 (the cache before pos, and the Q positions both ways)."""
+    q, k, v = self._qkv(h)  # [B, Q, heads, hd]
     at = (0, 0, pos, 0)
     k_cache = jax.lax.dynamic_update_slice(k_cache, k.swapaxes(1, 2).astype(k_cache.dtype), at)
     v_cache = jax.lax.dynamic_update_slice(v_cache, v.swapaxes(1, 2).astype(v_cache.dtype), at)
-    filled = jnp.full((h.shape[0],), pos + 1, jnp.int32)  # positions 0..pos are in the cache
-    attn = decode_kernels.decode_attention(q[:, 0], k_cache, v_cache, filled,
-                                           impl=self.decode_attention)
-    out = self._finish(h, attn.reshape(h.shape[0], 1, self.width), train=False)
+    b, count = h.shape[:2]
+    filled = jnp.full((b,), pos + count, jnp.int32)  # positions 0..pos+Q-1 are in the cache
+    if count == 1:
+      attn = decode_kernels.decode_attention(q[:, 0], k_cache, v_cache, filled,
+                                             impl=self.decode_attention)
+    else:  # the Pallas decode kernels take one query: XLA's over every slot for a block
+      attn = decode_kernels.xla_block_decode(q.astype(k_cache.dtype), k_cache, v_cache, filled)
+    out = self._finish(h, attn.reshape(b, count, self.width).astype(h.dtype), train=False)
     return out, k_cache, v_cache
 
 
@@ -131,6 +144,12 @@ class Transformer(nn.Module):
       coarse-value tokens); the head still outputs V logits and the process chooses its own
       mask id (``mask_id`` is then not the one it reads). None (default): V + 1, the values
       and the mask id V, exactly as before.
+    block_size: b, dividing seq_len: attention by blocks of b tokens (``attention_mask``; token
+      i sees token j iff j // b <= i // b). Causal mode: blockwise AR, the input shifted by one
+      block (the class embedding at block 0's b positions); None or 1 is raster AR, exactly as
+      before. Bidirectional mode: None (default) is full attention; b is block-causal with the
+      class token a block of its own in front (seen by all, seeing only itself, so a block
+      decode can cache it), and ``clean=`` gives block diffusion's two-copy training forward.
   """
 
   vocab_size: int
@@ -147,6 +166,18 @@ class Transformer(nn.Module):
   attention: str = "xla"
   decode_attention: str = "xla"
   input_vocab_size: int | None = None
+  block_size: int | None = None
+
+  def attention_mask(self, two_copies: bool = False) -> BlockMask | None:
+    """The BlockMask of the full forward (``two_copies``: of [class, noised L, clean L]); None
+    where ``causal`` alone says it (raster AR, full bidirectional)."""
+    b = self.block_size
+    if self.causal:
+      return None if b in (None, 1) else BlockMask.block_causal(self.seq_len, b)
+    if b is None:
+      return None
+    layout = BlockMask.two_copies if two_copies else BlockMask.block_causal
+    return layout(self.seq_len, b).with_prefix(1)
 
   @property
   def mask_id(self) -> int:
@@ -159,6 +190,10 @@ class Transformer(nn.Module):
     if self.decode_attention not in decode_kernels.IMPLS:
       raise ValueError(f"decode_attention must be one of {decode_kernels.IMPLS}, got "
                        f"{self.decode_attention!r}")
+    b = self.block_size
+    if b is not None and not (isinstance(b, int) and b >= 1 and self.seq_len % b == 0):
+      raise ValueError(f"block_size must be None or a positive divisor of seq_len={self.seq_len}"
+                       f", got {b!r}")
     init = nn.initializers.normal(0.02)
     if self.input_vocab_size is not None and (self.causal or self.input_vocab_size < 1):
       raise ValueError("input_vocab_size must be None (causal) or an int >= 1 (bidirectional), "
@@ -171,8 +206,8 @@ class Transformer(nn.Module):
     self.cls_emb = nn.Embed(self.num_classes + 1, self.width, embedding_init=init,
                             dtype=self.dtype)
     self.pos_emb = self.param("pos_emb", init, (n_pos, self.width))
-    # `train` (argument 3, counting self) is a Python bool that selects dropout: static.
-    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    # `train` and `mask` (arguments 3 and 4, counting self) are Python values: static.
+    block = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block
     self.blocks = [
         block(self.width, self.heads, self.mlp_ratio, self.dropout, self.dtype, self.causal,
               self.attention, self.decode_attention, name=f"block_{i}")
@@ -182,21 +217,39 @@ class Transformer(nn.Module):
     self.head = nn.Dense(self.vocab_size, dtype=self.dtype)
     self.drop = nn.Dropout(self.dropout)
 
-  def __call__(self, tokens: jax.Array, y: jax.Array, train: bool = False) -> jax.Array:
-    """tokens int [B, L], y int [B] -> logits [B, L, V]."""
+  def __call__(self, tokens: jax.Array, y: jax.Array, train: bool = False,
+               clean: jax.Array | None = None) -> jax.Array:
+    """tokens int [B, L], y int [B] -> logits [B, L, V].
+
+    ``clean`` int [B, L] (bidirectional mode with block_size only): block diffusion's training
+    forward over [class, tokens (noised), clean] with ``attention_mask(two_copies=True)``: the
+    noised block k sees itself and the clean blocks < k, so one call gives every block's
+    logits (read off the noised copy) as if the earlier blocks were decoded clean."""
     length = tokens.shape[1]
     if length != self.seq_len:
       raise ValueError(f"tokens: expected length seq_len={self.seq_len}, got shape {tokens.shape}")
+    if clean is not None and (self.causal or self.block_size is None
+                              or clean.shape != tokens.shape):
+      raise ValueError(f"clean: needs a bidirectional Transformer with block_size and the "
+                       f"tokens' shape {tokens.shape}, got causal={self.causal}, block_size="
+                       f"{self.block_size} and shape {clean.shape}")
     cls = self.cls_emb(y)[:, None, :]
+    pos_emb = self.pos_emb[None].astype(self.dtype)
     if self.causal:
-      h = jnp.concatenate([cls, self.tok_emb(tokens[:, :-1])], axis=1)
+      shift = self.block_size or 1  # block k reads block k-1; block 0 the class
+      h = jnp.concatenate([jnp.repeat(cls, shift, axis=1), self.tok_emb(tokens[:, :-shift])],
+                          axis=1)
     else:
       h = jnp.concatenate([cls, self.tok_emb(tokens)], axis=1)
-    h = self.drop(h + self.pos_emb[None].astype(self.dtype), deterministic=not train)
+    h = h + pos_emb
+    if clean is not None:  # the clean copy at the same positions
+      h = jnp.concatenate([h, self.tok_emb(clean) + pos_emb[:, 1:]], axis=1)
+    h = self.drop(h, deterministic=not train)
+    mask = self.attention_mask(two_copies=clean is not None)
     for block in self.blocks:
-      h = block(h, train)
+      h = block(h, train, mask)
     logits = self.head(self.ln_f(h)).astype(jnp.float32)
-    return logits if self.causal else logits[:, 1:]
+    return logits if self.causal else logits[:, 1:length + 1]
 
   def decode_step(
       self, prev_tokens: jax.Array, pos: jax.Array, cache: Cache, y: jax.Array
@@ -228,6 +281,49 @@ class Transformer(nn.Module):
     logits = self.head(self.ln_f(h))[:, 0].astype(jnp.float32)
     return logits, {"k": tuple(ks), "v": tuple(vs)}
 
+  def decode_block(
+      self, tokens: jax.Array, index: jax.Array, cache: Cache, y: jax.Array
+  ) -> tuple[jax.Array, Cache]:
+    """Block ``index`` (tokens index*b .. index*b+b-1) in one call with the cache (no dropout):
+    its b positions attend to the cached earlier blocks and to each other, and their keys and
+    values are written into the cache (over whatever an earlier call for this block wrote).
+
+    Args:
+      tokens: int [B, b]. Causal mode: block index-1's tokens (ignored at index 0, where the
+        class is read); b = block_size or 1. Bidirectional mode (block_size needed): block
+        index's own tokens (mask ids where hidden); the class token's keys and values are
+        (re)written at cache slot 0, the block's at 1 + index*b.
+      index: int scalar (may be traced), the block.
+      cache: from init_cache, filled for the blocks < index.
+      y: int [B] labels (num_classes = null).
+
+    Returns:
+      logits [B, b, V] for block index's tokens (the full forward's, with ``attention_mask``),
+      and the cache with the block written.
+    """
+    b = self.block_size or 1
+    if tokens.ndim != 2 or tokens.shape[1] != b or (not self.causal and self.block_size is None):
+      raise ValueError(f"decode_block: tokens must be [B, block_size={self.block_size}] (a "
+                       f"bidirectional Transformer needs a block_size), got {tokens.shape}")
+    start = jnp.asarray(index, jnp.int32) * b
+    cls = self.cls_emb(y)[:, None, :]
+    h = self.tok_emb(jnp.clip(tokens, 0, self.tok_emb.num_embeddings - 1))
+    first = start if self.causal else start + 1  # the block's first position and cache slot
+    h = h + jax.lax.dynamic_slice_in_dim(self.pos_emb, first, b).astype(self.dtype)
+    if self.causal:
+      h = jnp.where(start == 0, cls + self.pos_emb[:b].astype(self.dtype), h)
+    else:
+      h_cls = cls + self.pos_emb[:1].astype(self.dtype)
+    ks, vs = [], []
+    for block, k_cache, v_cache in zip(self.blocks, cache["k"], cache["v"]):
+      if not self.causal:  # the class token sees only itself: slot 0
+        h_cls, k_cache, v_cache = block.decode(h_cls, jnp.int32(0), k_cache, v_cache)
+      h, k_cache, v_cache = block.decode(h, first, k_cache, v_cache)
+      ks.append(k_cache)
+      vs.append(v_cache)
+    logits = self.head(self.ln_f(h)).astype(jnp.float32)
+    return logits, {"k": tuple(ks), "v": tuple(vs)}
+
 
 def init_cache(model: Transformer, batch_size: int, dtype=None) -> Cache:
   """Zero KV cache {"k": (depth arrays), "v": (depth arrays)}, each [batch, heads, C, head_dim]
@@ -240,7 +336,8 @@ def init_cache(model: Transformer, batch_size: int, dtype=None) -> Cache:
   """
   if model.width % model.heads:
     raise ValueError(f"width {model.width} must be divisible by heads {model.heads}")
-  shape = (batch_size, model.heads, decode_kernels.cache_length(model.seq_len),
+  slots = model.seq_len if model.causal else model.seq_len + 1  # + the class token
+  shape = (batch_size, model.heads, decode_kernels.cache_length(slots),
            model.width // model.heads)
   zeros = tuple(jnp.zeros(shape, dtype or model.dtype) for _ in range(model.depth))
   return {"k": zeros, "v": zeros}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ardiff.kernels.decode_attention import (IMPLS, block_size, cache_length,
-                                             decode_attention)
+                                             decode_attention, xla_block_decode)
 from ardiff.models.transformer import Transformer, init_cache
 from tests.kernels._reference import attention64
 from tests.models.test_transformer import rough_params
@@ -37,6 +37,20 @@ def test_decode_is_softmax_attention_over_the_filled_prefix(impl):
     ref, _ = attention64(q[i][None, None], k[i].swapaxes(0, 1)[None], v[i].swapaxes(0, 1)[None],
                          np.arange(slots)[None] < n)
     np.testing.assert_allclose(out[i], ref[0, 0], atol=2e-6, err_msg=f"filled={n}")
+
+
+def test_a_block_of_queries_is_softmax_attention_over_the_filled_prefix():
+  rng = np.random.default_rng(1)
+  b, queries, heads, slots, dim = 3, 4, 2, 32, 8
+  q = rng.normal(size=(b, queries, heads, dim)).astype(np.float32)
+  k = 3 * rng.normal(size=(b, heads, slots, dim)).astype(np.float32)  # garbage past `filled`
+  v = rng.normal(size=(b, heads, slots, dim)).astype(np.float32)
+  filled = np.array([4, 17, 32])
+  out = np.asarray(xla_block_decode(q, k, v, filled))
+  for i, n in enumerate(filled):
+    ref, _ = attention64(q[i][None], k[i].swapaxes(0, 1)[None], v[i].swapaxes(0, 1)[None],
+                         np.broadcast_to(np.arange(slots) < n, (queries, slots)))
+    np.testing.assert_allclose(out[i], ref[0], atol=2e-6, err_msg=f"filled={n}")
 
 
 def test_bad_shapes_and_impls_are_named():

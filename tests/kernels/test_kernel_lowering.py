@@ -107,3 +107,30 @@ def test_masked_flash_attention_and_its_gradient_lower_for_tpu_and_cuda(seq, mas
   targets = _lowered(jax.grad(loss, argnums=(0, 1, 2)), (x, x, x))
   _assert_kernels({"tpu": targets["tpu"]})
   assert not targets["cuda"] & set(platform.KERNEL_TARGETS.values())
+
+
+def test_block_diffusion_programs_lower_for_tpu_and_cuda():
+  """Block diffusion's two-copy training gradient (splash attention on TPU) and a scan of
+  block decodes (blocks of 16: XLA's block decode attention; the class token's single query
+  through the decode kernel), MNIST-sized."""
+  model = Transformer(vocab_size=256, seq_len=784, num_classes=10, width=256, depth=2, heads=8,
+                      causal=False, block_size=16, dtype=jnp.bfloat16, attention="flash",
+                      decode_attention="pallas")
+  tokens, labels = S((4, 784), jnp.int32), S((4,), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.key(0), tokens, labels)
+
+  def grad(params, tokens, labels):
+    return jax.grad(lambda p: model.apply(p, tokens, labels, clean=tokens).mean())(params)
+
+  def decode(params, labels):
+    def step(cache, index):
+      block = jnp.full((labels.shape[0], 16), model.mask_id, jnp.int32)
+      logits, cache = model.apply(params, block, index, cache, labels,
+                                  method=Transformer.decode_block)
+      return cache, jnp.argmax(logits, -1)
+
+    return jax.lax.scan(step, init_cache(model, labels.shape[0]), jnp.arange(49))[1]
+
+  train = _lowered(grad, (params, tokens, labels))
+  _assert_kernels({"tpu": train["tpu"]})  # CUDA: the chunked XLA path
+  _assert_kernels(_lowered(decode, (params, labels)))

@@ -188,3 +188,97 @@ def test_attention_is_softmax_attention_in_float64(monkeypatch, causal):
     # these inputs jax.nn.dot_product_attention (the decode path before the [B, N, C, H] cache)
     # is 1.8e-5 from float64, this path 9e-6. Unfilled slots seen would be off by O(1).
     np.testing.assert_allclose(out, want[:, 0], atol=2e-5)
+
+
+def _decode_blocks(model, params, tokens, y, inputs):
+  """Logits [B, L, V] of decode_block over the blocks in order, block k given inputs(k)."""
+  b = model.block_size or 1
+  step = jax.jit(lambda block, k, cache: model.apply(params, block, k, cache, y,
+                                                     method=Transformer.decode_block))
+  cache, out = init_cache(model, tokens.shape[0]), []
+  for k in range(model.seq_len // b):
+    logits, cache = step(inputs(k), jnp.int32(k), cache)
+    out.append(np.asarray(logits))
+  return np.concatenate(out, axis=1), cache
+
+
+@pytest.mark.parametrize("block_size", [None, 1, 4])
+def test_blockwise_ar_decodes_block_by_block_as_the_full_forward(block_size):
+  """Causal mode: the input shifted by one block, block-causal attention; decode_block (one
+  call per block, bidirectional within it) gives the full forward's logits, and for blocks of
+  1 exactly decode_step's."""
+  model = _model(True, length=12, block_size=block_size)
+  params = rough_params(model)
+  x = jax.random.randint(jax.random.key(5), (3, 12), 0, 5)
+  y = jnp.array([0, 2, 3])
+  full = np.asarray(jax.jit(model.apply)(params, x, y))
+  b = block_size or 1
+  got, cache = _decode_blocks(model, params, x, y, lambda k: x[:, max(k - 1, 0) * b:][:, :b])
+  np.testing.assert_allclose(got, full, atol=2e-5, rtol=1e-5)
+  filled = np.abs(np.asarray(cache["k"][1])).sum(axis=-1) > 0
+  assert filled[:, :, :12].all() and not filled[:, :, 12:].any()
+  if b == 1:
+    step = jax.jit(lambda prev, pos, cache: model.apply(params, prev, pos, cache, y,
+                                                        method=Transformer.decode_step))
+    cache, prev = init_cache(model, 3), jnp.zeros((3,), jnp.int32)
+    for pos in range(12):  # the same computation, compiled as another program
+      logits, cache = step(prev, jnp.int32(pos), cache)
+      np.testing.assert_allclose(np.asarray(logits), got[:, pos], atol=1e-6, rtol=1e-6)
+      prev = x[:, pos]
+    return
+  # Block-causal with the input shifted by a block: token 5 (block 1) is read by block 2 only.
+  changed = np.asarray(jax.jit(model.apply)(params, x.at[:, 5].set((x[:, 5] + 1) % 5), y))
+  np.testing.assert_allclose(changed[:, :8], full[:, :8], atol=1e-6)  # blocks 0, 1
+  assert (np.abs(changed[:, 8:] - full[:, 8:]).max(axis=(0, 2)) > 1e-4).all()  # block 2
+
+
+def test_block_diffusion_two_copy_forward_is_decoding_clean_blocks_then_a_noised_one():
+  """Bidirectional mode with block_size: one forward over [class, noised, clean] gives, for
+  every block k, the logits of decoding the clean blocks < k and then the noised block k."""
+  model = _model(False, length=12, block_size=4)
+  params = rough_params(model)
+  clean = jax.random.randint(jax.random.key(1), (2, 12), 0, 5)
+  hide = jax.random.bernoulli(jax.random.key(2), 0.5, (2, 12))
+  noised = jnp.where(hide, model.mask_id, clean)
+  y = jnp.array([1, 3])
+  both = np.asarray(jax.jit(model.apply)(params, noised, y, clean=clean))
+  block = lambda x, k: x[:, 4 * k:4 * k + 4]
+  step = jax.jit(lambda tokens, k, cache: model.apply(params, tokens, k, cache, y,
+                                                      method=Transformer.decode_block))
+  cache = init_cache(model, 2)
+  assert cache["k"][0].shape[2] == 16  # 13 slots: the class token and 12
+  for k in range(3):
+    logits, _ = step(block(noised, k), jnp.int32(k), cache)  # the noised block, not kept
+    np.testing.assert_allclose(np.asarray(logits), block(both, k), atol=2e-5, rtol=1e-5)
+    _, cache = step(block(clean, k), jnp.int32(k), cache)  # the clean block, kept
+  # Without a clean copy: block-causal over the tokens, which decoding the tokens reproduces.
+  single = np.asarray(jax.jit(model.apply)(params, noised, y))
+  got, _ = _decode_blocks(model, params, noised, y, lambda k: block(noised, k))
+  np.testing.assert_allclose(got, single, atol=2e-5, rtol=1e-5)
+  assert np.abs(single - both).max() > 1e-3  # blocks > 0 see clean, not noised, history
+
+
+def test_block_masks_and_bad_block_sizes():
+  assert _model(True).attention_mask() is None
+  assert _model(True, block_size=1).attention_mask() is None
+  assert _model(False).attention_mask() is None
+  mask = _model(False, length=4, block_size=2).attention_mask(two_copies=True)
+  assert mask.block == (-1, 0, 0, 1, 1, 0, 0, 1, 1) and mask.copy == (0,) + (1,) * 4 + (0,) * 4
+  x, y = jnp.zeros((1, 10), jnp.int32), jnp.zeros((1,), jnp.int32)
+  for bad in (0, 3, 2.0):
+    with pytest.raises(ValueError, match="block_size must be None or a positive divisor"):
+      _model(True, block_size=bad).init(jax.random.key(0), x, y)
+  params = rough_params(_model(False))
+  with pytest.raises(ValueError, match="clean: needs a bidirectional Transformer with"):
+    _model(False).apply(params, x, y, clean=x)
+  with pytest.raises(ValueError, match="decode_block: tokens must be"):
+    _model(False).apply(params, x[:, :2], 0, init_cache(_model(False), 1), y,
+                        method=Transformer.decode_block)
+  # The config section's key (no default: existing sections and their cache keys unchanged).
+  from ardiff.configs.validation import ConfigError
+  from ardiff.model_sections import transformer_section, validate_transformer
+
+  assert "block_size" not in transformer_section()
+  validate_transformer(transformer_section(block_size=16), "ar")
+  with pytest.raises(ConfigError, match=r"'ar.block_size': must be None or a positive integer"):
+    validate_transformer(transformer_section(block_size=0), "ar")
