@@ -59,6 +59,11 @@ CONTINUOUS_TIME = (f"{S}::test_continuous_schedule_interpolates_log_snr_between_
                    f"{S}::test_spacings_follow_their_formulas")
 KERNEL_DECODE = "tests/kernels/test_decode_attention.py"
 KERNEL_ATTENTION = "tests/kernels/test_attention.py"
+MASK = "tests/kernels/test_attention_mask.py"
+BLOCK_AR = ("tests/models/test_transformer.py::"
+            "test_blockwise_ar_decodes_block_by_block_as_the_full_forward")
+TWO_COPIES = ("tests/models/test_transformer.py::"
+              "test_block_diffusion_two_copy_forward_is_decoding_clean_blocks_then_a_noised_one")
 MUTANTS = (
     # ---- diffusion samplers (the solver protocol of samplers/base.py; x~ = x / sqrt(ab))
     _m("ddim-variance-drops-(1-sigma_s^2/sigma_t^2)", "samplers", SAMPLERS + "ddim.py",
@@ -289,6 +294,27 @@ MUTANTS = (
     _m("chunked-backward-drops-the-row-sum", "kernels", "ardiff/kernels/attention.py",
        "ds = p * (jnp.einsum(\"bqnh,bknh->bnqk\", g32, values) - d_chunk.transpose(0, 2, 1)[..., None])",
        "ds = p * jnp.einsum(\"bqnh,bknh->bnqk\", g32, values)", KERNEL_ATTENTION),
+    # ---- attention by blocks (kernels.attention_mask, the masked kernels, decode_block)
+    _m("block-mask-noised-block-sees-its-clean-copy", "kernels",
+       "ardiff/kernels/attention_mask.py", "((k_block < q_block) & (k_copy == 0))",
+       "((k_block <= q_block) & (k_copy == 0))", MASK, TWO_COPIES),
+    _m("block-causal-ids-shifted-by-one", "kernels", "ardiff/kernels/attention_mask.py",
+       "tuple(i // block_size for i in range(length))",
+       "tuple((i + 1) // block_size for i in range(length))", MASK, BLOCK_AR),
+    _m("chunked-skips-partly-seen-key-tiles", "kernels", "ardiff/kernels/attention_mask.py",
+       ".any(axis=(1, 3))", ".all(axis=(1, 3))", KERNEL_ATTENTION, "-k", "masked_attention"),
+    _m("splash-unscaled-scores", "kernels", "ardiff/kernels/attention.py",
+       "scaled = (heads_first(q) * (1.0 / float(dim) ** 0.5)).astype(q.dtype)",
+       "scaled = heads_first(q)", KERNEL_ATTENTION, "-k", "masked_attention"),
+    _m("block-decode-sees-an-unfilled-slot", "kernels", "ardiff/kernels/decode_attention.py",
+       "s = jnp.where(slot < filled[:, None, None, None], s, -jnp.inf)",
+       "s = jnp.where(slot <= filled[:, None, None, None], s, -jnp.inf)",
+       f"{KERNEL_DECODE}::test_a_block_of_queries_is_softmax_attention_over_the_filled_prefix"),
+    _m("block-decode-writes-over-the-class-slot", "kernels", "ardiff/models/transformer.py",
+       "first = start if self.causal else start + 1", "first = start", TWO_COPIES),
+    _m("block-decode-block-misses-its-last-position", "kernels", "ardiff/models/transformer.py",
+       "filled = jnp.full((b,), pos + count, jnp.int32)",
+       "filled = jnp.full((b,), pos + count - 1, jnp.int32)", BLOCK_AR),
 )
 
 

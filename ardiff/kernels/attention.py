@@ -35,9 +35,9 @@ with float32 logits and softmax whatever the compute dtype. ``impl`` (see ``IMPL
     key tiles it can see (a static table as wide as the widest row: at MNIST's two-copy layout
     with a class token, 10 of 13; none skipped for block-causal, whose last chunk sees all);
     ``"flash"``: TPU: JAX's splash attention (``pallas.ops.tpu.splash_attention``) with the
-    dense mask (it skips the hidden tiles itself), GPU: ``"chunked"`` (JAX's GPU mha is causal-only),
-    CPU: ``"xla"``. ``"flash-tpu-interpret"`` runs splash in Pallas's interpreter;
-    ``"flash-gpu-interpret"`` is ``"chunked"``, what the GPU runs. Splash lowers for TPU from a
+    dense mask (it skips the hidden tiles itself), GPU: ``"chunked"`` (JAX's GPU mha is
+    causal-only), CPU: ``"xla"``. ``"flash-tpu-interpret"`` runs splash in Pallas's
+    interpreter; ``"flash-gpu-interpret"`` is ``"chunked"``, what the GPU runs. Splash lowers for TPU from a
     CPU host under ``platform.abstract_tpu`` forward and backward (tests/kernels).
 Status: both kernels lower for their platform from a CPU host, forward and backward
 (tests/test_lowering.py), and match float64 attention and its gradient in the interpreter
