@@ -37,8 +37,9 @@ with float32 logits and softmax whatever the compute dtype. ``impl`` (see ``IMPL
     ``"flash"``: TPU: JAX's splash attention (``pallas.ops.tpu.splash_attention``) with the
     dense mask (it skips the hidden tiles itself), GPU: ``"chunked"`` (JAX's GPU mha is
     causal-only), CPU: ``"xla"``. ``"flash-tpu-interpret"`` runs splash in Pallas's
-    interpreter; ``"flash-gpu-interpret"`` is ``"chunked"``, what the GPU runs. Splash lowers for TPU from a
-    CPU host under ``platform.abstract_tpu`` forward and backward (tests/kernels).
+    interpreter; ``"flash-gpu-interpret"`` is ``"chunked"``, what the GPU runs. Splash lowers
+    for TPU from a CPU host under ``platform.abstract_tpu``, forward and backward
+    (tests/kernels); not compiled or timed on a TPU.
 Status: both kernels lower for their platform from a CPU host, forward and backward
 (tests/test_lowering.py), and match float64 attention and its gradient in the interpreter
 (tests/kernels/test_attention.py); not compiled or timed on a device yet, so ``"xla"`` stays
