@@ -315,6 +315,9 @@ MUTANTS = (
     _m("block-decode-block-misses-its-last-position", "kernels", "ardiff/models/transformer.py",
        "filled = jnp.full((b,), pos + count, jnp.int32)",
        "filled = jnp.full((b,), pos + count - 1, jnp.int32)", BLOCK_AR),
+    _m("steps-for-nfe-one-step-short", "samplers", f"{SAMPLERS}base.py",
+       "steps = extra // solver.evals_per_step + 1", "steps = extra // solver.evals_per_step",
+       f"{S}::test_steps_for_nfe_inverts_nfe"),
 )
 
 

@@ -394,3 +394,15 @@ def test_cosine_interpolant_is_close_to_the_closed_form():
   closed = f(u) / f(0)
   rel = np.abs(np.asarray(SCHEDULE.alpha_bar_at(u), np.float64) / closed - 1)
   assert rel.max() < 2.5e-3, rel.max()
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_steps_for_nfe_inverts_nfe(sampler):
+  """steps_for_nfe(nfe(N)) = N for every solver, and a budget no step count costs (Heun's
+  even NFE: 2N - 1 is odd) is refused, not rounded."""
+  for n in range(1, 13):
+    assert samplers.steps_for_nfe(sampler, samplers.nfe(sampler, n)) == n
+  reachable = {samplers.nfe(sampler, n) for n in range(1, 13)}
+  for budget in set(range(0, max(reachable))) - reachable:
+    with pytest.raises(ValueError, match="no step count"):
+      samplers.steps_for_nfe(sampler, budget)

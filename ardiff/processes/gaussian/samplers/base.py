@@ -121,6 +121,19 @@ def nfe(sampler: str, num_steps: int) -> int:
   return (num_steps - 1) * solver.evals_per_step + solver.final_evals
 
 
+def steps_for_nfe(sampler: str, nfe_budget: int) -> int:
+  """The number of steps whose run costs exactly `nfe_budget` evaluations: the inverse of
+  `nfe` (Heun: 2N - 1). A budget no step count reaches (Heun at an even NFE) is an error."""
+  solver = SAMPLERS.get(sampler)
+  extra = nfe_budget - solver.final_evals
+  steps = extra // solver.evals_per_step + 1
+  if nfe_budget < solver.final_evals or extra % solver.evals_per_step:
+    reachable = [nfe(sampler, n) for n in range(1, 5)]
+    raise ValueError(f"sampler {sampler!r}: no step count costs {nfe_budget} evaluations "
+                     f"(it spends {reachable}, ... for 1, 2, 3, 4 steps)")
+  return steps
+
+
 def sampling_times(schedule: Schedule, sampler: str, num_steps: int,
                    options: dict[str, Any] | None = None) -> np.ndarray:
   """The decreasing times a run visits, from the spec's `spacing` and `sigma_max`."""
