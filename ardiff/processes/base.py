@@ -40,7 +40,19 @@ Batch = dict[str, jax.Array]
 
 
 class Process(Protocol):
-  """What the training loop, the experiments and the CLI need from a removal process."""
+  """What the training loop, the experiments and the CLI need from a removal process.
+
+  Optional, for a process with a likelihood (`ardiff.metrics.held_out.test_bpd` reads it):
+
+      bits = process.nll_bound(params, batch, key)  # [B]
+
+  bits per dimension per example: -log2 p(x | y) / D where the process has it exactly (raster
+  orders), else an upper bound on it, or an unbiased estimate of such a bound (the ARDM bound
+  along one random order; the diffusion bound with sampled timesteps). ``batch`` as `loss`
+  takes it (``x`` in the process's own input space, ``y`` the labels, `num_classes` for the
+  unconditional model); ``key`` draws whatever the estimate samples. No dropout, no label
+  dropping: the trained model as it samples. Traceable, so a caller may jit it.
+  """
 
   num_classes: int  # labels 0..num_classes-1; num_classes itself is the null label
 

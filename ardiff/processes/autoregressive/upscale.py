@@ -299,6 +299,18 @@ class UpscaleAR(TransformerProcess):
                             temperature=spec.get("temperature", 1.0), return_history=True)
     return self.layout.representative(ids)
 
+  def nll_bound(self, params, batch, key):
+    """The upscale bound, [B] bits per dimension: the exact chain rule along one random order
+    per stage per example (stage s's order from fold_in(key, s); S * L network calls), summed
+    over the stages and divided by L ln 2."""
+    x, y = self._inputs(batch)
+    stage_orders = jnp.stack([orders.random_orders(jax.random.fold_in(key, s), x.shape[0],
+                                                   self.seq_len)
+                              for s in range(self.layout.num_stages)])
+    nll = upscale_order_nll(lambda t, lab: self.model.apply(params, t, lab), x, y, stage_orders,
+                            self.layout)
+    return objectives.nats_to_bpd(nll, self.seq_len)
+
 
 def held_out_bpd(process: UpscaleAR, params, toks: np.ndarray, y: np.ndarray, key,
                  batch_size: int = 256) -> float:

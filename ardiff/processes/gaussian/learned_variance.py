@@ -329,3 +329,13 @@ class LearnedVarianceDiffusion(GaussianDiffusion):
     if return_trajectory:
       return fn(params, keys, labels)
     return parallel.run_sharded(fn, params, keys, labels, mesh)
+
+  def nll_bound(self, params, batch, key, *, num_t_samples: int | None = None):
+    """The learned-variance bound, [B] bits per dimension (module doc; batch["x"] in [-1, 1]
+    as `loss` takes it), with the same keys, timesteps and noise as `GaussianDiffusion`'s."""
+    if self.schedule.num_timesteps < 2:
+      raise ValueError("the learned-variance bound needs num_timesteps >= 2")
+    levels = self._bound_levels(batch, num_t_samples)
+    return _vlb_terms(self.eps_frac_fn, params, self.schedule, levels,
+                      jnp.asarray(batch["y"], jnp.int32), key, num_levels=self.num_levels,
+                      num_t_samples=num_t_samples)["total"]

@@ -180,3 +180,28 @@ class GaussianDiffusion:
     """Samples in data space for labels [B] (see `ardiff.processes.base`)."""
     return self.to_data(self.sample_unit(params, key, labels, spec, guidance=guidance,
                                          mesh=mesh))
+
+  def nll_bound(self, params, batch, key, *, num_t_samples: int | None = None):
+    """The variational bound on -log2 P(x | y) / D of the grey levels, [B] bits per dimension
+    (`likelihood`: prior + diffusion KLs + discretised decoder); batch["x"] in [-1, 1] as
+    `loss` takes it, read back as the nearest levels. num_t_samples=None sums the T - 1
+    diffusion KLs; K estimates that sum without bias from K uniform timesteps per example."""
+    from ardiff.processes.gaussian import likelihood  # the bound's maths lives there
+
+    levels = self._bound_levels(batch, num_t_samples)
+    return likelihood._vlb_terms(self.eps_fn, params, self.schedule, levels,
+                                 jnp.asarray(batch["y"], jnp.int32), key,
+                                 num_levels=self.num_levels,
+                                 num_t_samples=num_t_samples)["total"]
+
+  def _bound_levels(self, batch, num_t_samples) -> jax.Array:
+    """batch["x"] in [-1, 1] -> integer levels, after checking that the bound is defined."""
+    if self.num_levels is None:
+      raise ValueError("the diffusion bound needs image data with grey levels (a discretised "
+                       "decoder); points have no discrete likelihood")
+    if num_t_samples is not None and (isinstance(num_t_samples, bool)
+                                      or not isinstance(num_t_samples, int)
+                                      or num_t_samples < 1):
+      raise ValueError(f"num_t_samples must be None or a positive integer, got "
+                       f"{num_t_samples!r}")
+    return unit_to_levels(jnp.asarray(batch["x"]), self.num_levels)
