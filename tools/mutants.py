@@ -246,6 +246,16 @@ MUTANTS = (
        "a = root1 @ cov2 @ root1", "a = cov1 @ cov2", "tests/metrics/test_frechet.py"),
     _m("sliced-wasserstein-quantile-off-by-one", "metrics", "ardiff/metrics/points.py",
        "pos = q * (len(x) - 1)", "pos = q * len(x)", "tests/metrics/test_points.py"),
+    _m("held-out-bits-count-the-padding", "metrics", "ardiff/metrics/held_out.py",
+       "bits[:min(batch_size, n - start)]", "bits",
+       "tests/metrics/test_held_out.py::test_batches_keep_every_example_once_with_one_compiled_"
+       "program"),
+    _m("upscale-bound-one-order-for-every-stage", "upscale",
+       "ardiff/processes/autoregressive/upscale.py",
+       "orders.random_orders(jax.random.fold_in(key, s), x.shape[0],",
+       "orders.random_orders(key, x.shape[0],",
+       "tests/metrics/test_held_out.py::test_test_bpd_equals_each_processes_own_held_out_bits"
+       "[upscale]"),
     # ---- [4/7] seed-claim processes (caught when applied by hand; tests named per file)
     _m("fixed-order-reveals-x_t-itself", "autoregressive",
        "ardiff/processes/autoregressive/fixed_order.py", "[None, :] < t[:, None]",
