@@ -16,6 +16,7 @@ display.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import textwrap
 
@@ -182,8 +183,40 @@ def line_plot(series: Sequence[Series], path: str | None = None, *, xlabel: str,
   "the spread reaches zero".
   """
   fig, ax = plt.subplots(figsize=(7.0, 4.6))
+  _draw_panel(ax, Panel(series, ylabel, logy=logy, hlines=hlines), xlabel, logx, styles,
+              legend=True)
+  return _finish(fig, path, title, close)
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One axes of `line_panels`: its lines (as `line_plot` takes them) and their y axis."""
+
+  series: Sequence[Series]
+  ylabel: str = ""
+  title: str | None = None
+  logy: bool = False
+  hlines: Sequence[tuple[str, float]] = ()  # (label, y): dashed grey reference lines
+  marks: Sequence[tuple[float, float]] = ()  # (x, y): black dots, e.g. each line's best point
+
+
+def line_panels(panels: Sequence[Panel], path: str | None = None, *, xlabel: str,
+                title: str | None = None, logx: bool = False,
+                styles: dict[str, dict] | None = None, panel_size=(5.7, 4.8),
+                close: bool = False) -> Figure:
+  """`line_plot`s side by side on one x quantity (e.g. FD, precision and recall against NFE),
+  one per `Panel`; the legend on the first panel only (the panels share their series)."""
+  fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                           figsize=(panel_size[0] * len(panels), panel_size[1]))
+  for i, (ax, panel) in enumerate(zip(axes[0], panels)):
+    _draw_panel(ax, panel, xlabel, logx, styles, legend=i == 0)
+  return _finish(fig, path, title, close)
+
+
+def _draw_panel(ax, panel: Panel, xlabel: str, logx: bool, styles: dict[str, dict] | None,
+                legend: bool) -> None:
   handles = []  # the legend in series order (matplotlib's own puts error bars last)
-  for i, entry in enumerate(series):
+  for i, entry in enumerate(panel.series):
     if len(entry) not in (3, 4):
       raise ValueError(f"series[{i}] must be (label, xs, ys) or (label, xs, ys, yerr), "
                        f"got {len(entry)} elements")
@@ -199,20 +232,24 @@ def line_plot(series: Sequence[Series], path: str | None = None, *, xlabel: str,
                        f"got {yerr.shape}")
     if np.any(yerr < 0):
       raise ValueError(f"yerr of series {label!r} must be non-negative")
-    handles.append(ax.errorbar(xs, ys, yerr=np.stack([_lower_errors(ys, yerr, logy), yerr]),
+    handles.append(ax.errorbar(xs, ys, yerr=np.stack([_lower_errors(ys, yerr, panel.logy),
+                                                      yerr]),
                                label=label, capsize=3, elinewidth=1, **style))
-  for label, y in hlines:
+  for x, y in panel.marks:
+    ax.plot(x, y, "k.", ms=5)
+  for label, y in panel.hlines:
     ax.axhline(y, ls="--", c="gray", lw=1)
     ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=8, color="gray",
                 va="bottom")
   if logx:
     ax.set_xscale("log")
-  if logy:
+  if panel.logy:
     ax.set_yscale("log")
+  if panel.title:
+    ax.set_title(panel.title, fontsize=10)
   ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
+  ax.set_ylabel(panel.ylabel)
   ax.grid(alpha=0.3, which="both")
   shown = [h for h in handles if h.get_label() and not str(h.get_label()).startswith("_")]
-  if shown:
+  if legend and shown:
     ax.legend(handles=shown, fontsize=8)
-  return _finish(fig, path, title, close)

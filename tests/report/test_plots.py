@@ -34,6 +34,10 @@ CALLS = {
     "line_plot_errorbars": lambda path, **kw: plots.line_plot(
         [("s", [1, 2, 3], [3.0, 1.0, 2.0], [0.5, 2.0, 0.1]), ("t", [1, 3], [2.0, 2.5], None)],
         path, xlabel="x", ylabel="y", logy=True, **kw),
+    "line_panels": lambda path, **kw: plots.line_panels(
+        [plots.Panel([("s", [1, 2], [3.0, 1.0], [0.5, 0.1])], "a", logy=True),
+         plots.Panel([("s", [1, 2], [0.2, 0.4])], "b", marks=[(2, 0.4)])], path, xlabel="x",
+        **kw),
 }
 
 
@@ -133,3 +137,27 @@ def test_line_plot_rejects_bad_series():
   with pytest.raises(ValueError, match=r"series\[1\] must be \(label, xs, ys\)"):
     plots.line_plot([("a", [1], [1.0]), ("s", [1], [1.0], [0.1], "extra")], xlabel="x",
                     ylabel="y", close=True)
+
+
+def test_line_panels_draw_each_panel_as_line_plot_with_the_legend_once():
+  series = [("s", [1.0, 2.0, 4.0], [3.0, 1.0, 2.0], [0.5, 0.25, 1.0]),
+            ("t", [1.0, 4.0], [2.0, 2.5])]
+  fig = plots.line_panels(
+      [plots.Panel(series, "fd", logy=True, hlines=[("floor", 0.5)]),
+       plots.Panel(series[1:], "recall", title="r", marks=[(4.0, 2.5)])],
+      xlabel="NFE", logx=True, title="t", styles={"t": {"c": "#d62728"}}, close=True)
+  left, right = fig.axes
+  alone = plots.line_plot(series, xlabel="NFE", ylabel="fd", logx=True, logy=True,
+                          hlines=[("floor", 0.5)], styles={"t": {"c": "#d62728"}}, close=True)
+  # The first panel is line_plot's axes: the same bars, lines, reference line and scales.
+  np.testing.assert_allclose(_bar_segments(left.containers[0]),
+                             _bar_segments(alone.axes[0].containers[0]))
+  assert [np.asarray(ln.get_ydata()).tolist() for ln in left.get_lines()] == \
+      [np.asarray(ln.get_ydata()).tolist() for ln in alone.axes[0].get_lines()]
+  assert (left.get_xscale(), left.get_yscale(), right.get_yscale()) == ("log", "log", "linear")
+  assert [t.get_text() for t in left.get_legend().get_texts()] == ["s", "t"]
+  assert right.get_legend() is None and right.get_title() == "r"
+  assert (left.get_ylabel(), right.get_ylabel(), right.get_xlabel()) == ("fd", "recall", "NFE")
+  dots = [ln for ln in right.get_lines() if ln.get_marker() == "."]
+  assert len(dots) == 1 and dots[0].get_xydata().tolist() == [[4.0, 2.5]]
+  assert mcolors.to_hex(right.get_lines()[0].get_color()) == "#d62728"
