@@ -189,15 +189,3 @@ def test_ar_vs_diffusion_budget_in_flops_or_reference_steps(monkeypatch):
   assert module._budget(config, data, processes)[0] == 1500 * 9e8
   quick = module.quick_config(get_experiment_config(path, [])[1])
   assert quick.budget_tflop == 1.385012928 / 4 and quick.budget_steps == 375
-
-
-def test_last_quarter_gain_reads_convergence_off_the_validation_curve():
-  path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
-  module, _ = get_experiment_config(path, [])
-  steps = np.arange(100.0, 1601.0, 100.0)  # 100..1600: three quarters at 1200
-  assert module.last_quarter_gain(steps, np.full(16, 1.3)) == 0.0  # flat: converged
-  falling = 2.0 - steps / 1600  # 1.25 at 1200, 1.0 at 1600: 20% of the loss at 3/4
-  assert abs(module.last_quarter_gain(steps, falling) - 0.2) < 1e-12
-  rising = 1.0 + (steps > 1200) * 0.1  # overfitting after 3/4: the best is at 3/4, gain 0
-  assert module.last_quarter_gain(steps, rising) == 0.0
-  assert np.isnan(module.last_quarter_gain(steps[:1], falling[:1]))

@@ -8,6 +8,8 @@ import math
 import os
 from typing import Any, Sequence
 
+import numpy as np
+
 from ardiff import console, storage
 
 
@@ -19,6 +21,18 @@ def _fmt(v: Any) -> str:
       return f"{v:.3g}"
     return f"{v:.4g}"
   return str(v)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """(mean, std) of per-seed values: sum v / n and sqrt(sum (v - mean)^2 / n) (the spread of
+  the seeds themselves, not an error of the mean)."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std())
+
+
+def format_mean_std(mean: float, std: float) -> str:
+  """A table cell 'mean ± std' (4 and 2 significant digits); 'nan' if the mean is not finite."""
+  return "nan" if not np.isfinite(mean) else f"{mean:.4g} ± {std:.2g}"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:

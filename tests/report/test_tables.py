@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ardiff.report import markdown_table, write_results
-from ardiff.report.tables import pareto_front
+from ardiff.report.tables import format_mean_std, mean_std, pareto_front
 
 
 def test_markdown_table_formats_numbers_and_missing_cells():
@@ -44,3 +44,12 @@ def test_pareto_front_against_brute_force():
         c2 <= c and l2 <= l and (c2, l2) != (c, l) for c2, l2 in pts)})
     assert front == brute, (costs, losses)
   assert pareto_front([4, 1, 2, 8], [1.0, 5.0, 3.0, 2.0]) == [(1, 5.0), (2, 3.0), (4, 1.0)]
+
+
+def test_mean_std_is_the_seeds_spread_and_formats_as_one_cell():
+  assert mean_std([1.0, 2.0, 4.0]) == (7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
+                                                         + (4 - 7 / 3) ** 2) / 3))
+  assert mean_std([5]) == (5.0, 0.0)
+  assert format_mean_std(2.345678, 0.0123456) == "2.346 ± 0.012"
+  assert format_mean_std(float("nan"), 0.0) == "nan"
+  assert format_mean_std(float("inf"), 1.0) == "nan"
