@@ -4,74 +4,16 @@ axis, at matched training compute, over training seeds, with FD, precision and r
   ardiff run experiments/ar_vs_diffusion.py --workdir=runs/ar_vs_diffusion
   ardiff run experiments/ar_vs_diffusion.py --workdir=runs/ar_vs_diffusion_quick --config.quick=True
 
-Six models, five removal processes, one training protocol:
-  - raster AR: causal transformer (`ar` section), one pixel per step with a KV cache (64 NFE);
-  - ARDM: the same transformer bidirectional, k pixels per step at random positions
-    (`ardm:k=K`) or in contiguous raster chunks (`ardm:k=K:order=contiguous`), or the pixels
-    the model is most confident of first (`confidence:S`, MaskGIT; with noise=4.5, MaskGIT's
-    annealed Gumbel noise on the confidences);
-  - masked diffusion (`masking` section): the same bidirectional transformer trained on the
-    continuous-time absorbing-state ELBO, sampled ancestrally (`masked:S`), with the
-    re-sampling corrector (`masked:S:resample=0.1`, 2S - 1 NFE) and by confidence;
-  - upscale ARDM (`upscale` section): coarse to fine, each pixel's level // 4 (5 bins) in
-    random order first, then the level (`upscale:k=K`, 2 ceil(64 / K) NFE);
-  - diffusion, transformer: the SAME width, depth and heads (`ar` section; pixels as tokens,
-    time and class through adaptive layer norm, bidirectional attention), so raster AR, ARDM and
-    this differ only in the removal process;
-  - diffusion, UNet (`unet` section): the convolutional denoiser, a second diffusion row.
-  Diffusion is sampled with DDPM, DDIM, Heun and DPM-Solver++ 2M at 4..128 NFE; the figure
-  draws, per backbone, the best solver at each budget (picking the best of four by the same
-  scores favours diffusion slightly: read it with the spread).
-
-Protocol (what a sceptical reader asks for):
-  - matched compute: every model gets the same training budget in FLOPs (`budget_tflop`, or
-    else `budget_steps` steps of the `budget_reference` model), each model's steps counted by
-    XLA's cost analysis of its own train
-    step), not the same number of steps;
-  - converged: the last `train.val_examples` training images are held out, the EMA
-    parameters' validation loss is computed every `train.eval_every` steps, training stops
-    after `train.patience` evaluations without improvement and the best EMA is kept (the
-    table reports the stopping step, or that the budget ran out first);
-  - seeds: every model is trained from each of `training_seeds` (its own init, batches and
-    dropout) and sampled with its own key: rows are mean ± std over training seeds;
-  - metrics: Fréchet distance, and k-NN precision and recall (k=3), in the digit classifier's
-    feature space against the test split, each beside its floor (train images vs test, same n);
-  - quality against compute: each model keeps its best EMA at 1/8, 1/4 and 1/2 of the budget
-    (`train.snapshots`); `compute_specs` are sampled there and the family's best is drawn.
-  - EMA with warm-up (`train.ema_warmup`, decay min(0.999, (1 + n) / (10 + n)) at update n;
-    `ardiff.train.ema_decay_at`). Why it matters here: with the fixed 0.999 of the first runs
-    the diffusion transformer looked untrainable (validation eps-MSE 0.68 vs the UNet's 0.32),
-    but only its EMA was. Measured on the digits (width 32, depth 2, lr 1e-3, warmup 200, 1522
-    steps, batch 64; 1024 fixed (t, noise) draws on the 200 held-out digits): the raw
-    parameters reach 0.248 at step 200 and 0.239 at step 500 (the UNet's raw: 0.412 at step
-    100 against the transformer's 0.346), while the fixed-decay EMA stalls at 0.70 from step
-    800 on, 2.6 (worse than predicting eps = 0) at t <= 100 of 1000, although the
-    initialisation's weight in it falls to 0.22: an average of adaLN-Zero parameters from
-    far-apart points of the trajectory is not a good network. With warm-up the EMA tracks the
-    raw parameters (0.249 at step 200, best 0.2385 at step 400, 0.261 at 1522). Samples (300,
-    unconditional, DPM-Solver++ 2M at 16 NFE, lr 3e-4, step 1522): FD 721 and precision 0.01
-    from the fixed-decay EMA, 244 and 0.43 from the warm-up EMA (floor 18.9): the first runs'
-    FD that grew with compute came from this EMA.
-  - learning rates (`learning_rates`, per family; the others use train.learning_rate = 1e-3):
-    the diffusion transformer trains at 3e-3. Same setting as above, warm-up EMA, validation
-    eps-MSE: lr 3e-4 best 0.240 (steps 600-1000), 1e-3 best 0.2385 (step 400, then creeping up
-    to 0.261, mostly at t < 50: early stopping), 3e-3 0.2036 at step 1500 and still falling
-    (lower at every t; its samples' FD 236 against 244 at 3e-4: one seed, not significant).
-    Against the UNet (its own 400-step run, lr 1e-3, 1.45x the FLOPs per step): 0.201 at step
-    400, where the fixed-decay EMA reads 0.736 (so that EMA handicaps both early; the UNet's
-    keeps improving, the transformer's stalls). Per FLOP the UNet still learns faster here.
-    The network uses t: with t fixed at 500 the loss at t = 1000 is 0.27 instead of 0.008.
-    Caveat: only this family was swept (the UNet's step is ~5x slower on 2 CPU cores; the AR
-    transformers train without a plateau at 1e-3), which favours it slightly.
-Writes quality_vs_nfe.png, quality_vs_compute.png, grids_by_nfe.png, reveal.png (one sample
-generated by each process in `reveal_nfe` steps), training_curves.png (validation loss against
-compute), results.md/.csv (one row per sampler), training.md/.csv (one row per model: budget,
-steps, stopping step, last-quarter validation gain, test bits). Samples are kept beside each
-model (`ardiff.sample_cache`), so a rerun that adds a row (`--config.families`, a spec) draws
-only what is new.
-`--config.quick=True`: one training seed, a quarter of the budget, DDIM and DPM-Solver++ only
-(measured with the first four families: 594 s on 2 CPU cores shared with short jobs, 3.8 min of it
-training; masked diffusion and upscale ARDM add two more models of the same size).
+Six models (raster AR, ARDM, masked diffusion, upscale ARDM, diffusion with the same
+transformer and with a UNet), each trained from `training_seeds` on the same FLOP budget
+with early stopping on held-out validation loss, sampled by every spec of `sample.runs`:
+FD, precision and recall against NFE (quality_vs_nfe.png, results.md), against training
+compute (quality_vs_compute.png), sample grids, reveal.png, training_curves.png and
+training.md (budget, convergence, held-out bits per pixel from each process's `nll_bound`).
+Samples are cached beside each model, so a rerun draws only what is new. `--config.quick=True`
+takes one seed, a quarter of the budget and two solvers (~10 min on 2 cores).
+The design, the protocol and the measurements behind its settings (EMA warm-up, learning
+rates): docs/ar_vs_diffusion.md.
 """
 
 from __future__ import annotations
@@ -86,13 +28,16 @@ import numpy as np
 
 from ardiff import runs, sample_cache
 from ardiff.configs import require
-from ardiff.data.levels import to_tokens
+from ardiff.data.levels import levels_to_unit, to_tokens
+from ardiff.metrics import held_out
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.presets import config_dataset, image_config, unet_section, validate_image_config
+from ardiff.processes.gaussian import samplers
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
-from ardiff.report.tables import pareto_front
-from ardiff.train import TrainConfig, read_metrics, snapshot_params, train_step_flops
+from ardiff.report.tables import format_mean_std, mean_std, pareto_front
+from ardiff.train import TrainConfig, num_params, snapshot_params, train_step_flops
+from ardiff.train.progress import last_quarter_gain, validation_curve
 
 SMOKE_OVERRIDES = ["budget_steps=6", "budget_tflop=0", "train.log_every=2", "train.eval_every=2",
                    "train.val_examples=64", "train.warmup_steps=2", "ar.width=16",
@@ -219,12 +164,23 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 
 def _diffusion_runs(nfes):
-  """Every solver at (about) each NFE; Heun spends 2N - 1 evaluations on N steps."""
+  """Every solver at each NFE, or where a solver cannot spend it exactly (Heun's 2N - 1 misses
+  the even budgets) at the largest budget below it that it can (`samplers.steps_for_nfe`)."""
   out = []
   for solver in SOLVERS:
-    steps = [(n + 1) // 2 for n in nfes] if solver == "heun" else nfes
+    steps = [_steps_within(solver, n) for n in nfes]
     out += [f"{solver}:{k}" for k in dict.fromkeys(steps)]
   return out
+
+
+def _steps_within(solver: str, nfe: int) -> int:
+  """The most steps of `solver` that cost at most `nfe` network evaluations."""
+  for budget in range(nfe, 0, -1):
+    try:
+      return samplers.steps_for_nfe(solver, budget)
+    except ValueError:  # unreachable: one evaluation fewer
+      continue
+  raise ValueError(f"sampler {solver!r}: no step count fits in {nfe} evaluations")
 
 
 def quick_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -389,33 +345,19 @@ def _budget(c, data, processes) -> tuple[float, dict]:
 
 
 def _test_bits(family: Family, model, data, key, num: int = 0) -> float:
-  """Held-out test bits per pixel on the first `num` test images (0: all): exact (raster), the
-  ARDM bound along one random order per image, the diffusion bound (32 sampled timesteps per
-  image, unbiased)."""
-  from ardiff.processes.autoregressive.evaluate import ardm_test_bpd, raster_test_bpd
-  from ardiff.processes.gaussian.likelihood import bpd
-
+  """Held-out bits per pixel on the first `num` test images (0: all), unconditional: each
+  process's `nll_bound` (exact for raster AR, the ARDM and upscale bounds along one random order
+  per image, the diffusion bound from 32 sampled timesteps per image)."""
   x = data.x_test[:num or None]
-  null = np.full((len(x),), data.num_classes, np.int32)
-  if family.kind == "raster":
-    return raster_test_bpd(model.process, model.params, to_tokens(x), null)
-  if family.kind in ("ardm", "masked"):  # masked: its ELBO is the ARDM bound (tested)
-    return ardm_test_bpd(model.process, model.params, to_tokens(x), null, key)
-  if family.kind == "upscale":  # the bound along one random order per stage
-    from ardiff.processes.autoregressive.upscale import held_out_bpd
-
-    return held_out_bpd(model.process, model.params, to_tokens(x), null, key)
-  return bpd(model.process, model.params, x, None, data.num_levels, key,
-             num_t_samples=32)["total"]
+  inputs = to_tokens(x) if family.kind in runs.TOKEN_KINDS else levels_to_unit(x, data.num_levels)
+  return held_out.test_bpd(model.process, model.params, inputs,
+                           np.full((len(x),), data.num_classes, np.int32), key, batch_size=256,
+                           **({"num_t_samples": 32} if family.gaussian else {}))
 
 
 def _score(quality, images) -> dict:
   precision, recall = quality.precision_recall(images)
   return {"fd": quality.frechet(images), "precision": precision, "recall": recall}
-
-
-def _mean_std(values) -> tuple[float, float]:
-  return float(np.mean(values)), float(np.std(values))
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -451,17 +393,17 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             for m in trained]
     stops = [m.info.get("stopped_early_at") for m in trained]
     training.append({
-        "model": family.label, "kind": family.kind, "params": _params(trained[0].params),
+        "model": family.label, "kind": family.kind, "params": num_params(trained[0].params),
         "GFLOP/step": per_step[family.name] / 1e9,
         "budget PFLOP": budget / 1e15,
         "budget steps": trained[0].info["steps"],
         "lr": c.learning_rates.get(family.name, c.train.learning_rate),
         "stopped at": ", ".join("budget" if s is None else str(s) for s in stops),
         "best step": ", ".join(str(m.info.get("best_step")) for m in trained),
-        "val loss": _fmt_ms(_mean_std([m.info.get("best_val", np.nan) for m in trained])),
-        "val gain, last quarter": _fmt_ms(_mean_std(gains[family.name])),
-        "test bits/pixel": _fmt_ms(_mean_std(bits)),
-        "train minutes": _fmt_ms(_mean_std([m.info["wall_seconds"] / 60 for m in trained]))})
+        "val loss": format_mean_std([m.info.get("best_val", np.nan) for m in trained]),
+        "val gain, last quarter": format_mean_std(gains[family.name]),
+        "test bits/pixel": format_mean_std(bits),
+        "train minutes": format_mean_std([m.info["wall_seconds"] / 60 for m in trained])})
     for text in c.sample.runs[family.name]:
       spec = parse_spec(text)
       scores = []
@@ -472,7 +414,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
           _keep_grid(grids, method(family, spec), model.process.nfe(spec), images)
       row = {"method": method(family, spec), "spec": text, "NFE": model.process.nfe(spec)}
       for metric, _, _ in METRICS:
-        row[metric], row[f"{metric}_std"] = _mean_std([s[metric] for s in scores])
+        row[metric], row[f"{metric}_std"] = mean_std([s[metric] for s in scores])
       row["seeds"] = len(scores)
       rows.append(row)
       series.setdefault(row["method"], []).append(row)
@@ -515,34 +457,21 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            f"{floors['recall']:.3f}.")
   write_results(workdir, rows, "AR vs diffusion: quality against network evaluations at "
                 "matched training compute", notes)
-  _write_table(workdir, "training", "The models: budget, convergence, held-out bits", training,
+  write_results(workdir, training, "The models: budget, convergence, held-out bits",
                "Each model's own train step costed by XLA; budget steps = budget / that cost. "
                "'stopped at': the early-stopping step per training seed ('budget': the budget "
                "ran out first, i.e. still improving). 'val gain, last quarter': how much the "
                "validation loss fell over the last quarter of the steps, as a fraction of its "
-               "value at three quarters (0 = converged). Test bits per pixel: exact for raster AR, "
-               "the ARDM bound (one random order per image), the diffusion variational bound "
-               "(32 timesteps per image); mean ± std over training seeds.")
+               "value at three quarters (0 = converged). Test bits per pixel: each process's "
+               "nll_bound, exact for raster AR, the ARDM and upscale bounds (one random order "
+               "per image), the diffusion variational bound (32 timesteps per image); mean ± "
+               "std over training seeds.", name="training")
   if compute_rows:
-    _write_table(workdir, "compute", "Quality against training compute", compute_rows,
-                 "Each family's best compute spec at each budget (mean ± std over training "
-                 "seeds); the model at a budget is the best-validation EMA within it.")
+    write_results(workdir, compute_rows, "Quality against training compute",
+                  "Each family's best compute spec at each budget (mean ± std over training "
+                  "seeds); the model at a budget is the best-validation EMA within it.",
+                  name="compute")
   return rows
-
-
-def _params(params) -> int:
-  from ardiff.train import num_params
-
-  return num_params(params)
-
-
-def _fmt_ms(ms) -> str:
-  mean, std = ms
-  return "nan" if not np.isfinite(mean) else f"{mean:.4g} ± {std:.2g}"
-
-
-def _write_table(workdir, name, title, rows, notes):
-  write_results(workdir, rows, title, notes, name=name)
 
 
 def _keep_grid(grids, name, nfe, images):
@@ -554,74 +483,34 @@ def _keep_grid(grids, name, nfe, images):
 
 def _panels(path, series, x_key, floors, *, xlabel, title):
   """FD, precision and recall side by side, error bars = std over training seeds."""
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-  for ax, (metric, ylabel, logy) in zip(axes, METRICS):
-    for name, rs in series.items():
-      style = {"marker": "o", "ms": 4, **STYLES.get(name, {})}
-      ys = np.array([r[metric] for r in rs])
-      err = np.array([r[f"{metric}_std"] for r in rs])
-      lower = np.minimum(err, ys * 0.999) if logy else err
-      ax.errorbar([r[x_key] for r in rs], ys, yerr=np.stack([lower, err]), label=name,
-                  capsize=3, elinewidth=1, **style)
-    ax.axhline(floors[metric], ls="--", c="gray", lw=1)
-    ax.annotate("floor: train images vs test", (0.01, floors[metric]),
-                xycoords=("axes fraction", "data"), fontsize=8, color="gray", va="bottom")
-    ax.set_xscale("log")
-    if logy:
-      ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, which="both")
-  axes[0].legend(fontsize=7)
-  fig.suptitle(title)
-  fig.tight_layout()
-  plots.save_figure(fig, path)
-  plt.close(fig)
-
-
-def _validation_curve(model) -> tuple[np.ndarray, np.ndarray]:
-  """(steps, validation losses) from a model's metrics.jsonl."""
-  rows = [r for r in read_metrics(model.directory) if "val/loss" in r]
-  return (np.array([r["step"] for r in rows], float), np.array([r["val/loss"] for r in rows]))
-
-
-def last_quarter_gain(steps: np.ndarray, losses: np.ndarray) -> float:
-  """How much the validation loss fell in the last quarter of training, as a fraction of the
-  loss at three quarters (0: flat, i.e. converged; > 0: still improving)."""
-  if len(steps) < 2:
-    return float("nan")
-  at_three_quarters = np.interp(0.75 * steps[-1], steps, losses)
-  return float((at_three_quarters - losses.min()) / abs(at_three_quarters))
+  plots.line_panels(
+      [plots.Panel([(name, [r[x_key] for r in rs], [r[metric] for r in rs],
+                     [r[f"{metric}_std"] for r in rs]) for name, rs in series.items()],
+                   ylabel, logy=logy, hlines=[("floor: train images vs test", floors[metric])])
+       for metric, ylabel, logy in METRICS],
+      path, xlabel=xlabel, title=title, logx=True, styles=STYLES, close=True)
 
 
 def _training_curves(c, workdir, models, per_step) -> dict:
   """training_curves.png: each family's validation loss against training compute (one line per
-  training seed); returns {family name: last-quarter gains per seed}."""
-  import matplotlib.pyplot as plt
-
-  chosen = _chosen(c)
-  fig, axes = plt.subplots(1, len(chosen), figsize=(3.4 * len(chosen), 3.2), squeeze=False)
-  gains = {}
-  for ax, family in zip(axes[0], chosen):
-    gains[family.name] = []
-    for seed, model in zip(c.training_seeds, models[family.name]):
-      steps, losses = _validation_curve(model)
-      gains[family.name].append(last_quarter_gain(steps, losses))
-      ax.plot(steps * per_step[family.name] / 1e12, losses, lw=1.2, label=f"seed {seed}")
-      best = int(np.argmin(losses)) if len(losses) else None
-      if best is not None:
-        ax.plot(steps[best] * per_step[family.name] / 1e12, losses[best], "k.", ms=5)
-    ax.set_title(family.label, fontsize=10)
-    ax.set_xlabel("training compute (TFLOP)")
-    ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("validation loss (EMA; own units)")
-  axes[0][0].legend(fontsize=7)
-  fig.suptitle("Validation loss against training compute (dot: the best, the EMA kept)")
-  fig.tight_layout()
-  plots.save_figure(fig, os.path.join(workdir, "training_curves.png"), bbox_inches="tight")
-  plt.close(fig)
+  training seed, a dot at its best: the EMA kept); returns {family name: last-quarter gains
+  per seed}."""
+  panels, gains = [], {}
+  for family in _chosen(c):
+    curves = [validation_curve(m.directory) for m in models[family.name]]
+    gains[family.name] = [last_quarter_gain(steps, losses) for steps, losses in curves]
+    tflop = [steps * per_step[family.name] / 1e12 for steps, _ in curves]
+    panels.append(plots.Panel(
+        [(f"seed {seed}", x, losses) for seed, x, (_, losses) in
+         zip(c.training_seeds, tflop, curves)], title=family.label,
+        ylabel="validation loss (EMA; own units)" if not panels else "",
+        marks=[(x[np.argmin(losses)], losses.min()) for x, (_, losses) in zip(tflop, curves)
+               if len(losses)]))
+  plots.line_panels(panels, os.path.join(workdir, "training_curves.png"),
+                    xlabel="training compute (TFLOP)", panel_size=(3.4, 3.2), close=True,
+                    styles={f"seed {s}": {"marker": "", "lw": 1.2} for s in c.training_seeds},
+                    title="Validation loss against training compute (dot: the best, the EMA "
+                          "kept)")
   return gains
 
 
@@ -695,7 +584,7 @@ def _quality_vs_compute(c, workdir, data, models, budget, per_step, quality, sam
       scores = per_fraction[(f, best)]
       row = {"model": family.label, "TFLOP": f * budget / 1e12, "spec": best}
       for metric, _, _ in METRICS:
-        row[metric], row[f"{metric}_std"] = _mean_std([s[metric] for s in scores])
+        row[metric], row[f"{metric}_std"] = mean_std([s[metric] for s in scores])
       rows.append(row)
   series = {}
   for r in rows:

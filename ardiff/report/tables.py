@@ -30,8 +30,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return float(values.mean()), float(values.std())
 
 
-def format_mean_std(mean: float, std: float) -> str:
-  """A table cell 'mean ± std' (4 and 2 significant digits); 'nan' if the mean is not finite."""
+def format_mean_std(values: Sequence[float]) -> str:
+  """A table cell 'mean ± std' of per-seed values (`mean_std`; 4 and 2 significant digits),
+  'nan' if the mean is not finite."""
+  mean, std = mean_std(values)
   return "nan" if not np.isfinite(mean) else f"{mean:.4g} ± {std:.2g}"
 
 

@@ -50,6 +50,6 @@ def test_mean_std_is_the_seeds_spread_and_formats_as_one_cell():
   assert mean_std([1.0, 2.0, 4.0]) == (7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
                                                          + (4 - 7 / 3) ** 2) / 3))
   assert mean_std([5]) == (5.0, 0.0)
-  assert format_mean_std(2.345678, 0.0123456) == "2.346 ± 0.012"
-  assert format_mean_std(float("nan"), 0.0) == "nan"
-  assert format_mean_std(float("inf"), 1.0) == "nan"
+  assert format_mean_std([2.333333, 2.358023]) == "2.346 ± 0.012"
+  assert format_mean_std([float("nan"), 1.0]) == "nan"
+  assert format_mean_std([float("inf"), 1.0]) == "nan"
