@@ -254,8 +254,8 @@ MUTANTS = (
        "ardiff/processes/autoregressive/upscale.py",
        "orders.random_orders(jax.random.fold_in(key, s), x.shape[0],",
        "orders.random_orders(key, x.shape[0],",
-       "tests/metrics/test_held_out.py::test_test_bpd_equals_each_processes_own_held_out_bits"
-       "[upscale]"),
+       "tests/metrics/test_held_out.py::test_test_bpd_equals_each_processes_held_out_bits_"
+       "written_out[upscale]"),
     # ---- [4/7] seed-claim processes (caught when applied by hand; tests named per file)
     _m("fixed-order-reveals-x_t-itself", "autoregressive",
        "ardiff/processes/autoregressive/fixed_order.py", "[None, :] < t[:, None]",

@@ -1,6 +1,8 @@
 """`held_out.test_bpd`: one call for every process with a likelihood, equal to each process's
-own held-out bits (the entry points it replaces, or their formula written out), batched with
-one compiled program, and a clear error for a process without a likelihood."""
+held-out bits written out from its maths (the code it replaced; it also matched the old entry
+points, `raster_test_bpd`, `ardm_test_bpd`, `exact_test_bpd`, `upscale.held_out_bpd`, to
+rtol 1e-5 before they became wrappers of it or were deleted), batched with one compiled
+program, and a clear error for a process without a likelihood."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 
 from ardiff import build
 from ardiff.metrics import held_out
-from ardiff.processes.autoregressive import evaluate, fixed_order, objectives, orders, upscale
+from ardiff.processes.autoregressive import fixed_order, objectives, orders, upscale
 from ardiff.processes.gaussian import likelihood
 from ardiff.runs import TOKEN_KINDS, model_inputs
 from tests.processes.test_contract import LEVELS, tiny_images
@@ -30,41 +32,51 @@ def _tiny(kind: str):
   return process, params, x[:N], data.y_train[:N], data.x_train[:N]
 
 
-def _upscale_reference(process, params, x, y, key, batch_size):
-  """The upscale bound written out: one random order per stage (fold_in(batch key, s))."""
-  nll = []
-  for i, start in enumerate(range(0, len(x), batch_size)):
-    k = jax.random.fold_in(key, i)
-    xb, yb = jnp.asarray(x[start:start + batch_size]), jnp.asarray(y[start:start + batch_size])
-    stage_orders = jnp.stack([orders.random_orders(jax.random.fold_in(k, s), len(xb),
-                                                   process.seq_len)
+def _per_batch(nll_fn, x, y, key, batch_size, length):
+  """Bits per dimension of nats per example from nll_fn(xb, yb, batch key), batch by batch
+  (batch i with fold_in(key, i)), averaged over the examples."""
+  nll = [nll_fn(jnp.asarray(x[s:s + batch_size]), jnp.asarray(y[s:s + batch_size]),
+                jax.random.fold_in(key, i))
+         for i, s in enumerate(range(0, len(x), batch_size))]
+  return float(objectives.nats_to_bpd(np.concatenate(nll).mean(), length))
+
+
+def _reference(kind, process, params, x, y, levels):
+  """Each kind's held-out bits written out from its maths (the code test_bpd replaced), with
+  the batch size used: 3 divides N, so a per-batch random draw matches batch by batch; 4 leaves
+  a remainder, which must not change an exact NLL."""
+  if kind.startswith("gaussian"):  # the bound's own batched entry points
+    if kind == "gaussian_learned_var":
+      return process.bpd(params, levels, y, KEY, num_t_samples=3, batch_size=4)["total"], 4
+    return likelihood.bpd(process, params, levels, y, LEVELS, KEY, num_t_samples=3,
+                          batch_size=4)["total"], 4
+  logits_fn = lambda t, lab: process.model.apply(params, t, lab)  # noqa: E731
+  length = process.seq_len
+  if kind == "raster":  # one causal pass: the exact NLL
+    return _per_batch(lambda xb, yb, _: objectives.raster_nll(logits_fn(xb, yb), xb), x, y,
+                      KEY, N, length), 4
+  if kind == "raster_bidirectional":  # the chain rule, one position per network call
+    return _per_batch(lambda xb, yb, _: fixed_order.exact_nll(logits_fn, xb, yb,
+                                                              process.model.mask_id),
+                      x, y, KEY, N, length), 4
+  if kind in ("ardm", "masked"):  # one random order per example (masked: its ELBO is this)
+    return _per_batch(lambda xb, yb, k: objectives.order_nll(
+        logits_fn, xb, yb, orders.random_orders(k, len(xb), length), process.model.mask_id),
+        x, y, KEY, 3, length), 3
+
+  def stages(xb, yb, k):  # upscale: one random order per stage, fold_in(batch key, s)
+    stage_orders = jnp.stack([orders.random_orders(jax.random.fold_in(k, s), len(xb), length)
                               for s in range(process.layout.num_stages)])
-    nll.append(upscale.upscale_order_nll(lambda t, lab: process.model.apply(params, t, lab),
-                                         xb, yb, stage_orders, process.layout))
-  return float(objectives.nats_to_bpd(np.concatenate(nll).mean(), process.seq_len))
+    return upscale.upscale_order_nll(logits_fn, xb, yb, stage_orders, process.layout)
 
-
-def _old(kind, process, params, x, y, levels):
-  """Each kind's own held-out bits before test_bpd (batches of 3, or 4 with a remainder)."""
-  if kind == "raster":
-    return evaluate.raster_test_bpd(process, params, x, y, batch_size=4), 4
-  if kind in ("ardm", "masked"):  # masked diffusion's ELBO is the ARDM bound
-    return evaluate.ardm_test_bpd(process, params, x, y, KEY, batch_size=3), 3
-  if kind == "raster_bidirectional":
-    return fixed_order.exact_test_bpd(process, params, x, y, batch_size=4), 4
-  if kind == "upscale":
-    return _upscale_reference(process, params, x, y, KEY, 3), 3
-  if kind == "gaussian_learned_var":
-    return process.bpd(params, levels, y, KEY, num_t_samples=3, batch_size=4)["total"], 4
-  return likelihood.bpd(process, params, levels, y, LEVELS, KEY, num_t_samples=3,
-                        batch_size=4)["total"], 4
+  return _per_batch(stages, x, y, KEY, 3, length), 3
 
 
 @pytest.mark.parametrize("kind", ["raster", "ardm", "masked", "raster_bidirectional", "upscale",
                                   "gaussian", "gaussian_transformer", "gaussian_learned_var"])
-def test_test_bpd_equals_each_processes_own_held_out_bits(kind):
+def test_test_bpd_equals_each_processes_held_out_bits_written_out(kind):
   process, params, x, y, levels = _tiny(kind)
-  old, batch_size = _old(kind, process, params, x, y, levels)
+  old, batch_size = _reference(kind, process, params, x, y, levels)
   options = {"num_t_samples": 3} if kind.startswith("gaussian") else {}
   new = held_out.test_bpd(process, params, x, y, KEY, batch_size=batch_size, **options)
   np.testing.assert_allclose(new, old, rtol=1e-5)

@@ -8,35 +8,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ardiff.metrics import held_out
 from ardiff.processes.autoregressive import objectives
 
 
-def _batches(n: int, batch_size: int):
-  for start in range(0, n, batch_size):
-    yield slice(start, min(start + batch_size, n))
+def raster_test_bpd(process, params, toks: np.ndarray, y: np.ndarray,
+                    batch_size: int = 256) -> float:
+  """Exact test NLL of the raster model in bits per pixel (NLL / (L ln 2)): `held_out.test_bpd`
+  of its `nll_bound`."""
+  return held_out.test_bpd(process, params, toks, y, jax.random.key(0), batch_size=batch_size)
 
 
-def raster_test_bpd(process, params, toks: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-  """Exact test NLL of the raster model in bits per pixel (NLL / (L ln 2))."""
-  fn = jax.jit(lambda p, x, yy: objectives.raster_nll(process.model.apply(p, x, yy), x))
-  nll = np.concatenate([np.asarray(fn(params, toks[s], y[s])) for s in _batches(len(toks), batch_size)])
-  return float(objectives.nats_to_bpd(nll.mean(), toks.shape[1]))
-
-
-def ardm_test_bpd(process, params, toks: np.ndarray, y: np.ndarray, key, batch_size: int = 256) -> float:
+def ardm_test_bpd(process, params, toks: np.ndarray, y: np.ndarray, key,
+                  batch_size: int = 256) -> float:
   """The ARDM bound in bits per pixel: the exact chain-rule NLL along one random order per
-  example (an unbiased, low-variance estimate of the bound's average over orders)."""
-  from ardiff.processes.autoregressive.orders import random_orders
-
-  @jax.jit
-  def fn(p, x, yy, k):
-    logits_fn = lambda t, lab: process.model.apply(p, t, lab)  # noqa: E731
-    order = random_orders(k, x.shape[0], x.shape[1])
-    return objectives.order_nll(logits_fn, x, yy, order, process.model.mask_id)
-
-  nll = np.concatenate([np.asarray(fn(params, toks[s], y[s], jax.random.fold_in(key, i)))
-                        for i, s in enumerate(_batches(len(toks), batch_size))])
-  return float(objectives.nats_to_bpd(nll.mean(), toks.shape[1]))
+  example (an unbiased, low-variance estimate of the bound's average over orders):
+  `held_out.test_bpd` of its `nll_bound`."""
+  return held_out.test_bpd(process, params, toks, y, key, batch_size=batch_size)
 
 
 def ardm_step_losses(process, params, toks: np.ndarray, y: np.ndarray, key,

@@ -32,12 +32,10 @@ trained.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from ardiff.metrics import held_out
 from ardiff.processes import discrete
 from ardiff.processes.autoregressive import decode, objectives, orders
 from ardiff.processes.autoregressive.transformer_process import TransformerProcess
@@ -113,24 +111,7 @@ class RasterBidirectional(TransformerProcess):
     return objectives.nats_to_bpd(self.exact_nll(params, x, y), self.seq_len)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _exact_nll_jit(model, params, x, y):
-  return exact_nll(lambda t, lab: model.apply(params, t, lab), x, y, model.mask_id)
-
-
 def exact_test_bpd(process: RasterBidirectional, params, toks, y, batch_size: int = 256) -> float:
-  """Exact NLL of tokens toks [N, L] in bits per pixel, NLL / (L ln 2), batch_size at a time.
-
-  The last batch is padded (with repeats of the first example) to the same shape, so there is
-  one compiled program per model and batch size, reused across calls.
-  """
-  toks, y = np.asarray(toks, np.int32), np.asarray(y, np.int32)
-  n = len(toks)
-  batch_size = min(batch_size, n)
-  pad = -n % batch_size
-  toks_p = np.concatenate([toks, np.repeat(toks[:1], pad, 0)])
-  y_p = np.concatenate([y, np.repeat(y[:1], pad, 0)])
-  nll = np.concatenate([np.asarray(_exact_nll_jit(process.model, params, toks_p[s:s + batch_size],
-                                                  y_p[s:s + batch_size]))
-                        for s in range(0, len(toks_p), batch_size)])[:n]
-  return float(objectives.nats_to_bpd(nll.mean(), toks.shape[1]))
+  """Exact NLL of tokens toks [N, L] in bits per pixel, NLL / (L ln 2), batch_size at a time
+  (one compiled program per model and batch size): `held_out.test_bpd` of its `nll_bound`."""
+  return held_out.test_bpd(process, params, toks, y, jax.random.key(0), batch_size=batch_size)

@@ -38,8 +38,9 @@ whose expectation is the bound above (nats per example; bits per pixel = bound /
 Sampler `upscale` (options k=1, temperature=1.0): per stage a random order per example, k
 pixels per step (the last step the remainder); each step draws the revealed pixels' full value
 from the restricted softmax(logits / temperature) and keeps v // d_s (the same law as p_s).
-S * ceil(D / k) network calls (twice with guidance). `held_out_bpd` gives the bound on a test
-set by the exact chain rule along one random order per stage per image (S * D network calls).
+S * ceil(D / k) network calls (twice with guidance). `UpscaleAR.nll_bound` gives the bound on
+held-out data by the exact chain rule along one random order per stage per image (S * D network
+calls; `ardiff.metrics.held_out.test_bpd` averages it over a test set).
 """
 
 from __future__ import annotations
@@ -310,24 +311,3 @@ class UpscaleAR(TransformerProcess):
     nll = upscale_order_nll(lambda t, lab: self.model.apply(params, t, lab), x, y, stage_orders,
                             self.layout)
     return objectives.nats_to_bpd(nll, self.seq_len)
-
-
-def held_out_bpd(process: UpscaleAR, params, toks: np.ndarray, y: np.ndarray, key,
-                 batch_size: int = 256) -> float:
-  """The upscale bound in bits per pixel on a test set: the exact chain rule along one random
-  order per stage per image (S * D network calls per image), averaged over the images."""
-  layout, length = process.layout, process.seq_len
-  toks = np.asarray(toks).reshape(len(toks), -1).astype(np.int32)
-
-  @jax.jit
-  def fn(p, x, yy, k):
-    logits_fn = lambda t, lab: process.model.apply(p, t, lab)  # noqa: E731
-    stage_orders = jnp.stack([orders.random_orders(jax.random.fold_in(k, s), x.shape[0], length)
-                              for s in range(layout.num_stages)])
-    return upscale_order_nll(logits_fn, x, yy, stage_orders, layout)
-
-  nll = np.concatenate([
-      np.asarray(fn(params, toks[i:i + batch_size], np.asarray(y[i:i + batch_size], np.int32),
-                    jax.random.fold_in(key, i // batch_size)))
-      for i in range(0, len(toks), batch_size)])
-  return float(objectives.nats_to_bpd(nll.mean(), length))

@@ -18,6 +18,7 @@ from tests.processes.test_contract import tiny_images
 
 from ardiff import build
 from ardiff.configs.validation import ConfigError
+from ardiff.metrics import held_out
 from ardiff.models.transformer import Transformer
 from ardiff.processes import discrete
 from ardiff.processes.autoregressive import upscale
@@ -315,13 +316,13 @@ def test_training_decreases_the_loss_and_label_dropping():
   np.testing.assert_allclose(metrics["bound_bpd"], metrics["bound"] / (64 * math.log(2)),
                              rtol=1e-6)
   assert abs(float(loss) - math.log(17)) < 1.0  # near uniform at init
-  before = upscale.held_out_bpd(process, params, batch["x"], batch["y"], jax.random.key(2))
+  before = held_out.test_bpd(process, params, batch["x"], batch["y"], jax.random.key(2))
   assert abs(before - math.log2(17)) < 1.0
   params = adam_steps(process, params, batch)
   after, _ = loss_fn(params, batch, jax.random.key(1), train=False)
   assert float(after) < float(loss) - 0.5, (float(loss), float(after))
-  after_bpd = upscale.held_out_bpd(process, params, batch["x"], batch["y"], jax.random.key(2),
-                                   batch_size=20)
+  after_bpd = held_out.test_bpd(process, params, batch["x"], batch["y"], jax.random.key(2),
+                                batch_size=20)
   assert after_bpd < before - 0.5, (before, after_bpd)
   # Label dropping (p_uncond = 1): the training loss is the null label's.
   drop = upscale.UpscaleAR(process.model, (4, 1), p_uncond=1.0, data_shape=(8, 8, 1))
