@@ -49,7 +49,7 @@ from ardiff.presets import config_dataset, image_config, validate_image_config
 from ardiff.processes import discrete
 from ardiff.processes.gaussian import learned_variance as lv
 from ardiff.processes.gaussian.likelihood import bpd as fixed_bpd
-from ardiff.processes.gaussian.samplers import ddpm_learned
+from ardiff.processes.gaussian import samplers
 from ardiff.processes.gaussian.samplers.base import per_example_normal
 from ardiff.report import plots, write_results
 
@@ -118,8 +118,8 @@ def _sampler(model_fn, schedule, shape, num_steps):
   def draw(params, key, labels):
     keys = discrete.example_keys(key, labels.shape[0])
     x_init = per_example_normal(discrete.setup_keys(keys), jnp.zeros((labels.shape[0], *shape)))
-    return ddpm_learned.sample(model_fn, params, schedule, x_init, keys, labels,
-                               num_steps=num_steps)
+    return samplers.sample(model_fn, params, schedule, x_init, keys, labels,
+                           sampler="ddpm_learned", num_steps=num_steps)
 
   return draw
 

@@ -75,14 +75,14 @@ MUTANTS = (
     # The forward (noising) increment's variance from s to t instead of the posterior's: what
     # the one-step "beta" variance becomes on strided steps.
     _m("ddpm-forward-variance-not-posterior-on-strides", "samplers", SAMPLERS + "ddpm.py",
-       "args[\"noise\"] * sigma_s * jnp.sqrt(1.0 - ratio2) * z",
-       "args[\"noise\"] * jnp.sqrt(sigma_t**2 - sigma_s**2) * z", EXACT_LAW),
+       "noise * sigma_s * jnp.sqrt(1.0 - ratio2) * z",
+       "noise * jnp.sqrt(sigma_t**2 - sigma_s**2) * z", EXACT_LAW),
     _m("ddpm-posterior-mean-coefficient-not-squared", "samplers", SAMPLERS + "ddpm.py",
        "ratio2 * (ctx.to_scaled(x, t) - d.x0)", "jnp.sqrt(ratio2) * (ctx.to_scaled(x, t) - d.x0)",
        EXACT_LAW),
     _m("denoise-x0-forgets-1/sqrt(ab)", "samplers", SAMPLERS + "base.py",
-       "return Denoised(x * jnp.sqrt(1.0 + sigma**2) - sigma * eps, eps)",
-       "return Denoised(x - sigma * eps, eps)", EXACT_LAW, ORDER),
+       "return Denoised(x * jnp.sqrt(1.0 + sigma**2) - sigma * eps, eps, frac)",
+       "return Denoised(x - sigma * eps, eps, frac)", EXACT_LAW, ORDER),
     _m("diffusion-noise-reused-every-step", "samplers", SAMPLERS + "base.py",
        "x, state = solver.step(ctx, state, x, t, s, discrete.step_keys(keys, i), args)",
        "x, state = solver.step(ctx, state, x, t, s, discrete.step_keys(keys, 0), args)",
@@ -261,7 +261,7 @@ MUTANTS = (
        "ardiff/processes/gaussian/learned_variance.py", "frozen = jax.lax.stop_gradient(eps_hat)",
        "frozen = eps_hat", "tests/processes/gaussian/test_learned_variance.py"),
     _m("learned-ddpm-scale-not-a-square-root", "learned_variance",
-       SAMPLERS + "ddpm_learned.py", "scale = jnp.exp(0.5 * frac", "scale = jnp.exp(frac",
+       SAMPLERS + "ddpm_learned.py", "scale = jnp.exp(0.5 * d.frac", "scale = jnp.exp(d.frac",
        "tests/processes/gaussian/test_learned_variance.py"),
     # ---- [6/7] upscale ARDM, step histories, sample cache (each caught when applied by hand)
     _m("upscale-weight-drops-the-stage-count", "upscale",

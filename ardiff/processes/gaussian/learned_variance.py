@@ -32,9 +32,10 @@ f log beta_1 + (1 - f) log beta~_2. So f = 1 everywhere is fixed beta (and `like
 decoder, sigma_1^2 = beta_1), while the fixed-beta~ bound of `likelihood.py` is f = 0 for
 t >= 2 with f = 1 at t = 1.
 
-Sampling: every registered solver uses the eps half (`eps_fn`, inherited); the spec
-`ddpm_learned:N` runs DDPM with the learned variance on the respaced N-step grid
-(`samplers/ddpm_learned.py`). Images only (the decoder needs grey levels); target `eps` only.
+Sampling: every registered solver uses the eps half (`eps_fn`, inherited); the registered
+solver `ddpm_learned:N` is handed (eps, f) (`model_fn`) and runs DDPM with the learned
+variance on the respaced N-step grid (`samplers/ddpm_learned.py`). Images only (the decoder
+needs grey levels); target `eps` only.
 """
 
 from __future__ import annotations
@@ -47,21 +48,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiff import parallel
 from ardiff.data.levels import levels_to_unit, unit_to_levels
-from ardiff.processes import discrete
-from ardiff.processes.gaussian import samplers
 from ardiff.processes.gaussian.likelihood import (TERMS, _flat_sum, _minus_x_minus_log1m,
                                                   _one_minus_alpha_bars,
                                                   discretized_gaussian_log_probs)
 from ardiff.processes.gaussian.process import GaussianDiffusion
 from ardiff.processes.gaussian.samplers import ddpm_learned
-from ardiff.processes.gaussian.samplers.base import DEFAULT_SIGMA_MAX, per_example_normal
-from ardiff.processes.gaussian.samplers.ddpm_learned import FixedFraction  # noqa: F401
 from ardiff.processes.gaussian.schedules import Schedule
 from ardiff.processes.gaussian.targets import eps_to_x0, noisy_sample_and_target
-from ardiff.processes.guidance import Guidance, check_labels, guidance_cond
-from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
+from ardiff.processes.guidance import Guidance
+from ardiff.processes.spec import SampleSpec
 
 LEARNED_SAMPLER = "ddpm_learned"
 VLB_WEIGHT = 0.001  # lambda of the hybrid objective (Nichol & Dhariwal, section 3.1)
@@ -290,42 +286,9 @@ class LearnedVarianceDiffusion(GaussianDiffusion):
 
   # ---------------------------------------------------------------- sampling
 
-  def parse(self, spec: "SampleSpec | str") -> SampleSpec:
-    """Every registered solver's spec, plus `ddpm_learned:N[:spacing=..][:sigma_max=..]`."""
-    spec = parse_spec(spec)
-    known = {name: samplers.sampler_options(name) for name in samplers.SAMPLERS.names()}
-    known[LEARNED_SAMPLER] = {"spacing": "uniform", "sigma_max": DEFAULT_SIGMA_MAX}
-    check_spec(spec, known, process="learned-variance Gaussian diffusion", needs_steps=known)
+  def model_fn(self, spec: SampleSpec, guidance: Guidance | None = None):
+    """`ddpm_learned` reads the learned fraction: (eps, f) from `eps_frac_fn`; every other
+    solver gets the eps half (`GaussianDiffusion.model_fn`)."""
     if spec.name != LEARNED_SAMPLER:
-      return super().parse(spec)
-    ddpm_learned.check_times(self.schedule, spec.steps, spec.option_dict)
-    return spec
-
-  def nfe(self, spec: "SampleSpec | str", *, guidance: Guidance | None = None) -> int:
-    spec = self.parse(spec)
-    if spec.name != LEARNED_SAMPLER:
-      return super().nfe(spec, guidance=guidance)
-    return spec.steps * (1 if guidance is None else 2)
-
-  def sample_unit(self, params, key, labels, spec: "SampleSpec | str", *,
-                  guidance: Guidance | None = None, return_trajectory: bool = False,
-                  mesh=None):
-    spec = self.parse(spec)
-    if spec.name != LEARNED_SAMPLER:
-      return super().sample_unit(params, key, labels, spec, guidance=guidance,
-                                 return_trajectory=return_trajectory, mesh=mesh)
-    labels = check_labels(labels, self.num_classes, guidance)
-    fn_model = self.eps_frac_fn if guidance is None else ddpm_learned.guided(self.eps_frac_fn)
-
-    def fn(params, keys, labels):
-      x_init = per_example_normal(discrete.setup_keys(keys),
-                                  jnp.zeros((labels.shape[0], *self.data_shape)))
-      cond = labels if guidance is None else guidance_cond(labels, guidance, self.null_label)
-      return ddpm_learned.sample(fn_model, params, self.schedule, x_init, keys, cond,
-                                 num_steps=spec.steps, return_trajectory=return_trajectory,
-                                 **spec.option_dict)
-
-    keys = discrete.example_keys(key, labels.shape[0])
-    if return_trajectory:
-      return fn(params, keys, labels)
-    return parallel.run_sharded(fn, params, keys, labels, mesh)
+      return super().model_fn(spec, guidance)
+    return self.eps_frac_fn if guidance is None else ddpm_learned.guided(self.eps_frac_fn)

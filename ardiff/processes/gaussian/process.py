@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -121,6 +120,10 @@ class GaussianDiffusion:
 
   # ---------------------------------------------------------------- sampling
 
+  def model_fn(self, spec: SampleSpec, guidance: Guidance | None = None):
+    """The samplers' model function for a parsed spec: `eps_fn`, guided when asked."""
+    return self.eps_fn if guidance is None else guided(self.eps_fn)
+
   def parse(self, spec: "SampleSpec | str") -> SampleSpec:
     """Validate a spec such as 'ddim:50:eta=0.5' against the sampler registry and T."""
     spec = parse_spec(spec)
@@ -148,13 +151,13 @@ class GaussianDiffusion:
     labels = check_labels(labels, self.num_classes, guidance)
     if not self.data_shape:
       raise ValueError("GaussianDiffusion.data_shape is not set: give the shape of one example")
-    eps_fn = self.eps_fn if guidance is None else guided(self.eps_fn)
+    model_fn = self.model_fn(spec, guidance)
 
     def fn(params, keys, labels):
       x_init = per_example_normal(discrete.setup_keys(keys),
                                   jnp.zeros((labels.shape[0], *self.data_shape)))
       cond = labels if guidance is None else guidance_cond(labels, guidance, self.null_label)
-      return samplers.sample(eps_fn, params, self.schedule, x_init, keys, cond,
+      return samplers.sample(model_fn, params, self.schedule, x_init, keys, cond,
                              sampler=spec.name, num_steps=spec.steps,
                              return_trajectory=return_trajectory, **spec.option_dict)
 
