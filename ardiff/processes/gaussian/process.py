@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -17,6 +18,15 @@ from ardiff.processes.guidance import Guidance, check_labels, guidance_cond, gui
 from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
 from ardiff.processes.gaussian.schedules import Schedule, make_schedule
 from ardiff.processes.gaussian.targets import TARGETS, noisy_sample_and_target, prediction_to_eps
+
+
+class TrainingDraw(NamedTuple):
+  x0: jax.Array  # the batch in model space
+  y: jax.Array  # labels, some dropped to the null label
+  t: jax.Array  # integer timesteps [B] in 1..T
+  x_t: jax.Array  # x0 noised to t
+  target: jax.Array  # what the network regresses at (x_t, t)
+  dropout_key: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,16 +104,23 @@ class GaussianDiffusion:
       x = x / jnp.asarray(self.data_scale, x.dtype)
     return x
 
-  def loss(self, params, batch, key, train=True):
+  def training_draw(self, batch, key, train=True) -> TrainingDraw:
+    """What every Gaussian loss draws for a batch: t ~ U{1..T} per example, the label dropped
+    to null with probability p_uncond (training only: classifier-free guidance), x_t ~ q(x_t |
+    x0) and the regression target of `self.target`, and the network's dropout key."""
     x0, y = self.to_model(batch["x"]), batch["y"]
     k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 4)
     t = jax.random.randint(k_t, (x0.shape[0],), 1, self.num_timesteps + 1)
     if train and self.p_uncond > 0:
       y = jnp.where(jax.random.bernoulli(k_drop, self.p_uncond, y.shape), self.null_label, y)
     x_t, target = noisy_sample_and_target(self.target, self.schedule, x0, t, k_noise)
-    pred = self.predict(params, x_t, t / self.num_timesteps, y, train=train,
-                        rngs={"dropout": k_dropout})
-    loss = jnp.mean((pred - target) ** 2)
+    return TrainingDraw(x0, y, t, x_t, target, k_dropout)
+
+  def loss(self, params, batch, key, train=True):
+    draw = self.training_draw(batch, key, train)
+    pred = self.predict(params, draw.x_t, draw.t / self.num_timesteps, draw.y, train=train,
+                        rngs={"dropout": draw.dropout_key})
+    loss = jnp.mean((pred - draw.target) ** 2)
     return loss, {"loss": loss}
 
   def eps_fn(self, params, x, u, y):

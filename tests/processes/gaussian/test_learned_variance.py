@@ -79,13 +79,13 @@ def test_kl_matches_the_float64_gaussian_kl_in_x_space(name):
   x0 = rng.uniform(-1, 1, (6, 5))
   eps, eps_hat = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
   frac = rng.uniform(-0.3, 1.3, (6, 5))  # v is unconstrained: f may leave [0, 1]
-  got = lv.diffusion_kl(schedule, jnp.asarray(t), *(jnp.asarray(a, jnp.float32)
-                                                     for a in (eps, eps_hat, frac)))
+  got = likelihood.diffusion_kl(schedule, jnp.asarray(t), *(jnp.asarray(a, jnp.float32)
+                                                             for a in (eps, eps_hat, frac)))
   ref = _reference_kl(ab, betas, t[:, None], x0, eps, eps_hat, frac)
   np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=2e-4, atol=1e-6)
   # Equal means: the KL is the variance mismatch alone, 0 exactly when f = 0 (Sigma = beta~).
-  same = lv.diffusion_kl(schedule, jnp.asarray(t), jnp.asarray(eps, jnp.float32),
-                         jnp.asarray(eps, jnp.float32), jnp.zeros((6, 5)))
+  same = likelihood.diffusion_kl(schedule, jnp.asarray(t), jnp.asarray(eps, jnp.float32),
+                                 jnp.asarray(eps, jnp.float32), jnp.zeros((6, 5)))
   assert float(jnp.max(jnp.abs(same))) == 0.0
 
 
@@ -103,8 +103,8 @@ def test_kl_matches_monte_carlo():
   draws = np.random.default_rng(1).normal(c0 * x0 + ct * x_t, np.sqrt(var_q), 400_000)
   log_ratio = (norm.logpdf(draws, c0 * x0 + ct * x_t, np.sqrt(var_q))
                - norm.logpdf(draws, c0 * x0_hat + ct * x_t, np.sqrt(var_p)))
-  got = float(lv.diffusion_kl(schedule, jnp.array([t]), jnp.array([eps]), jnp.array([eps_hat]),
-                              jnp.array([frac]))[0])
+  got = float(likelihood.diffusion_kl(schedule, jnp.array([t]), jnp.array([eps]),
+                                      jnp.array([eps_hat]), jnp.array([frac]))[0])
   assert abs(got - log_ratio.mean()) < 5 * log_ratio.std() / np.sqrt(len(draws))
 
 
@@ -175,8 +175,8 @@ def test_bound_terms_match_the_float64_reference(model):
   beta~_2, the paper's clip); f(x, t) is a per-pixel learned-like fraction."""
   schedule = make_schedule("cosine", 6)
   key = jax.random.key(3)
-  terms = lv.vlb_terms(model, None, schedule, jnp.asarray(LEVELS), jnp.zeros(2, jnp.int32),
-                       key, L)
+  terms = likelihood.vlb_terms(model, None, schedule, jnp.asarray(LEVELS),
+                               jnp.zeros(2, jnp.int32), key, L)
   ref = _reference_bound(model, schedule, LEVELS, key)
   for k in ref:
     np.testing.assert_allclose(np.asarray(terms[k], np.float64), ref[k], rtol=3e-4, atol=1e-6,
@@ -247,8 +247,8 @@ def test_beta_tilde_bound_equals_the_fixed_variance_bound_of_likelihood_py():
   y = jnp.array([0, 3], jnp.int32)
   fixed = likelihood.vlb_terms(process.eps_fn, params, process.schedule, jnp.asarray(LEVELS),
                                y, jax.random.key(5), L, 3)
-  mine = lv.vlb_terms(BetaTildeThenBeta1(process), params, process.schedule,
-                      jnp.asarray(LEVELS), y, jax.random.key(5), L, 3)
+  mine = likelihood.vlb_terms(BetaTildeThenBeta1(process), params, process.schedule,
+                              jnp.asarray(LEVELS), y, jax.random.key(5), L, 3)
   for k in fixed:
     np.testing.assert_allclose(np.asarray(mine[k]), np.asarray(fixed[k]), rtol=2e-6,
                                atol=1e-9, err_msg=k)
