@@ -8,9 +8,10 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ardiff import parallel
-from ardiff.data.levels import unit_to_levels
+from ardiff.data.levels import unit_to_level_scale, unit_to_levels
 from ardiff.processes import discrete
 from ardiff.processes.gaussian import samplers
 from ardiff.processes.gaussian.samplers.base import per_example_normal
@@ -159,11 +160,9 @@ class GaussianDiffusion:
     spec = self.parse(spec)
     return samplers.nfe(spec.name, spec.steps) * (1 if guidance is None else 2)
 
-  def sample_unit(self, params, key, labels, spec: "SampleSpec | str", *,
-                  guidance: Guidance | None = None, return_trajectory: bool = False,
-                  mesh=None):
-    """Samples in the model's space (floats; [-1, 1] for images), data parallel; with
-    `return_trajectory`, also the state after every step [num_steps, B, ...]."""
+  def _run(self, params, key, labels, spec, guidance, mesh, trajectory: bool):
+    """The sampling loop in model space: x_0 [B, ...], data parallel, or with `trajectory`
+    (x_0, the state after every step [S, B, ...]) on one device (its batch axis is 1)."""
     spec = self.parse(spec)
     labels = check_labels(labels, self.num_classes, guidance)
     if not self.data_shape:
@@ -176,12 +175,24 @@ class GaussianDiffusion:
       cond = labels if guidance is None else guidance_cond(labels, guidance, self.null_label)
       return samplers.sample(model_fn, params, self.schedule, x_init, keys, cond,
                              sampler=spec.name, num_steps=spec.steps,
-                             return_trajectory=return_trajectory, **spec.option_dict)
+                             return_trajectory=trajectory, **spec.option_dict)
 
     keys = discrete.example_keys(key, labels.shape[0])
-    if return_trajectory:  # the trajectory's batch axis is 1: run it on one device
+    if trajectory:
       return fn(params, keys, labels)
     return parallel.run_sharded(fn, params, keys, labels, mesh)
+
+  def sample_unit(self, params, key, labels, spec: "SampleSpec | str", *,
+                  guidance: Guidance | None = None, mesh=None) -> jax.Array:
+    """Samples in the model's space (floats; [-1, 1] for images), data parallel."""
+    return self._run(params, key, labels, spec, guidance, mesh, trajectory=False)
+
+  def to_data_floats(self, x: jax.Array) -> jax.Array:
+    """Model space -> data space, unrounded: images on the level scale (x + 1) / 2 (L - 1)
+    clipped to [0, L - 1] (`to_data` rounds this); points de-standardised as `to_data`."""
+    if self.num_levels is None:
+      return self.to_data(x)
+    return unit_to_level_scale(x, self.num_levels)
 
   def to_data(self, x: jax.Array) -> jax.Array:
     """Model space -> data space: nearest integer level (uint8) for images; points are
@@ -200,3 +211,11 @@ class GaussianDiffusion:
     """Samples in data space for labels [B] (see `ardiff.processes.base`)."""
     return self.to_data(self.sample_unit(params, key, labels, spec, guidance=guidance,
                                          mesh=mesh))
+
+  def sample_history(self, params, key, labels, spec: "SampleSpec | str") -> np.ndarray:
+    """The state after each of the spec's S steps, in data space: float32 [S, B, *data_shape]
+    (`to_data_floats`: images on the level scale, unrounded; points de-standardised). The
+    last entry is the sample: its np.round (images) or itself (points) is `sample`'s output
+    for the same key. Runs on one device."""
+    _, trajectory = self._run(params, key, labels, spec, None, None, trajectory=True)
+    return np.asarray(self.to_data_floats(trajectory), np.float32)
