@@ -164,7 +164,7 @@ MUTANTS = (
        f"{D}::test_label_dropping_at_p_uncond_one_trains_the_null_label"),
     # next_step's x0 comes from the posterior mean c0 x0 + ct x_t (targets.py; no sampler uses
     # it). A check must take that mean from its own formula: one built with the library's
-    # posterior_coefficients cancels the bug.
+    # posterior_from_alpha_bars cancels the bug.
     _m("next-step-target-posterior-mean-without-sqrt", "loss",
        "ardiff/processes/gaussian/targets.py", "ct = jnp.sqrt(a_ts) * (1.0 - ab_s) / (1.0 - ab_t)",
        "ct = a_ts * (1.0 - ab_s) / (1.0 - ab_t)",

@@ -24,11 +24,6 @@ def bcast(a: jax.Array, x: jax.Array) -> jax.Array:
   return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
 
 
-def posterior_coefficients(schedule: Schedule, t: jax.Array, s: jax.Array):
-  """Mean coefficients (c0, ct) and variance of q(x_s | x_t, x_0) for integer s < t."""
-  return posterior_from_alpha_bars(schedule.alpha_bars[t], schedule.alpha_bars[s])
-
-
 def posterior_from_alpha_bars(ab_t: jax.Array, ab_s: jax.Array):
   """(c0, ct, var) of q(x_s | x_t, x_0) = N(c0 x0 + ct x_t, var) from alpha_bar at t and s."""
   a_ts = ab_t / ab_s
@@ -86,11 +81,6 @@ def prediction_to_eps(
     x0 = (prediction - bcast(ct, x_t) * x_t) / bcast(c0, x_t)
   else:
     raise ValueError(f"unknown diffusion target {target!r}; known: {', '.join(TARGETS)}")
-  return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
-
-
-def x0_to_eps(schedule: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
-  ab = bcast(schedule.alpha_bars[t], x_t)
   return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
 
 
