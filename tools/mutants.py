@@ -263,6 +263,15 @@ MUTANTS = (
     _m("learned-ddpm-scale-not-a-square-root", "learned_variance",
        SAMPLERS + "ddpm_learned.py", "scale = jnp.exp(0.5 * d.frac", "scale = jnp.exp(d.frac",
        "tests/processes/gaussian/test_learned_variance.py"),
+    # ---- step histories of the Gaussian and one-shot processes (data space, one shape)
+    _m("gaussian-history-left-in-model-space", "history", "ardiff/processes/gaussian/process.py",
+       "return np.asarray(self.to_data_floats(trajectory), np.float32)",
+       "return np.asarray(trajectory, np.float32)", "tests/processes/gaussian/test_history.py"),
+    _m("level-scale-drops-(L-1)", "history", "ardiff/data/levels.py",
+       "(x + 1.0) / 2.0 * (num_levels - 1), 0, num_levels - 1)",
+       "(x + 1.0) / 2.0 * num_levels, 0, num_levels - 1)",
+       "tests/processes/test_oneshot.py::"
+       "test_sample_history_is_one_unrounded_step_ending_in_the_sample"),
     # ---- [6/7] upscale ARDM, step histories, sample cache (each caught when applied by hand)
     _m("upscale-weight-drops-the-stage-count", "upscale",
        "ardiff/processes/autoregressive/upscale.py",

@@ -1,6 +1,5 @@
 """Diffusion samplers against closed forms: Gaussian data has an exact eps(x, t)."""
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """`sample_history` of the Gaussian processes: the state after each step in data space, one
 float32 array [S, B, *data_shape] whose last entry is the sample drawn with the same key."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,21 +10,10 @@ from ardiff.models.mlp import MLPDenoiser
 from ardiff.processes.gaussian.learned_variance import LearnedVarianceDiffusion
 from ardiff.processes.gaussian.process import GaussianDiffusion
 from ardiff.processes.spec import parse_spec
+from tests.processes.gaussian.test_learned_variance import TinyNet  # a cheap image model
 
 L = 17
 LABELS = np.array([0, 1, 2], np.int32)
-
-
-class PixelNet(nn.Module):
-  """A per-pixel MLP of (x, t, label): a cheap image model (fast to compile)."""
-
-  out_channels: int = 1
-
-  @nn.compact
-  def __call__(self, x, t, y, train=False):
-    feats = [x, jnp.broadcast_to(t[:, None, None, None], x.shape),
-             jnp.broadcast_to(y[:, None, None, None].astype(x.dtype), x.shape)]
-    return nn.Dense(self.out_channels)(jnp.tanh(nn.Dense(16)(jnp.concatenate(feats, -1))))
 
 
 def _init(process, x):
@@ -46,7 +34,7 @@ def _points():
 
 def _images(learned=False):
   cls = LearnedVarianceDiffusion if learned else GaussianDiffusion
-  process = cls(PixelNet(2 if learned else 1), 3, "cosine", 20, data_shape=(2, 2, 1),
+  process = cls(TinyNet(2 if learned else 1), 3, "cosine", 20, data_shape=(2, 2, 1),
                 num_levels=L, clip_x0=1.0)
   return process, _init(process, jnp.zeros((2, 2, 2, 1)))
 
