@@ -122,11 +122,7 @@ class LearnedVarianceDiffusion(GaussianDiffusion):
     """(eps_hat, f) at real times u [B] from one network call; eps_hat as `eps_fn` gives it
     (clip_x0 applied to the implied x0)."""
     eps, frac = split_output(self.predict_full(params, x, u, y))
-    if self.clip_x0 is not None:
-      ab = bcast(self.schedule.alpha_bar_at(u), x).astype(x.dtype)
-      x0 = jnp.clip((x - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab), -self.clip_x0, self.clip_x0)
-      eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
-    return eps, frac
+    return self.clip_eps(eps, x, u), frac
 
   def loss(self, params, batch, key, train=True):
     """The hybrid objective (module doc); logs loss, l_simple and l_vlb (bits, T L_t)."""

@@ -18,7 +18,8 @@ from ardiff.processes.gaussian.samplers.base import per_example_normal
 from ardiff.processes.guidance import Guidance, check_labels, guidance_cond, guided
 from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
 from ardiff.processes.gaussian.schedules import Schedule, make_schedule
-from ardiff.processes.gaussian.targets import TARGETS, noisy_sample_and_target, prediction_to_eps
+from ardiff.processes.gaussian.targets import (TARGETS, bcast, noisy_sample_and_target,
+                                              prediction_to_eps)
 
 
 class TrainingDraw(NamedTuple):
@@ -127,12 +128,17 @@ class GaussianDiffusion:
   def eps_fn(self, params, x, u, y):
     """The noise prediction implied by the network at real times u [B] in [0, 1], whatever
     its target (the samplers' model function)."""
-    ab = self.schedule.alpha_bar_at(u)
-    eps = prediction_to_eps(self.target, ab, self.predict(params, x, u, y), x,
+    eps = prediction_to_eps(self.target, self.schedule.alpha_bar_at(u),
+                            self.predict(params, x, u, y), x,
                             self.schedule.alpha_bar_at(u - 1.0 / self.num_timesteps))
+    return self.clip_eps(eps, x, u)
+
+  def clip_eps(self, eps, x, u):
+    """eps whose implied x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) is clipped to [-clip_x0,
+    clip_x0] (eps unchanged when clip_x0 is None), at real times u [B]."""
     if self.clip_x0 is None:
       return eps
-    ab = ab.reshape(ab.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+    ab = bcast(self.schedule.alpha_bar_at(u), x).astype(x.dtype)
     x0 = jnp.clip((x - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab), -self.clip_x0, self.clip_x0)
     return (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
 
