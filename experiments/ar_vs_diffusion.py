@@ -544,10 +544,8 @@ def _reveal(c, workdir, data, models):
     if family.name not in models:
       continue
     model = models[family.name][0]
-    _, trajectory = model.process.sample_unit(model.params, key, labels, f"ddim:{nfe}",
-                                              return_trajectory=True)
-    rows.append((f"{family.label},\nDDIM (x_t)",
-                 reveal.unit_frames(np.asarray(trajectory)[:, 0], data.num_levels)))
+    history = model.process.sample_history(model.params, key, labels, f"ddim:{nfe}")[:, 0]
+    rows.append((f"{family.label},\nDDIM (x_t)", history[..., 0]))
   reveal.reveal_figure(rows, os.path.join(workdir, "reveal.png"), vmax=data.num_levels - 1,
                        column_labels=[f"NFE {i + 1}" for i in range(nfe)],
                        title=f"{data.name}: one sample generated in {nfe} network evaluations "

@@ -47,9 +47,8 @@ from ardiff.metrics.frechet import frechet_distance_from_stats, gaussian_stats
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.presets import config_dataset, image_config, validate_image_config
 from ardiff.processes import discrete
-from ardiff.processes.gaussian import learned_variance as lv
-from ardiff.processes.gaussian.likelihood import bpd as fixed_bpd
-from ardiff.processes.gaussian.samplers import ddpm_learned
+from ardiff.processes.gaussian import samplers
+from ardiff.processes.gaussian.likelihood import bpd as diffusion_bpd
 from ardiff.processes.gaussian.samplers.base import per_example_normal
 from ardiff.report import plots, write_results
 
@@ -118,8 +117,8 @@ def _sampler(model_fn, schedule, shape, num_steps):
   def draw(params, key, labels):
     keys = discrete.example_keys(key, labels.shape[0])
     x_init = per_example_normal(discrete.setup_keys(keys), jnp.zeros((labels.shape[0], *shape)))
-    return ddpm_learned.sample(model_fn, params, schedule, x_init, keys, labels,
-                               num_steps=num_steps)
+    return samplers.sample(model_fn, params, schedule, x_init, keys, labels,
+                           sampler="ddpm_learned", num_steps=num_steps)
 
   return draw
 
@@ -273,11 +272,11 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   for name, (model_fn, params) in models.items():
     process = fixed if name.startswith("fixed") else learned
     if name.endswith("beta~"):
-      bounds[name] = fixed_bpd(process, params[0], test_x, None, levels, k_bpd,
-                               num_t_samples=kt)
+      bounds[name] = diffusion_bpd(process, params[0], test_x, None, levels, k_bpd,
+                                   num_t_samples=kt)
     else:
-      bounds[name] = lv.bpd(model_fn, params, process.schedule, test_x, None, levels, k_bpd,
-                            null_label=process.null_label, num_t_samples=kt)
+      bounds[name] = diffusion_bpd(process, params, test_x, None, levels, k_bpd,
+                                   num_t_samples=kt, model_fn=model_fn)
   floor = quality.floor(n)
   rows = [{"setting": "data (train split)", "NFE": 0, "fd": floor}]
   for name, terms in bounds.items():

@@ -75,14 +75,14 @@ MUTANTS = (
     # The forward (noising) increment's variance from s to t instead of the posterior's: what
     # the one-step "beta" variance becomes on strided steps.
     _m("ddpm-forward-variance-not-posterior-on-strides", "samplers", SAMPLERS + "ddpm.py",
-       "args[\"noise\"] * sigma_s * jnp.sqrt(1.0 - ratio2) * z",
-       "args[\"noise\"] * jnp.sqrt(sigma_t**2 - sigma_s**2) * z", EXACT_LAW),
+       "noise * sigma_s * jnp.sqrt(1.0 - ratio2) * z",
+       "noise * jnp.sqrt(sigma_t**2 - sigma_s**2) * z", EXACT_LAW),
     _m("ddpm-posterior-mean-coefficient-not-squared", "samplers", SAMPLERS + "ddpm.py",
        "ratio2 * (ctx.to_scaled(x, t) - d.x0)", "jnp.sqrt(ratio2) * (ctx.to_scaled(x, t) - d.x0)",
        EXACT_LAW),
     _m("denoise-x0-forgets-1/sqrt(ab)", "samplers", SAMPLERS + "base.py",
-       "return Denoised(x * jnp.sqrt(1.0 + sigma**2) - sigma * eps, eps)",
-       "return Denoised(x - sigma * eps, eps)", EXACT_LAW, ORDER),
+       "return Denoised(x * jnp.sqrt(1.0 + sigma**2) - sigma * eps, eps, frac)",
+       "return Denoised(x - sigma * eps, eps, frac)", EXACT_LAW, ORDER),
     _m("diffusion-noise-reused-every-step", "samplers", SAMPLERS + "base.py",
        "x, state = solver.step(ctx, state, x, t, s, discrete.step_keys(keys, i), args)",
        "x, state = solver.step(ctx, state, x, t, s, discrete.step_keys(keys, 0), args)",
@@ -164,7 +164,7 @@ MUTANTS = (
        f"{D}::test_label_dropping_at_p_uncond_one_trains_the_null_label"),
     # next_step's x0 comes from the posterior mean c0 x0 + ct x_t (targets.py; no sampler uses
     # it). A check must take that mean from its own formula: one built with the library's
-    # posterior_coefficients cancels the bug.
+    # posterior_from_alpha_bars cancels the bug.
     _m("next-step-target-posterior-mean-without-sqrt", "loss",
        "ardiff/processes/gaussian/targets.py", "ct = jnp.sqrt(a_ts) * (1.0 - ab_s) / (1.0 - ab_t)",
        "ct = a_ts * (1.0 - ab_s) / (1.0 - ab_t)",
@@ -182,8 +182,8 @@ MUTANTS = (
 """, f"{D}::test_point_standardisation_round_trips_and_reaches_the_network"),
     # ---- bounds
     _m("diffusion-bound-kl-weight-without-alpha_t", "bounds", "ardiff/processes/gaussian/likelihood.py",
-       "weight = beta / (2.0 * (1.0 - beta) * _one_minus_alpha_bars(schedule)[t - 1])",
-       "weight = beta / (2.0 * _one_minus_alpha_bars(schedule)[t - 1])",
+       "weight = beta / ((1.0 - beta) * bcast(",
+       "weight = beta / ((1.0) * bcast(",
        "tests/processes/gaussian/test_likelihood.py"),
     _m("ardm-weight-L/(L-t+1)", "bounds", "ardiff/processes/autoregressive/objectives.py",
        "return length / n_hidden * jnp.where(hidden, nll, 0.0).sum(axis=-1)",
@@ -265,14 +265,23 @@ MUTANTS = (
        "jax.random.randint(key, (b,), 1, length)",
        "tests/processes/autoregressive/test_fixed_order.py"),
     _m("learned-variance-fraction-swapped", "learned_variance",
-       "ardiff/processes/gaussian/learned_variance.py", "d = frac * _bcast",
-       "d = (1 - frac) * _bcast", "tests/processes/gaussian/test_learned_variance.py"),
+       "ardiff/processes/gaussian/likelihood.py", "d = frac * bcast",
+       "d = (1 - frac) * bcast", "tests/processes/gaussian/test_learned_variance.py"),
     _m("learned-variance-vlb-trains-the-mean", "learned_variance",
        "ardiff/processes/gaussian/learned_variance.py", "frozen = jax.lax.stop_gradient(eps_hat)",
        "frozen = eps_hat", "tests/processes/gaussian/test_learned_variance.py"),
     _m("learned-ddpm-scale-not-a-square-root", "learned_variance",
-       SAMPLERS + "ddpm_learned.py", "scale = jnp.exp(0.5 * frac", "scale = jnp.exp(frac",
+       SAMPLERS + "ddpm_learned.py", "scale = jnp.exp(0.5 * d.frac", "scale = jnp.exp(d.frac",
        "tests/processes/gaussian/test_learned_variance.py"),
+    # ---- step histories of the Gaussian and one-shot processes (data space, one shape)
+    _m("gaussian-history-left-in-model-space", "history", "ardiff/processes/gaussian/process.py",
+       "return np.asarray(self.to_data_floats(trajectory), np.float32)",
+       "return np.asarray(trajectory, np.float32)", "tests/processes/gaussian/test_history.py"),
+    _m("level-scale-drops-(L-1)", "history", "ardiff/data/levels.py",
+       "(x + 1.0) / 2.0 * (num_levels - 1), 0, num_levels - 1)",
+       "(x + 1.0) / 2.0 * num_levels, 0, num_levels - 1)",
+       "tests/processes/test_oneshot.py::"
+       "test_sample_history_is_one_unrounded_step_ending_in_the_sample"),
     # ---- [6/7] upscale ARDM, step histories, sample cache (each caught when applied by hand)
     _m("upscale-weight-drops-the-stage-count", "upscale",
        "ardiff/processes/autoregressive/upscale.py",

@@ -5,7 +5,8 @@ network must put it all back in one prediction. With squared error the optimum f
 y is E[x | y], so from the null label ("from nothing") the network can only learn the data
 mean, and from a class label the class mean: a blurry average, never a sample. The model is
 deterministic; `sample` (spec `oneshot`, one network evaluation) returns the same image for
-every draw with the same label. The network (`ardiff.models.label_mlp`) is injected.
+every draw with the same label, and `sample_history` that one step's state. The network
+(`ardiff.models.label_mlp`) is injected.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ardiff.data.levels import unit_to_levels
+from ardiff.data.levels import unit_to_level_scale, unit_to_levels
 from ardiff.models.label_mlp import LabelToImageMLP
 from ardiff.processes.guidance import Guidance, check_labels
 from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
@@ -96,3 +98,15 @@ class OneShotRegression:
       return x
     return unit_to_levels(x, self.num_levels).astype(jnp.uint8 if self.num_levels <= 256
                                                      else jnp.int32)
+
+  def sample_history(self, params, key, labels, spec: "SampleSpec | str" = "oneshot"
+                     ) -> np.ndarray:
+    """The one step's state in data space, float32 [1, B, *shape]: the prediction on the level
+    scale (x + 1) / 2 (L - 1), unrounded, for images (np.round of it is `sample`'s output),
+    the prediction itself for floats."""
+    self.nfe(spec)
+    x = np.asarray(self.predict(params, check_labels(labels, self.num_classes, None)),
+                   np.float32)
+    if self.num_levels is not None:
+      x = unit_to_level_scale(x, self.num_levels)
+    return x[None]

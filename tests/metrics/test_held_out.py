@@ -46,8 +46,6 @@ def _reference(kind, process, params, x, y, levels):
   the batch size used: 3 divides N, so a per-batch random draw matches batch by batch; 4 leaves
   a remainder, which must not change an exact NLL."""
   if kind.startswith("gaussian"):  # the bound's own batched entry points
-    if kind == "gaussian_learned_var":
-      return process.bpd(params, levels, y, KEY, num_t_samples=3, batch_size=4)["total"], 4
     return likelihood.bpd(process, params, levels, y, LEVELS, KEY, num_t_samples=3,
                           batch_size=4)["total"], 4
   logits_fn = lambda t, lab: process.model.apply(params, t, lab)  # noqa: E731

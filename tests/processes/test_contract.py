@@ -170,7 +170,7 @@ def test_token_processes_step_history_ends_in_the_sample(case):
   the same key; a pixel once revealed keeps its final value; the counts revealed per step are
   the spec's step sizes (1 per step for raster; the plan's sizes for ARDM and confidence)."""
   kind, process, params, specs = case
-  if not hasattr(process, "sample_history"):
+  if not hasattr(process, "mask_id"):  # token processes only (Gaussian: tests/processes/gaussian)
     return
   labels = np.array([0, CLASSES, 2], np.int32)
   mask = process.mask_id

@@ -64,3 +64,23 @@ def test_bad_arguments_raise():
     OneShotRegression(model, (0, 2))
   with pytest.raises(ValueError, match="shape"):
     OneShotRegression(model, (3, 3, 1))  # 9 pixels, 4 outputs
+
+
+@pytest.mark.parametrize("num_levels", [17, None], ids=["images", "floats"])
+def test_sample_history_is_one_unrounded_step_ending_in_the_sample(num_levels):
+  """float32 [1, B, *shape] in data space: the level scale (x + 1) / 2 (L - 1), unrounded, for
+  images (rounded it is the sample); the prediction itself for floats."""
+  process = OneShotRegression(LabelToImageMLP(3, 4, width=8, depth=1), (2, 2, 1),
+                              num_levels=num_levels)
+  params = process.init_params(jax.random.key(0), {"y": np.zeros(2, np.int32)})
+  labels = np.array([0, 1, 3])
+  history = process.sample_history(params, jax.random.key(1), labels, "oneshot")
+  sample = np.asarray(process.sample(params, jax.random.key(1), labels, "oneshot"))
+  assert history.shape == (1, 3, 2, 2, 1) and history.dtype == np.float32
+  pred = np.asarray(process.predict(params, labels), np.float64)
+  if num_levels is None:
+    np.testing.assert_array_equal(history[-1], sample)
+  else:
+    np.testing.assert_allclose(history[-1], (pred + 1) / 2 * 16, rtol=1e-6, atol=1e-6)
+    assert np.any(history[-1] != np.round(history[-1]))
+    np.testing.assert_array_equal(np.round(history[-1]).astype(sample.dtype), sample)

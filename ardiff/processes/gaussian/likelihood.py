@@ -27,6 +27,19 @@ log1p sum) rather than by subtracting a float32 alpha_bar near 1; and no x0_hat 
 is formed at large t, where it would amplify rounding by 1/sqrt(ab_t). The decoder has mean
 x0_hat(x1) and standard deviation sqrt(beta_1) (Ho et al.'s sigma_1^2 = beta_1).
 
+Learned variances (`learned_variance.py`): a model function that returns (eps_hat, f) instead
+of eps_hat alone gets p(x_{t-1} | x_t) = N(mu(x_t, x0_hat), Sigma_t) with, per pixel,
+log Sigma_t = f log beta_t + (1 - f) log beta~_t (Nichol & Dhariwal, 2021). Both Gaussians are
+diagonal; with d = log Sigma_t - log beta~_t = f log(beta_t / beta~_t) the KL per pixel is
+
+    KL_t = 1/2 [ expm1(-d) + d + exp(-d) beta_t / (alpha_t (1 - ab_{t-1})) (eps - eps_hat)^2 ],
+
+(d = 0: the fixed form above), log(beta_t / beta~_t) = log(1 - ab_t) - log(1 - ab_{t-1}) from
+the betas. The decoder's variance, where beta~_1 = 0, interpolates between beta~_2 and beta_1
+(the paper's code clips log beta~_1 to log beta~_2): log Sigma_1 = f log beta_1 + (1 - f) log
+beta~_2. So f = 1 everywhere is fixed beta, and the fixed bound above is f = 0 for t >= 2 with
+f = 1 at t = 1 (tested term by term).
+
 Each term is a one-sample estimate over the forward noise (one x_t per timestep per example);
 the sum over t is exact (all T-1 terms) or, with `num_t_samples=K`, the unbiased estimate
 (T-1)/K * sum of K terms at uniformly drawn t in 2..T. Every term is returned per example in
@@ -46,7 +59,7 @@ from jax.scipy.special import log_ndtr
 from ardiff.data.levels import levels_to_unit
 from ardiff.processes.gaussian.samplers.base import EpsFn
 from ardiff.processes.gaussian.schedules import Schedule
-from ardiff.processes.gaussian.targets import eps_to_x0, noisy_sample_and_target
+from ardiff.processes.gaussian.targets import bcast, eps_to_x0, noisy_sample_and_target
 
 TERMS = ("prior", "diffusion", "reconstruction")
 
@@ -94,20 +107,59 @@ def _minus_x_minus_log1m(a: jax.Array) -> jax.Array:
   return jnp.where(a < 0.1, series, -a - jnp.log1p(-a))
 
 
-def _diffusion_kl(eps_fn: EpsFn, params, schedule: Schedule, x0, y, t, key) -> jax.Array:
-  """KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) in nats per example, for t >= 2 (int [B])."""
-  x_t, eps = noisy_sample_and_target("eps", schedule, x0, t, key)
-  beta = schedule.betas[t]
-  weight = beta / (2.0 * (1.0 - beta) * _one_minus_alpha_bars(schedule)[t - 1])
-  return weight * _flat_sum((eps - eps_fn(params, x_t, t / schedule.num_timesteps, y)) ** 2)
+def log_beta_ratios(schedule: Schedule) -> jax.Array:
+  """log(beta_t / beta~_t) = log(1 - ab_t) - log(1 - ab_{t-1}) for t = 0..T (entries 0 and 1
+  are meaningless: beta~_1 = 0; they are set to 0)."""
+  log_1m = jnp.log(jnp.maximum(_one_minus_alpha_bars(schedule), 1e-30))
+  ratio = log_1m[1:] - log_1m[:-1]
+  return jnp.concatenate([jnp.zeros(1, ratio.dtype), ratio]).at[1].set(0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("eps_fn", "num_levels", "num_t_samples"))
-def _vlb_terms(eps_fn, params, schedule, levels, y, key, *, num_levels, num_t_samples):
+def diffusion_kl(schedule: Schedule, t: jax.Array, eps: jax.Array, eps_hat: jax.Array,
+                 frac: jax.Array | None = None) -> jax.Array:
+  """KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) per pixel, in nats, for integer t >= 2 [B];
+  eps is the noise that made x_t. frac None: Sigma_t = beta~_t; else the learned
+  interpolation fraction f (module doc for both formulas)."""
+  beta = bcast(schedule.betas[t], eps)
+  weight = beta / ((1.0 - beta) * bcast(_one_minus_alpha_bars(schedule)[t - 1], eps))
+  if frac is None:
+    return 0.5 * weight * (eps - eps_hat) ** 2
+  d = frac * bcast(log_beta_ratios(schedule)[t], eps)
+  return 0.5 * (jnp.expm1(-d) + d + jnp.exp(-d) * weight * (eps - eps_hat) ** 2)
+
+
+def decoder_log_variance(schedule: Schedule, frac: jax.Array) -> jax.Array:
+  """log Sigma_1 = f log beta_1 + (1 - f) log beta~_2 (beta~_1 = 0 clipped to beta~_2)."""
+  om = _one_minus_alpha_bars(schedule)
+  log_beta1 = jnp.log(schedule.betas[1])
+  log_beta_tilde2 = jnp.log(om[1]) - jnp.log(om[2]) + jnp.log(schedule.betas[2])
+  return frac * log_beta1 + (1.0 - frac) * log_beta_tilde2
+
+
+def decoder_nll(schedule: Schedule, x1, eps_hat, frac, levels, num_levels: int) -> jax.Array:
+  """-log p(x0 = levels | x1) per pixel, in nats: the discretised Gaussian with mean
+  x0_hat(x1) and variance beta_1 (frac None) or the learned Sigma_1."""
+  t1 = jnp.ones((x1.shape[0],), jnp.int32)
+  mean = eps_to_x0(schedule, eps_hat, x1, t1)
+  if frac is None:
+    std = jnp.sqrt(schedule.betas[1])
+  else:
+    std = jnp.exp(0.5 * decoder_log_variance(schedule, frac))
+  logp = discretized_gaussian_log_probs(mean, std, num_levels)
+  return -jnp.take_along_axis(logp, levels.astype(jnp.int32)[..., None], -1)[..., 0]
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "num_levels", "num_t_samples"))
+def _vlb_terms(model_fn, params, schedule, levels, y, key, *, num_levels, num_t_samples):
   T = schedule.num_timesteps
   x0 = levels_to_unit(levels, num_levels)
   b = x0.shape[0]
   k_diff, k_rec = jax.random.split(key)
+
+  def model(x, t):  # (eps_hat, frac or None) at integer t [B]
+    out = model_fn(params, x, t / T, y)
+    eps, frac = out if isinstance(out, tuple) else (out, None)
+    return eps, None if frac is None else jnp.broadcast_to(frac, x.shape)
 
   ab_T = schedule.alpha_bars[T]
   prior = 0.5 * _flat_sum(ab_T * x0**2 + _minus_x_minus_log1m(ab_T))
@@ -124,17 +176,15 @@ def _vlb_terms(eps_fn, params, schedule, levels, y, key, *, num_levels, num_t_sa
 
     def body(total, inputs):
       t, k = inputs
-      return total + _diffusion_kl(eps_fn, params, schedule, x0, y, t, k), None
+      x_t, eps = noisy_sample_and_target("eps", schedule, x0, t, k)
+      return total + _flat_sum(diffusion_kl(schedule, t, eps, *model(x_t, t))), None
 
     diffusion, _ = jax.lax.scan(body, jnp.zeros(b), (ts, jax.random.split(k_diff, ts.shape[0])))
     diffusion = diffusion * scale
 
   t1 = jnp.ones((b,), jnp.int32)
   x1, _ = noisy_sample_and_target("eps", schedule, x0, t1, k_rec)
-  mean = eps_to_x0(schedule, eps_fn(params, x1, t1 / schedule.num_timesteps, y), x1, t1)
-  logp = discretized_gaussian_log_probs(mean, jnp.sqrt(schedule.betas[1]), num_levels)
-  picked = jnp.take_along_axis(logp, levels.astype(jnp.int32)[..., None], -1)[..., 0]
-  reconstruction = -_flat_sum(picked)
+  reconstruction = _flat_sum(decoder_nll(schedule, x1, *model(x1, t1), levels, num_levels))
 
   to_bits = 1.0 / (np.prod(x0.shape[1:]) * np.log(2.0))
   terms = {"prior": prior * to_bits, "diffusion": diffusion * to_bits,
@@ -142,16 +192,17 @@ def _vlb_terms(eps_fn, params, schedule, levels, y, key, *, num_levels, num_t_sa
   terms["total"] = terms["prior"] + terms["diffusion"] + terms["reconstruction"]
   return terms
 
-
-def vlb_terms(eps_fn: EpsFn, params: Any, schedule: Schedule, levels, y, key, num_levels: int,
-              num_t_samples: int | None = None) -> dict[str, jax.Array]:
+def vlb_terms(model_fn: EpsFn, params: Any, schedule: Schedule, levels, y, key,
+              num_levels: int, num_t_samples: int | None = None) -> dict[str, jax.Array]:
   """The bound's terms per example, in bits per dimension, for integer images `levels` [B, ...].
 
-  eps_fn(params, x, t / T [B], y) -> eps_hat is the samplers' interface (e.g.
-  `GaussianDiffusion.eps_fn`, or a closed form); it must be hashable (it is a static argument
-  of the compiled function). Returns {"prior", "diffusion", "reconstruction", "total"}, each
-  [B]. num_t_samples=None sums the diffusion KL over all t = 2..T; an integer K estimates that
-  sum without bias from K uniformly drawn timesteps per example.
+  model_fn(params, x, t / T [B], y) is the samplers' interface: eps_hat (e.g.
+  `GaussianDiffusion.eps_fn`, or a closed form: the fixed variances) or (eps_hat, f) (e.g.
+  `LearnedVarianceDiffusion.eps_frac_fn`, a `FixedFraction`: the learned ones). It must be
+  hashable (it is a static argument of the compiled function). Returns {"prior", "diffusion",
+  "reconstruction", "total"}, each [B]. num_t_samples=None sums the diffusion KL over all
+  t = 2..T; an integer K estimates that sum without bias from K uniformly drawn timesteps per
+  example.
   """
   if not isinstance(num_levels, (int, np.integer)) or num_levels < 2:
     raise ValueError(f"num_levels must be an integer >= 2, got {num_levels!r}")
@@ -164,13 +215,16 @@ def vlb_terms(eps_fn: EpsFn, params: Any, schedule: Schedule, levels, y, key, nu
   lo, hi = int(levels.min()), int(levels.max())
   if lo < 0 or hi >= num_levels:
     raise ValueError(f"levels must lie in 0..{num_levels - 1}, got values in {lo}..{hi}")
-  return _vlb_terms(eps_fn, params, schedule, levels, jnp.asarray(y), key,
+  return _vlb_terms(model_fn, params, schedule, levels, jnp.asarray(y), key,
                     num_levels=int(num_levels), num_t_samples=num_t_samples)
 
 
 def bpd(process, params, images_levels, labels, num_levels: int, key,
-        num_t_samples: int | None = None, batch_size: int = 256) -> dict[str, float]:
-  """Mean bound terms (bits per dimension) of a `GaussianDiffusion` over a dataset.
+        num_t_samples: int | None = None, batch_size: int = 256, *,
+        model_fn: EpsFn | None = None) -> dict[str, float]:
+  """Mean bound terms (bits per dimension) of a `GaussianDiffusion` over a dataset, with its
+  `bound_model_fn` (eps: the fixed variances; (eps, f) for `LearnedVarianceDiffusion`) or the
+  given `model_fn` (see `vlb_terms`). Every batch i uses the key fold_in(key, i), so bounds of two models with the same key use the same noise (paired).
 
   labels=None scores every image under the null label (the unconditional model); otherwise
   the bound is on -log2 p(x | label). The last batch is padded to `batch_size` (the padding is
@@ -192,8 +246,9 @@ def bpd(process, params, images_levels, labels, num_levels: int, key,
   for i, start in enumerate(range(0, n, batch_size)):
     idx = np.arange(start, start + batch_size) % n  # the last batch wraps around; dropped below
     real = min(batch_size, n - start)
-    terms = vlb_terms(process.eps_fn, params, process.schedule, images_levels[idx], labels[idx],
-                      jax.random.fold_in(key, i), num_levels, num_t_samples)
+    terms = vlb_terms(model_fn or process.bound_model_fn, params, process.schedule,
+                      images_levels[idx], labels[idx], jax.random.fold_in(key, i), num_levels,
+                      num_t_samples)
     for k, v in terms.items():
       sums[k] += float(jnp.sum(v[:real]))
   return {k: v / n for k, v in sums.items()}

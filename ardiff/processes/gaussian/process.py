@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ardiff import parallel
-from ardiff.data.levels import unit_to_levels
+from ardiff.data.levels import unit_to_level_scale, unit_to_levels
 from ardiff.processes import discrete
 from ardiff.processes.gaussian import samplers
 from ardiff.processes.gaussian.samplers.base import per_example_normal
 from ardiff.processes.guidance import Guidance, check_labels, guidance_cond, guided
 from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
 from ardiff.processes.gaussian.schedules import Schedule, make_schedule
-from ardiff.processes.gaussian.targets import TARGETS, noisy_sample_and_target, prediction_to_eps
+from ardiff.processes.gaussian.targets import (TARGETS, bcast, noisy_sample_and_target,
+                                              prediction_to_eps)
+
+
+class TrainingDraw(NamedTuple):
+  x0: jax.Array  # the batch in model space
+  y: jax.Array  # labels, some dropped to the null label
+  t: jax.Array  # integer timesteps [B] in 1..T
+  x_t: jax.Array  # x0 noised to t
+  target: jax.Array  # what the network regresses at (x_t, t)
+  dropout_key: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,31 +106,47 @@ class GaussianDiffusion:
       x = x / jnp.asarray(self.data_scale, x.dtype)
     return x
 
-  def loss(self, params, batch, key, train=True):
+  def training_draw(self, batch, key, train=True) -> TrainingDraw:
+    """What every Gaussian loss draws for a batch: t ~ U{1..T} per example, the label dropped
+    to null with probability p_uncond (training only: classifier-free guidance), x_t ~ q(x_t |
+    x0) and the regression target of `self.target`, and the network's dropout key."""
     x0, y = self.to_model(batch["x"]), batch["y"]
     k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 4)
     t = jax.random.randint(k_t, (x0.shape[0],), 1, self.num_timesteps + 1)
     if train and self.p_uncond > 0:
       y = jnp.where(jax.random.bernoulli(k_drop, self.p_uncond, y.shape), self.null_label, y)
     x_t, target = noisy_sample_and_target(self.target, self.schedule, x0, t, k_noise)
-    pred = self.predict(params, x_t, t / self.num_timesteps, y, train=train,
-                        rngs={"dropout": k_dropout})
-    loss = jnp.mean((pred - target) ** 2)
+    return TrainingDraw(x0, y, t, x_t, target, k_dropout)
+
+  def loss(self, params, batch, key, train=True):
+    draw = self.training_draw(batch, key, train)
+    pred = self.predict(params, draw.x_t, draw.t / self.num_timesteps, draw.y, train=train,
+                        rngs={"dropout": draw.dropout_key})
+    loss = jnp.mean((pred - draw.target) ** 2)
     return loss, {"loss": loss}
 
   def eps_fn(self, params, x, u, y):
     """The noise prediction implied by the network at real times u [B] in [0, 1], whatever
     its target (the samplers' model function)."""
-    ab = self.schedule.alpha_bar_at(u)
-    eps = prediction_to_eps(self.target, ab, self.predict(params, x, u, y), x,
+    eps = prediction_to_eps(self.target, self.schedule.alpha_bar_at(u),
+                            self.predict(params, x, u, y), x,
                             self.schedule.alpha_bar_at(u - 1.0 / self.num_timesteps))
+    return self.clip_eps(eps, x, u)
+
+  def clip_eps(self, eps, x, u):
+    """eps whose implied x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) is clipped to [-clip_x0,
+    clip_x0] (eps unchanged when clip_x0 is None), at real times u [B]."""
     if self.clip_x0 is None:
       return eps
-    ab = ab.reshape(ab.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+    ab = bcast(self.schedule.alpha_bar_at(u), x).astype(x.dtype)
     x0 = jnp.clip((x - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab), -self.clip_x0, self.clip_x0)
     return (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
 
   # ---------------------------------------------------------------- sampling
+
+  def model_fn(self, spec: SampleSpec, guidance: Guidance | None = None):
+    """The samplers' model function for a parsed spec: `eps_fn`, guided when asked."""
+    return self.eps_fn if guidance is None else guided(self.eps_fn)
 
   def parse(self, spec: "SampleSpec | str") -> SampleSpec:
     """Validate a spec such as 'ddim:50:eta=0.5' against the sampler registry and T."""
@@ -139,29 +166,39 @@ class GaussianDiffusion:
     spec = self.parse(spec)
     return samplers.nfe(spec.name, spec.steps) * (1 if guidance is None else 2)
 
-  def sample_unit(self, params, key, labels, spec: "SampleSpec | str", *,
-                  guidance: Guidance | None = None, return_trajectory: bool = False,
-                  mesh=None):
-    """Samples in the model's space (floats; [-1, 1] for images), data parallel; with
-    `return_trajectory`, also the state after every step [num_steps, B, ...]."""
+  def _run(self, params, key, labels, spec, guidance, mesh, trajectory: bool):
+    """The sampling loop in model space: x_0 [B, ...], data parallel, or with `trajectory`
+    (x_0, the state after every step [S, B, ...]) on one device (its batch axis is 1)."""
     spec = self.parse(spec)
     labels = check_labels(labels, self.num_classes, guidance)
     if not self.data_shape:
       raise ValueError("GaussianDiffusion.data_shape is not set: give the shape of one example")
-    eps_fn = self.eps_fn if guidance is None else guided(self.eps_fn)
+    model_fn = self.model_fn(spec, guidance)
 
     def fn(params, keys, labels):
       x_init = per_example_normal(discrete.setup_keys(keys),
                                   jnp.zeros((labels.shape[0], *self.data_shape)))
       cond = labels if guidance is None else guidance_cond(labels, guidance, self.null_label)
-      return samplers.sample(eps_fn, params, self.schedule, x_init, keys, cond,
+      return samplers.sample(model_fn, params, self.schedule, x_init, keys, cond,
                              sampler=spec.name, num_steps=spec.steps,
-                             return_trajectory=return_trajectory, **spec.option_dict)
+                             return_trajectory=trajectory, **spec.option_dict)
 
     keys = discrete.example_keys(key, labels.shape[0])
-    if return_trajectory:  # the trajectory's batch axis is 1: run it on one device
+    if trajectory:
       return fn(params, keys, labels)
     return parallel.run_sharded(fn, params, keys, labels, mesh)
+
+  def sample_unit(self, params, key, labels, spec: "SampleSpec | str", *,
+                  guidance: Guidance | None = None, mesh=None) -> jax.Array:
+    """Samples in the model's space (floats; [-1, 1] for images), data parallel."""
+    return self._run(params, key, labels, spec, guidance, mesh, trajectory=False)
+
+  def to_data_floats(self, x: jax.Array) -> jax.Array:
+    """Model space -> data space, unrounded: images on the level scale (x + 1) / 2 (L - 1)
+    clipped to [0, L - 1] (`to_data` rounds this); points de-standardised as `to_data`."""
+    if self.num_levels is None:
+      return self.to_data(x)
+    return unit_to_level_scale(x, self.num_levels)
 
   def to_data(self, x: jax.Array) -> jax.Array:
     """Model space -> data space: nearest integer level (uint8) for images; points are
@@ -181,6 +218,14 @@ class GaussianDiffusion:
     return self.to_data(self.sample_unit(params, key, labels, spec, guidance=guidance,
                                          mesh=mesh))
 
+  def sample_history(self, params, key, labels, spec: "SampleSpec | str") -> np.ndarray:
+    """The state after each of the spec's S steps, in data space: float32 [S, B, *data_shape]
+    (`to_data_floats`: images on the level scale, unrounded; points de-standardised). The
+    last entry is the sample: its np.round (images) or itself (points) is `sample`'s output
+    for the same key. Runs on one device."""
+    _, trajectory = self._run(params, key, labels, spec, None, None, trajectory=True)
+    return np.asarray(self.to_data_floats(trajectory), np.float32)
+
   def nll_bound(self, params, batch, key, *, num_t_samples: int | None = None):
     """The variational bound on -log2 P(x | y) / D of the grey levels, [B] bits per dimension
     (`likelihood`: prior + diffusion KLs + discretised decoder); batch["x"] in [-1, 1] as
@@ -189,10 +234,16 @@ class GaussianDiffusion:
     from ardiff.processes.gaussian import likelihood  # the bound's maths lives there
 
     levels = self._bound_levels(batch, num_t_samples)
-    return likelihood._vlb_terms(self.eps_fn, params, self.schedule, levels,
+    return likelihood._vlb_terms(self.bound_model_fn, params, self.schedule, levels,
                                  jnp.asarray(batch["y"], jnp.int32), key,
                                  num_levels=self.num_levels,
                                  num_t_samples=num_t_samples)["total"]
+
+  @property
+  def bound_model_fn(self):
+    """The model function the bound reads: eps (fixed variances); learned-variance
+    processes return (eps, fraction) instead (`likelihood.vlb_terms`)."""
+    return self.eps_fn
 
   def _bound_levels(self, batch, num_t_samples) -> jax.Array:
     """batch["x"] in [-1, 1] -> integer levels, after checking that the bound is defined."""

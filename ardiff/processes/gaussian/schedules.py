@@ -113,12 +113,3 @@ def make_schedule(name: str, num_timesteps: int, dtype=jnp.float32) -> Schedule:
     raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
   return SCHEDULES.get(name)(num_timesteps, dtype)
 
-
-def strided_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
-  """`num_steps + 1` decreasing integer timesteps from T to 0, as evenly spaced as possible."""
-  if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_timesteps:
-    raise ValueError(
-        f"num_steps must be an integer in 1..T={num_timesteps}, got {num_steps!r}")
-  ts = np.round(np.linspace(num_timesteps, 0, num_steps + 1)).astype(np.int32)
-  assert np.all(np.diff(ts) < 0), ts  # distinct because num_steps <= T
-  return ts

@@ -19,13 +19,9 @@ from ardiff.processes.gaussian.schedules import Schedule
 TARGETS = ("eps", "x0", "v", "next_step")
 
 
-def _bcast(a: jax.Array, x: jax.Array) -> jax.Array:
+def bcast(a: jax.Array, x: jax.Array) -> jax.Array:
+  """a [B] (per example) reshaped to broadcast against x [B, ...]."""
   return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
-
-
-def posterior_coefficients(schedule: Schedule, t: jax.Array, s: jax.Array):
-  """Mean coefficients (c0, ct) and variance of q(x_s | x_t, x_0) for integer s < t."""
-  return posterior_from_alpha_bars(schedule.alpha_bars[t], schedule.alpha_bars[s])
 
 
 def posterior_from_alpha_bars(ab_t: jax.Array, ab_s: jax.Array):
@@ -41,12 +37,12 @@ def noisy_sample_and_target(
     target: str, schedule: Schedule, x0: jax.Array, t: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   """Draw x_t ~ q(x_t | x0) for integer t in 1..T and return (x_t, regression target)."""
-  ab = _bcast(schedule.alpha_bars[t], x0)
+  ab = bcast(schedule.alpha_bars[t], x0)
   if target == "next_step":
     # Walk the forward chain: x_{t-1} ~ q(. | x0), then one step x_t ~ q(x_t | x_{t-1}).
     k1, k2 = jax.random.split(key)
-    ab_prev = _bcast(schedule.alpha_bars[t - 1], x0)
-    beta = _bcast(schedule.betas[t], x0)
+    ab_prev = bcast(schedule.alpha_bars[t - 1], x0)
+    beta = bcast(schedule.betas[t], x0)
     x_prev = jnp.sqrt(ab_prev) * x0 + jnp.sqrt(1 - ab_prev) * jax.random.normal(k1, x0.shape)
     x_t = jnp.sqrt(1 - beta) * x_prev + jnp.sqrt(beta) * jax.random.normal(k2, x0.shape)
     return x_t, x_prev
@@ -73,7 +69,7 @@ def prediction_to_eps(
     ab_t, ab_prev = schedule.alpha_bars[t], schedule.alpha_bars[jnp.maximum(t - 1, 0)]
   else:
     ab_t, ab_prev = schedule, t
-  ab = _bcast(ab_t, x_t)
+  ab = bcast(ab_t, x_t)
   if target == "eps":
     return prediction
   if target == "x0":
@@ -82,17 +78,12 @@ def prediction_to_eps(
     x0 = jnp.sqrt(ab) * x_t - jnp.sqrt(1 - ab) * prediction
   elif target == "next_step":
     c0, ct, _ = posterior_from_alpha_bars(ab_t, ab_prev)
-    x0 = (prediction - _bcast(ct, x_t) * x_t) / _bcast(c0, x_t)
+    x0 = (prediction - bcast(ct, x_t) * x_t) / bcast(c0, x_t)
   else:
     raise ValueError(f"unknown diffusion target {target!r}; known: {', '.join(TARGETS)}")
   return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
 
 
-def x0_to_eps(schedule: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
-  ab = _bcast(schedule.alpha_bars[t], x_t)
-  return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
-
-
 def eps_to_x0(schedule: Schedule, eps: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
-  ab = _bcast(schedule.alpha_bars[t], x_t)
+  ab = bcast(schedule.alpha_bars[t], x_t)
   return (x_t - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab)

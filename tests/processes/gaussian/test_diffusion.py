@@ -1,7 +1,5 @@
 """Diffusion samplers against closed forms: Gaussian data has an exact eps(x, t)."""
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,7 +10,7 @@ from ardiff.processes import guidance
 from ardiff.processes.guidance import Guidance
 from ardiff.processes.gaussian.process import GaussianDiffusion
 from ardiff.processes.gaussian.samplers import SAMPLERS, sample, sample_python_loop
-from ardiff.processes.gaussian.schedules import make_schedule, strided_timesteps
+from ardiff.processes.gaussian.schedules import make_schedule
 from ardiff.processes.gaussian.targets import (TARGETS, noisy_sample_and_target, prediction_to_eps)
 from ardiff.models.mlp import MLPDenoiser
 
@@ -141,23 +139,13 @@ def test_schedule_alpha_bar_is_monotone_and_ends_near_zero(name):
                                rtol=1e-4, atol=1e-7)
 
 
-def test_strided_timesteps():
-  ts = strided_timesteps(1000, 4)
-  np.testing.assert_array_equal(ts, [1000, 750, 500, 250, 0])
-  assert len(strided_timesteps(1000, 1000)) == 1001
-  with pytest.raises(ValueError, match="num_steps"):
-    strided_timesteps(1000, 1001)
-  with pytest.raises(ValueError, match="num_steps"):
-    strided_timesteps(1000, 0)
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_exact_target_prediction_recovers_true_eps(target):
   """If the network predicted its target's conditional mean exactly, the implied eps is exact.
 
   For eps/x0/v a per-sample check is exact. For next_step the target is random given x_t, so
   check with the posterior mean instead (its regression optimum), written here from the paper
-  (Ho et al. eq. 7), not from the library's posterior_coefficients."""
+  (Ho et al. eq. 7), not from the library's posterior_from_alpha_bars."""
   key = jax.random.key(0)
   x0 = jax.random.normal(key, (64, 2))
   t = jax.random.randint(jax.random.key(1), (64,), 1, 1001)

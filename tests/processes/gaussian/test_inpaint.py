@@ -15,7 +15,7 @@ import pytest
 from ardiff.processes import guidance
 from ardiff.processes.guidance import Guidance
 from ardiff.processes.gaussian.inpaint import inpaint
-from ardiff.processes.gaussian.schedules import make_schedule, strided_timesteps
+from ardiff.processes.gaussian.schedules import make_schedule
 
 SCHEDULE = make_schedule("cosine", 200)
 # The references visit the integer training grid from t = T, as the papers' samplers do.
@@ -36,6 +36,27 @@ def correlated_eps(params, x, t, cond):
 def _shrink_eps(params, x, t, cond):
   """A label-dependent closed-form eps (the guided test needs cond to matter)."""
   return (0.5 + 0.1 * cond.astype(x.dtype)).reshape((-1,) + (1,) * (x.ndim - 1)) * x
+
+
+def strided_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
+  """`num_steps + 1` decreasing integer timesteps from T to 0, as evenly spaced as possible
+  (the references' grid: the samplers' 'trailing' spacing from sigma_max = inf)."""
+  if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_timesteps:
+    raise ValueError(
+        f"num_steps must be an integer in 1..T={num_timesteps}, got {num_steps!r}")
+  ts = np.round(np.linspace(num_timesteps, 0, num_steps + 1)).astype(np.int32)
+  assert np.all(np.diff(ts) < 0), ts  # distinct because num_steps <= T
+  return ts
+
+
+def test_strided_timesteps():
+  ts = strided_timesteps(1000, 4)
+  np.testing.assert_array_equal(ts, [1000, 750, 500, 250, 0])
+  assert len(strided_timesteps(1000, 1000)) == 1001
+  with pytest.raises(ValueError, match="num_steps"):
+    strided_timesteps(1000, 1001)
+  with pytest.raises(ValueError, match="num_steps"):
+    strided_timesteps(1000, 0)
 
 
 def replacement_moments(sampler: str, num_steps: int):

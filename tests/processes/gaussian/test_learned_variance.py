@@ -22,8 +22,10 @@ from ardiff.data.base import Dataset
 from ardiff.presets import diffusion_section, unet_section
 from ardiff.processes.gaussian import learned_variance as lv
 from ardiff.processes.gaussian import likelihood
-from ardiff.processes.gaussian.samplers import ddpm_learned
+from ardiff.processes.gaussian.samplers import SAMPLERS, ModelContext, ddpm, ddpm_learned
+from ardiff.processes.gaussian.samplers import nfe as samplers_nfe
 from ardiff.processes.gaussian.samplers import sample as solver_sample
+from ardiff.processes.gaussian.samplers import steps_for_nfe
 from ardiff.processes.gaussian.samplers.spacing import start_time
 from ardiff.processes.gaussian.schedules import make_schedule
 from ardiff.processes.guidance import Guidance, guidance_cond
@@ -77,13 +79,13 @@ def test_kl_matches_the_float64_gaussian_kl_in_x_space(name):
   x0 = rng.uniform(-1, 1, (6, 5))
   eps, eps_hat = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
   frac = rng.uniform(-0.3, 1.3, (6, 5))  # v is unconstrained: f may leave [0, 1]
-  got = lv.diffusion_kl(schedule, jnp.asarray(t), *(jnp.asarray(a, jnp.float32)
-                                                     for a in (eps, eps_hat, frac)))
+  got = likelihood.diffusion_kl(schedule, jnp.asarray(t), *(jnp.asarray(a, jnp.float32)
+                                                             for a in (eps, eps_hat, frac)))
   ref = _reference_kl(ab, betas, t[:, None], x0, eps, eps_hat, frac)
   np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=2e-4, atol=1e-6)
   # Equal means: the KL is the variance mismatch alone, 0 exactly when f = 0 (Sigma = beta~).
-  same = lv.diffusion_kl(schedule, jnp.asarray(t), jnp.asarray(eps, jnp.float32),
-                         jnp.asarray(eps, jnp.float32), jnp.zeros((6, 5)))
+  same = likelihood.diffusion_kl(schedule, jnp.asarray(t), jnp.asarray(eps, jnp.float32),
+                                 jnp.asarray(eps, jnp.float32), jnp.zeros((6, 5)))
   assert float(jnp.max(jnp.abs(same))) == 0.0
 
 
@@ -101,8 +103,8 @@ def test_kl_matches_monte_carlo():
   draws = np.random.default_rng(1).normal(c0 * x0 + ct * x_t, np.sqrt(var_q), 400_000)
   log_ratio = (norm.logpdf(draws, c0 * x0 + ct * x_t, np.sqrt(var_q))
                - norm.logpdf(draws, c0 * x0_hat + ct * x_t, np.sqrt(var_p)))
-  got = float(lv.diffusion_kl(schedule, jnp.array([t]), jnp.array([eps]), jnp.array([eps_hat]),
-                              jnp.array([frac]))[0])
+  got = float(likelihood.diffusion_kl(schedule, jnp.array([t]), jnp.array([eps]),
+                                      jnp.array([eps_hat]), jnp.array([frac]))[0])
   assert abs(got - log_ratio.mean()) < 5 * log_ratio.std() / np.sqrt(len(draws))
 
 
@@ -173,8 +175,8 @@ def test_bound_terms_match_the_float64_reference(model):
   beta~_2, the paper's clip); f(x, t) is a per-pixel learned-like fraction."""
   schedule = make_schedule("cosine", 6)
   key = jax.random.key(3)
-  terms = lv.vlb_terms(model, None, schedule, jnp.asarray(LEVELS), jnp.zeros(2, jnp.int32),
-                       key, L)
+  terms = likelihood.vlb_terms(model, None, schedule, jnp.asarray(LEVELS),
+                               jnp.zeros(2, jnp.int32), key, L)
   ref = _reference_bound(model, schedule, LEVELS, key)
   for k in ref:
     np.testing.assert_allclose(np.asarray(terms[k], np.float64), ref[k], rtol=3e-4, atol=1e-6,
@@ -245,13 +247,14 @@ def test_beta_tilde_bound_equals_the_fixed_variance_bound_of_likelihood_py():
   y = jnp.array([0, 3], jnp.int32)
   fixed = likelihood.vlb_terms(process.eps_fn, params, process.schedule, jnp.asarray(LEVELS),
                                y, jax.random.key(5), L, 3)
-  mine = lv.vlb_terms(BetaTildeThenBeta1(process), params, process.schedule,
-                      jnp.asarray(LEVELS), y, jax.random.key(5), L, 3)
+  mine = likelihood.vlb_terms(BetaTildeThenBeta1(process), params, process.schedule,
+                              jnp.asarray(LEVELS), y, jax.random.key(5), L, 3)
   for k in fixed:
     np.testing.assert_allclose(np.asarray(mine[k]), np.asarray(fixed[k]), rtol=2e-6,
                                atol=1e-9, err_msg=k)
   # The network's own f is something else: the learned bound differs.
-  learned = process.bpd(params, LEVELS, np.asarray(y), jax.random.key(5), num_t_samples=3)
+  learned = likelihood.bpd(process, params, LEVELS, np.asarray(y), L, jax.random.key(5),
+                           num_t_samples=3)
   assert abs(learned["total"] - float(jnp.mean(fixed["total"]))) > 1e-3
   assert np.isfinite(learned["total"])
 
@@ -307,7 +310,16 @@ def test_process_loss_has_finite_gradients_at_every_timestep():
 # ------------------------------------------------------------------------ the sampler
 
 
-def test_respaced_variances_against_a_hand_computation():
+def _learned_step(monkeypatch, schedule, x, eps, frac, t, s, z):
+  """The registered `ddpm_learned` step t -> s (s > 0) for a model returning (eps, frac), with
+  its noise draw forced to z."""
+  monkeypatch.setattr(ddpm, "per_example_normal", lambda key, like: z)
+  ctx = ModelContext(lambda params, x, t, y: (eps, frac), None, None, schedule, x.shape[0],
+                     final=False, num_steps=jnp.int32(10))
+  return SAMPLERS.get("ddpm_learned").step(ctx, (), x, t, s, None, {})[0]
+
+
+def test_respaced_variances_against_a_hand_computation(monkeypatch):
   """One step t -> s of the respaced chain: the noise the step adds (output at z = 1 minus
   output at z = 0) has variance exp(f log beta' + (1 - f) log beta~'), beta' = 1 - ab_t / ab_s,
   beta~' = (1 - ab_s) / (1 - ab_t) beta'; the mean is the posterior's with x0_hat."""
@@ -323,14 +335,13 @@ def test_respaced_variances_against_a_hand_computation():
     beta_tilde = (1 - ab[s]) / (1 - ab[t]) * beta
     bp, bt = ddpm_learned.respaced_variances(ab[t], ab[s])
     np.testing.assert_allclose([bp, bt], [beta, beta_tilde], rtol=1e-12)
-    sig_t, sig_s = schedule.sigma_at(t / 1000), schedule.sigma_at(s / 1000)
     x0_hat = (np.asarray(x, np.float64) - np.sqrt(1 - ab[t]) * np.asarray(eps)) / np.sqrt(ab[t])
     mean = (np.sqrt(ab[s]) * beta / (1 - ab[t]) * x0_hat
             + np.sqrt(1 - beta) * (1 - ab[s]) / (1 - ab[t]) * np.asarray(x, np.float64))
     for f in (0.0, 1.0, 0.3, 1.2):
       frac = jnp.full(x.shape, f)
-      at0 = ddpm_learned.learned_step(x, eps, frac, sig_t, sig_s, jnp.zeros_like(x))
-      at1 = ddpm_learned.learned_step(x, eps, frac, sig_t, sig_s, jnp.ones_like(x))
+      at0, at1 = (_learned_step(monkeypatch, schedule, x, eps, frac, t / 1000, s / 1000, z)
+                  for z in (jnp.zeros_like(x), jnp.ones_like(x)))
       var = np.asarray(at1 - at0, np.float64) ** 2
       want = np.exp(f * np.log(beta) + (1 - f) * np.log(beta_tilde))
       np.testing.assert_allclose(var, want, rtol=2e-4, err_msg=(t, s, f))
@@ -402,8 +413,9 @@ def test_learned_sampler_with_the_optimal_variance_reproduces_the_data_law():
   n = 100_000
   x_init = jax.random.normal(jax.random.key(0), (n, 1))
   for mode in ("optimal", "beta_tilde", "beta"):
-    x, traj = ddpm_learned.sample(OptimalVariance(grid, mode), None, SCHEDULE, x_init,
-                                  jax.random.key(1), times=grid, return_trajectory=True)
+    x, traj = solver_sample(OptimalVariance(grid, mode), None, SCHEDULE, x_init,
+                            jax.random.key(1), sampler="ddpm_learned", times=grid,
+                            return_trajectory=True)
     exact = _propagate(grid, mode)
     for (m, v), state in zip(exact, np.asarray(traj, np.float64)[..., 0]):
       se_m, se_v = np.sqrt(v / n), v * np.sqrt(2 / n)
@@ -420,16 +432,25 @@ def test_learned_sampler_with_the_optimal_variance_reproduces_the_data_law():
       assert abs(out_var - S2) > 50 * se, (mode, out_var)
 
 
+def _exact_eps_fn(params, x, t, y):
+  return _exact_eps(SCHEDULE.alpha_bar_at(t)[:, None], x)
+
+
 def test_fraction_zero_is_the_ddpm_solver():
-  """f = 0 (Sigma = beta~) on the default grid: the registered `ddpm` solver, same noise."""
-  eps_fn = lambda params, x, t, y: _exact_eps(SCHEDULE.alpha_bar_at(t)[:, None], x)  # noqa: E731
+  """f = 0 (Sigma = beta~) on the default grid: the registered `ddpm` solver, same noise; an
+  eps-only model (no fraction) is `ddpm` bit for bit."""
   x_init = jax.random.normal(jax.random.key(0), (512, 1))
   for steps in (3, 10):
-    ref = solver_sample(eps_fn, None, SCHEDULE, x_init, jax.random.key(2), sampler="ddpm",
-                        num_steps=steps)
-    got = ddpm_learned.sample(ddpm_learned.FixedFraction(eps_fn, 0.0), None, SCHEDULE, x_init,
-                              jax.random.key(2), num_steps=steps)
+    ref = solver_sample(_exact_eps_fn, None, SCHEDULE, x_init, jax.random.key(2),
+                        sampler="ddpm", num_steps=steps)
+    got = solver_sample(ddpm_learned.FixedFraction(_exact_eps_fn, 0.0), None, SCHEDULE,
+                        x_init, jax.random.key(2), sampler="ddpm_learned", num_steps=steps)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-6)
+    plain = solver_sample(_exact_eps_fn, None, SCHEDULE, x_init, jax.random.key(2),
+                          sampler="ddpm_learned", num_steps=steps)
+    np.testing.assert_array_equal(np.asarray(plain), np.asarray(ref))
+  # The learned solver spends one evaluation per step, and steps_for_nfe inverts that.
+  assert samplers_nfe("ddpm_learned", 7) == 7 and steps_for_nfe("ddpm_learned", 7) == 7
 
 
 # ------------------------------------------------------------------------ the process

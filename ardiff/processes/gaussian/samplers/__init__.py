@@ -5,8 +5,9 @@ from ardiff.processes.gaussian.samplers.base import (SAMPLERS, Denoised, ModelCo
                                                      sample_python_loop, sampler_args,
                                                      sampler_options, sampling_times,
                                                      steps_for_nfe)
-from ardiff.processes.gaussian.samplers import (ddim, ddpm, dpm_solver_pp,  # noqa: F401
-                                                euler_ancestral, heun)  # (registers them)
+from ardiff.processes.gaussian.samplers import (ddim, ddpm, ddpm_learned,  # noqa: F401
+                                                dpm_solver_pp, euler_ancestral,
+                                                heun)  # (registers them)
 from ardiff.processes.gaussian.samplers.inversion import invert
 
 __all__ = ["SAMPLERS", "Denoised", "ModelContext", "invert", "nfe", "register_solver",

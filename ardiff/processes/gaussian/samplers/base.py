@@ -7,8 +7,10 @@ noise), calling the model as often as it needs:
     step(ctx, state, x, t, s, key, args) -> (x_s, state)
 
 `ctx` (a `ModelContext`) evaluates the model at any time: `ctx.denoise(x, t)` returns
-`Denoised(x0, eps)`, the network's noise prediction (guided, clipped, whatever the caller's
-model function does) and the clean-data estimate it implies; `ctx.sigma(t)` is the schedule's
+`Denoised(x0, eps, frac)`, the network's noise prediction (guided, clipped, whatever the caller's
+model function does), the clean-data estimate it implies and, from a model function that
+returns (eps, frac), the learned variance's interpolation fraction (None otherwise; only
+`ddpm_learned` reads it); `ctx.sigma(t)` is the schedule's
 noise-to-signal ratio sigma = sqrt((1 - ab) / ab), and `ctx.final` is True (statically) for the
 last step, the one that ends at t = 0 where sigma = 0 (Heun and the multistep solvers fall
 back to first order there, as their papers do). `args` holds the solver's numeric options
@@ -48,8 +50,9 @@ from ardiff.processes.gaussian.samplers.spacing import SPACINGS, time_grid
 from ardiff.processes.gaussian.schedules import Schedule
 from ardiff.registry import Registry
 
-# model_fn(params, x [B, ...], t float [B] in [0, 1], cond) -> eps_hat with x's shape.
-EpsFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+# model_fn(params, x [B, ...], t float [B] in [0, 1], cond) -> eps_hat with x's shape, or
+# (eps_hat, frac) with frac broadcastable to it (a learned variance: see ddpm_learned.py).
+EpsFn = Callable[[Any, jax.Array, jax.Array, Any], "jax.Array | tuple[jax.Array, jax.Array]"]
 StepFn = Callable[..., tuple[jax.Array, Any]]
 
 DEFAULT_SIGMA_MAX = 80.0
@@ -60,6 +63,9 @@ COMMON_OPTIONS = ("spacing", "sigma_max")
 class Denoised(NamedTuple):
   x0: jax.Array  # the clean-data estimate implied by eps
   eps: jax.Array  # the model's noise prediction
+  # The learned variance's fraction f (x's shape) when the model function returns one; None
+  # for an eps-only model (`ddpm_learned` is then exactly `ddpm`).
+  frac: jax.Array | None = None
 
 
 class Solver(NamedTuple):
@@ -168,10 +174,13 @@ class ModelContext:
   def denoise(self, x: jax.Array, t: jax.Array) -> Denoised:
     self.calls += 1
     t = jnp.asarray(t, self.schedule.log_snrs.dtype)
-    eps = self._model_fn(self._params, x, jnp.full((self._batch,), t), self._cond)
+    out = self._model_fn(self._params, x, jnp.full((self._batch,), t), self._cond)
+    eps, frac = out if isinstance(out, tuple) else (out, None)
+    if frac is not None:
+      frac = jnp.broadcast_to(frac, x.shape).astype(x.dtype)
     sigma = self.sigma(t).astype(x.dtype)
     # x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) = x sqrt(1 + sigma^2) - sigma eps
-    return Denoised(x * jnp.sqrt(1.0 + sigma**2) - sigma * eps, eps)
+    return Denoised(x * jnp.sqrt(1.0 + sigma**2) - sigma * eps, eps, frac)
 
   def to_scaled(self, x: jax.Array, t: jax.Array) -> jax.Array:
     """x~ = x / sqrt(ab(t)) = x0 + sigma(t) eps."""

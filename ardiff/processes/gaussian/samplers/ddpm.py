@@ -17,12 +17,17 @@ import jax.numpy as jnp
 from ardiff.processes.gaussian.samplers.base import per_example_normal, register_solver
 
 
-@register_solver("ddpm", spacing="uniform", noise=1.0)
-def ddpm_step(ctx, state, x, t, s, key, args):
-  d = ctx.denoise(x, t)
+def posterior_step(ctx, d, x, t, s, key, noise):
+  """x_s from x_t and the model's `Denoised` d at t: the posterior mean plus `noise` times the
+  posterior's standard deviation times z (noise may be an array of x's shape: `ddpm_learned`)."""
   sigma_t, sigma_s = ctx.sigma(t), ctx.sigma(s)
   ratio2 = (sigma_s / sigma_t) ** 2
   z = per_example_normal(key, x)
   x_scaled = (d.x0 + ratio2 * (ctx.to_scaled(x, t) - d.x0)
-              + args["noise"] * sigma_s * jnp.sqrt(1.0 - ratio2) * z)
-  return ctx.from_scaled(x_scaled, s), state
+              + noise * sigma_s * jnp.sqrt(1.0 - ratio2) * z)
+  return ctx.from_scaled(x_scaled, s)
+
+
+@register_solver("ddpm", spacing="uniform", noise=1.0)
+def ddpm_step(ctx, state, x, t, s, key, args):
+  return posterior_step(ctx, ctx.denoise(x, t), x, t, s, key, args["noise"]), state
