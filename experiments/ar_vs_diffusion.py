@@ -2,7 +2,7 @@
 axis, at matched training compute, over training seeds, with FD, precision and recall.
 
   ardiff run experiments/ar_vs_diffusion.py --workdir=runs/ar_vs_diffusion
-  ardiff run experiments/ar_vs_diffusion.py --workdir=runs/ar_vs_diffusion_quick --config.quick=True
+  ardiff run experiments/ar_vs_diffusion.py --workdir=runs/ar_vs_diffusion_quick --config=quick
 
 Six models, five removal processes, one training protocol:
   - raster AR: causal transformer (`ar` section), one pixel per step with a KV cache (64 NFE);
@@ -69,7 +69,7 @@ compute), results.md/.csv (one row per sampler), training.md/.csv (one row per m
 steps, stopping step, last-quarter validation gain, test bits). Samples are kept beside each
 model (`ardiff.sample_cache`), so a rerun that adds a row (`--config.families`, a spec) draws
 only what is new.
-`--config.quick=True`: one training seed, a quarter of the budget, DDIM and DPM-Solver++ only
+`--config=quick`: one training seed, a quarter of the budget, DDIM and DPM-Solver++ only
 (measured with the first four families: 594 s on 2 CPU cores shared with short jobs, 3.8 min of it
 training; masked diffusion and upscale ARDM add two more models of the same size).
 """
@@ -85,31 +85,32 @@ import ml_collections
 import numpy as np
 
 from ardiff import runs, sample_cache
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import to_tokens
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import config_dataset, image_config, unet_section, validate_image_config
+from ardiff.presets import (SCALES, config_dataset, image_config, unet_section,
+                            validate_image_config)
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
 from ardiff.report.tables import pareto_front
 from ardiff.train import TrainConfig, read_metrics, snapshot_params, train_step_flops
 
-SMOKE_OVERRIDES = ["budget_steps=6", "budget_tflop=0", "train.log_every=2", "train.eval_every=2",
-                   "train.val_examples=64", "train.warmup_steps=2", "ar.width=16",
-                   "ar.depth=1", "ar.heads=2", "unet.base_channels=8", "unet.channel_mult=[1]",
-                   "diffusion.num_timesteps=8", "num_samples=40", "training_seeds=[0]",
-                   "train.snapshots=[0.5]",
-                   "sample.runs.raster=['raster']",
-                   "sample.runs.ardm=['ardm:k=64', 'ardm:k=64:order=contiguous']",
-                   "sample.runs.diffusion_transformer=['ddim:2']",
-                   "sample.runs.diffusion_unet=['ddim:2', 'dpmpp_2m:3']",
-                   "sample.runs.masked=['masked:2', 'confidence:2:noise=4.5']",
-                   "compute_specs.ardm=['ardm:k=64']",
-                   "compute_specs.masked=['masked:2']", "reveal_nfe=2",
-                   "sample.runs.upscale=['upscale:k=64']", "compute_specs.upscale=['upscale:k=64']",
-                   "compute_specs.diffusion_transformer=['ddim:2']",
-                   "compute_specs.diffusion_unet=['ddim:2']",
-                   "classifier_steps=20"]
+SMOKE = ["budget_steps=6", "budget_tflop=0", "train.log_every=2", "train.eval_every=2",
+         "train.val_examples=64", "train.warmup_steps=2", "ar.width=16",
+         "ar.depth=1", "ar.heads=2", "unet.base_channels=8", "unet.channel_mult=[1]",
+         "diffusion.num_timesteps=8", "num_samples=40", "training_seeds=[0]",
+         "train.snapshots=[0.5]",
+         "sample.runs.raster=['raster']",
+         "sample.runs.ardm=['ardm:k=64', 'ardm:k=64:order=contiguous']",
+         "sample.runs.diffusion_transformer=['ddim:2']",
+         "sample.runs.diffusion_unet=['ddim:2', 'dpmpp_2m:3']",
+         "sample.runs.masked=['masked:2', 'confidence:2:noise=4.5']",
+         "compute_specs.ardm=['ardm:k=64']",
+         "compute_specs.masked=['masked:2']", "reveal_nfe=2",
+         "sample.runs.upscale=['upscale:k=64']", "compute_specs.upscale=['upscale:k=64']",
+         "compute_specs.diffusion_transformer=['ddim:2']",
+         "compute_specs.diffusion_unet=['ddim:2']",
+         "classifier_steps=20"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,13 +139,13 @@ GAUSSIAN = tuple(f for f in FAMILIES if f.gaussian)
 SOLVERS = {"ddpm": "DDPM", "ddim": "DDIM", "heun": "Heun", "dpmpp_2m": "DPM-Solver++ 2M"}
 
 
+@sized(scales=SCALES, smoke=SMOKE, quick=lambda c: quick_config(c))
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True, diffusion=True)
   if scale == "small":
     # 12 models (4 x 3 seeds) trained to convergence on 2 CPU cores: transformers of width 32
     # (a quarter of width 64's FLOPs); the UNet keeps its default size.
     c.ar.width = 32
-  c.quick = False
   c.training_seeds = [0, 1, 2]
   c.num_samples = 300  # per training seed
   c.sample_batch = 0  # samples per network call; 0: all num_samples at once
@@ -419,8 +420,6 @@ def _mean_std(values) -> tuple[float, float]:
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  if c.get("quick"):
-    c = quick_config(c)
   validate(c)
   data = config_dataset(c)
   n = c.num_samples

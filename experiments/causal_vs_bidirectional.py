@@ -40,21 +40,23 @@ import numpy as np
 from ardiff import build, runs, storage
 from ardiff.bench.timer import MIN_REPEATS, interleaved
 from ardiff.bench.train import train_case
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import to_tokens
-from ardiff.presets import config_dataset, image_config, train_section, validate_image_config
+from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
+                            validate_image_config)
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.fixed_order import exact_test_bpd
 from ardiff.report import plots, write_results
 from ardiff.train import read_metrics
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=1", "ar.width=16", "ar.depth=1",
-                   "bidirectional_multiples=[1]", "curve_points=2", "eval_examples=16",
-                   "timing_steps=1"]
+SMOKE = ["train.steps=4", "train.log_every=1", "ar.width=16", "ar.depth=1",
+         "bidirectional_multiples=[1]", "curve_points=2", "eval_examples=16",
+         "timing_steps=1"]
 
 KINDS = {"causal": "raster", "bidirectional": "raster_bidirectional"}
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True)
   c.model_cache = "models"  # these runs (with their learning curves) are this experiment's own

@@ -52,7 +52,7 @@ import ml_collections
 import numpy as np
 
 from ardiff import build, runs
-from ardiff.configs import require, require_choice
+from ardiff.configs import require, require_choice, sized
 from ardiff.configs.overrides import load_experiment
 from ardiff.data.spiral import spiral_dataset
 from ardiff.metrics.frechet import frechet_distance
@@ -62,12 +62,12 @@ from ardiff.metrics.sample_quality import SampleQuality, pixel_entropy, sharpnes
 from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
 from ardiff.report import plots, write_results
 
-SMOKE_OVERRIDES = ["spiral.train.steps=20", "spiral.train.log_every=10", "spiral.model.width=32",
-                   "spiral.diffusion.num_timesteps=20", "sample.spiral_nfe=[2, 8]",
-                   "sample.spiral_samples=64", "sample.seeds=2", "sample.permutations=5",
-                   "train.steps=4", "train.log_every=2", "unet.base_channels=8",
-                   "unet.channel_mult=[1]", "diffusion.num_timesteps=10",
-                   "sample.digits_nfe=[3]", "sample.digits_samples=24", "classifier_steps=20"]
+SMOKE = ["spiral.train.steps=20", "spiral.train.log_every=10", "spiral.model.width=32",
+         "spiral.diffusion.num_timesteps=20", "sample.spiral_nfe=[2, 8]",
+         "sample.spiral_samples=64", "sample.seeds=2", "sample.permutations=5",
+         "train.steps=4", "train.log_every=2", "unet.base_channels=8",
+         "unet.channel_mult=[1]", "diffusion.num_timesteps=10",
+         "sample.digits_nfe=[3]", "sample.digits_samples=24", "classifier_steps=20"]
 
 SAMPLERS = ("ddpm", "ddim")
 ALPHA = 0.05  # the permutation test's level for the same_law verdict
@@ -82,6 +82,7 @@ def _spiral_sections(scale: str) -> ml_collections.ConfigDict:
       diffusion=s.diffusion, train=s.train))
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, diffusion=True)  # digits_diffusion.py's sections: its UNet
   c.spiral = _spiral_sections(scale)
@@ -96,7 +97,6 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   validate_image_config(c)
-  require_choice(c.scale, "scale", SCALES)
   s = c.spiral
   require(s.data.path == "", "spiral.data.path",
           "this experiment samples the spiral (run spiral.py on your own points)")

@@ -22,12 +22,12 @@ import ml_collections
 import numpy as np
 
 from ardiff import build, runs
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.models.noisy_classifier import NoisyClassifierNet
-from ardiff.presets import (config_dataset, image_config, train_section, validate_image_config,
-                            validate_train)
+from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
+                            validate_image_config, validate_train)
 from ardiff.processes.gaussian.classifier_guidance import NoisyClassifier, sample_with_classifier
 from ardiff.processes.gaussian.inpaint import inpaint
 from ardiff.processes.gaussian.likelihood import bpd as diffusion_bpd
@@ -35,16 +35,17 @@ from ardiff.processes.guidance import Guidance
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
-                   "unet.channel_mult=[1]", "diffusion.num_timesteps=10", "sample.num_samples=40",
-                   "sample.runs=['ddim:2']", "sample.guidance_scales=[2.0]",
-                   "sample.guidance_sampler=ddim:2", "sample.classifier_guidance_scales=[2.0]",
-                   "noisy_classifier.widths=[4, 8]", "noisy_classifier.feature_dim=8",
-                   "noisy_classifier.time_dim=8", "noisy_classifier.train.steps=4",
-                   "noisy_classifier.train.log_every=2",
-                   "sample.bpd_t_samples=2", "sample.completion_steps=5", "classifier_steps=20"]
+SMOKE = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
+         "unet.channel_mult=[1]", "diffusion.num_timesteps=10", "sample.num_samples=40",
+         "sample.runs=['ddim:2']", "sample.guidance_scales=[2.0]",
+         "sample.guidance_sampler=ddim:2", "sample.classifier_guidance_scales=[2.0]",
+         "noisy_classifier.widths=[4, 8]", "noisy_classifier.feature_dim=8",
+         "noisy_classifier.time_dim=8", "noisy_classifier.train.steps=4",
+         "noisy_classifier.train.log_every=2",
+         "sample.bpd_t_samples=2", "sample.completion_steps=5", "classifier_steps=20"]
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, diffusion=True)
   # Every solver; the pairs to read: DPM-Solver++ at 10 NFE against DDIM at 32, and each

@@ -45,7 +45,7 @@ unconditionally (`condition=null`; `condition=class` gives the class-conditional
 than digits_ar's, so its B(64) - B(1) understates the price of parallel decoding for a
 better model (see the README's budget rows: 2.151 at one step against 1.916 at 64 steps for
 digits_ar's ARDM, conditional on the class).
-`--config.scale=paper` trains the paper-size transformers instead.
+`--config=paper` trains the paper-size transformers instead.
 The bounds average 3 independent draws of random orders (mean +- std over them; one training
 seed). Writes bits_vs_k.png, samples.png, results.md/.csv.
 """
@@ -61,26 +61,28 @@ import ml_collections
 import numpy as np
 
 from ardiff import runs
-from ardiff.configs import require, require_choice
+from ardiff.configs import require, require_choice, sized
 from ardiff.data.levels import to_tokens
 from ardiff.data.synthetic import (independent_pixels, marginal_cross_entropy_bits,
                                    marginal_entropy_bits)
 from ardiff.metrics.frechet import frechet_distance
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import config_dataset, image_config, train_section, validate_image_config
+from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
+                            validate_image_config)
 from ardiff.processes.autoregressive.budget import budget_cost
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.orders import uniform_step_sizes
 from ardiff.report import plots, write_results
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
-                   "ks=[1, 8, 64]", "order_seeds=2", "eval_examples=24", "num_samples=24",
-                   "sample_ks=[64]", "classifier_steps=20"]
+SMOKE = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
+         "ks=[1, 8, 64]", "order_seeds=2", "eval_examples=24", "num_samples=24",
+         "sample_ks=[64]", "classifier_steps=20"]
 
 LN2 = np.log(2.0)
 CONDITIONS = ("null", "class")
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True)
   c.ar.p_uncond = 0.5  # the bounds are unconditional: train that stream as much as the other

@@ -41,11 +41,11 @@ import ml_collections
 import numpy as np
 
 from ardiff import runs
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.frechet import frechet_distance_from_stats, gaussian_stats
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import config_dataset, image_config, validate_image_config
+from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
 from ardiff.processes import discrete
 from ardiff.processes.gaussian import learned_variance as lv
 from ardiff.processes.gaussian.likelihood import bpd as fixed_bpd
@@ -53,10 +53,10 @@ from ardiff.processes.gaussian.samplers import ddpm_learned
 from ardiff.processes.gaussian.samplers.base import per_example_normal
 from ardiff.report import plots, write_results
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
-                   "unet.channel_mult=[1]", "diffusion.num_timesteps=10",
-                   "sample.num_samples=20", "sample.nfe=[2]", "sample.bpd_t_samples=2",
-                   "sample.bpd_examples=20", "sample.fraction_times=4", "classifier_steps=20"]
+SMOKE = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
+         "unet.channel_mult=[1]", "diffusion.num_timesteps=10",
+         "sample.num_samples=20", "sample.nfe=[2]", "sample.bpd_t_samples=2",
+         "sample.bpd_examples=20", "sample.fraction_times=4", "classifier_steps=20"]
 
 VARIANTS = ("fixed beta~", "fixed beta", "learned", "learned eps, beta~", "learned eps, beta")
 MAIN = VARIANTS[:3]
@@ -71,6 +71,7 @@ SHORT = {"fixed beta~": "β̃", "fixed beta": "β", "learned": "learned",
          "learned eps, beta~": "β̃", "learned eps, beta": "β"}
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, diffusion=True)  # the same sections as digits_diffusion.py
   c.learned_variance = dict(vlb_weight=0.001)

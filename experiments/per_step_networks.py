@@ -33,21 +33,23 @@ import ml_collections
 import numpy as np
 
 from ardiff import build, runs
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import to_tokens
-from ardiff.presets import config_dataset, image_config, train_section, validate_image_config
+from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
+                            validate_image_config)
 from ardiff.processes.autoregressive import orders
 from ardiff.processes.autoregressive.step_restricted import (StepRestrictedAR, revealed_counts,
                                                              step_cost)
 from ardiff.report import plots, write_results
 from ardiff.train import read_training_info
 
-SMOKE_OVERRIDES = ["train.steps=3", "train.log_every=3", "ar.width=16", "ar.depth=1",
-                   "num_steps=2", "eval_draws=1", "eval_examples=16", "ardm_baseline=False"]
+SMOKE = ["train.steps=3", "train.log_every=3", "ar.width=16", "ar.depth=1",
+         "num_steps=2", "eval_draws=1", "eval_examples=16", "ardm_baseline=False"]
 
 LN2 = np.log(2.0)
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True)
   c.model_cache = "models"  # step-restricted networks: this experiment's own
