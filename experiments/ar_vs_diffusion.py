@@ -423,8 +423,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = config_dataset(c)
   n = c.num_samples
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   null = np.full((n,), data.num_classes, np.int32)
   floors = {"fd": quality.floor(n)}
   floors["precision"], floors["recall"] = quality.floor_precision_recall(n)

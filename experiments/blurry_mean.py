@@ -68,8 +68,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = config_dataset(c)
   levels, C, L = data.num_levels, data.num_classes, data.num_tokens
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   n, k = c.sample.num_samples, c.sample.per_class
   key = jax.random.key(c.seed)
   labels = np.arange(n) % C

@@ -50,8 +50,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   data = config_dataset(c)
   L, n = data.num_tokens, c.num_samples
   require(all(s <= L for s in c.steps), "steps", f"each must be <= the {L} pixels")
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   ardm, params = runs.train_model("ardm", c, workdir, data, c.ar, c.train)
   key = jax.random.key(c.seed)
   fit, losses = budget_losses(ardm, params, data, jax.random.fold_in(key, 7))

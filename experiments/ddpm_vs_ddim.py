@@ -238,8 +238,7 @@ def run_spiral(c, workdir):
 def run_digits(c, workdir):
   data = config_dataset(c)
   levels = data.num_levels
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   process, params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
                                      name=f"{data.name}-diffusion", diffusion=c.diffusion)
   n = c.sample.digits_samples

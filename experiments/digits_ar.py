@@ -67,8 +67,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   data = config_dataset(c)
   L = data.num_tokens
   x_test, y_test = to_tokens(data.x_test), data.y_test
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   n = c.sample.num_samples
   key = jax.random.key(c.seed)
   null = np.full((n,), data.num_classes, np.int32)

@@ -162,8 +162,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = config_dataset(c)
   levels = data.num_levels
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   process, params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
                                      name=f"{data.name}-diffusion", diffusion=c.diffusion)
   n, T, shape = c.sample.num_samples, c.diffusion.num_timesteps, data.shape

@@ -205,8 +205,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
   quality = None
   if c.num_samples:
-    quality = SampleQuality.create(real, cache_dir=os.path.join(workdir, c.model_cache),
-                                   steps=c.classifier_steps)
+    quality = SampleQuality.for_experiment(c, workdir, real)
   curves, grids, grid_labels = {}, [], []
   for name, data in (("independent", shuffled), ("real", real)):
     process, params = runs.train_model("ardm", c, workdir, data, c.ar, c.train)

@@ -248,8 +248,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = config_dataset(c)
   levels, T, n = data.num_levels, c.diffusion.num_timesteps, c.sample.num_samples
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   fixed, fixed_params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
                                          name=f"{data.name}-diffusion", diffusion=c.diffusion)
   learned, learned_params = runs.train_model(

@@ -94,8 +94,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = config_dataset(c)
   n, levels = c.num_samples, data.num_levels
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   key = jax.random.key(c.seed)
   floor = quality.floor(n)
   rows = [{"target": "data (train split vs test: floor)", "sampler": "", "NFE": 0, "fd": floor}]
