@@ -82,3 +82,28 @@ def test_cli_reports_config_errors_cleanly(capsys, tmp_path):
 
 def test_config_error_is_a_value_error():
   assert issubclass(ConfigError, ValueError)
+
+
+def test_sized_derives_smoke_and_quick_from_small():
+  import ml_collections
+
+  from ardiff.configs import sized
+
+  def base(scale="small"):
+    return ml_collections.ConfigDict(dict(steps={"small": 100, "paper": 1000}[scale], seeds=3))
+
+  get_config = sized(scales=("small", "paper"), smoke=["steps=2"],
+                     quick=lambda c: ml_collections.ConfigDict(dict(c, seeds=1)))(base)
+  assert get_config.sizes == ("smoke", "quick", "small", "paper")
+  assert get_config("smoke").to_dict() == dict(steps=2, seeds=3, size="smoke")
+  assert get_config("quick").to_dict() == dict(steps=100, seeds=1, size="quick")
+  assert get_config().to_dict() == dict(steps=100, seeds=3, size="small")
+  assert get_config("paper").steps == 1000
+  with pytest.raises(ConfigError, match="unknown size 'mnist'.*smoke, quick, small, paper"):
+    get_config("mnist")
+  with pytest.raises(ConfigError, match="'steps' expects int"):  # typed like the command line
+    sized(smoke=["steps=x"])(base)("smoke")
+  with pytest.raises(ValueError, match="not sizes"):
+    sized(scales=("huge",), smoke=[])(base)
+  # A get_config without a scale parameter: one scale, small.
+  assert sized(smoke=["seeds=1"])(lambda: base())("smoke").seeds == 1
