@@ -1,7 +1,8 @@
 """Command line.
 
-  ardiff run EXPERIMENT.py [--workdir=DIR] [--config.KEY=VALUE ...]   run an experiment
-  ardiff config EXPERIMENT.py [--config.KEY=VALUE ...]                print its resolved config
+  ardiff run EXPERIMENT.py [--workdir=DIR] [--config=SIZE] [--config.KEY=VALUE ...]
+                                                                      run an experiment
+  ardiff config EXPERIMENT.py [--config=SIZE] [--config.KEY=VALUE ...] print its resolved config
   ardiff sample WORKDIR_OR_MODEL_DIR --spec=ddim:50 [--num=64] [--label=3] [--guidance=2]
                 [--negative=1] [--seed=0] --out=FILE.npz                sample a trained model
   ardiff bench WHAT                                                    print a speed table
@@ -9,9 +10,9 @@
 Config overrides: every key of the experiment's config (list them with `ardiff config
 EXPERIMENT.py`) can be set with --config.KEY=VALUE, nested keys with dots
 (--config.train.steps=2000), lists as Python literals (--config.ks="[1, 4]"); the value must
-have the key's type. --config.scale=paper|mnist selects a scale's defaults first, and the other
-overrides apply on top. Your own data: --config.dataset=npz --config.data.path=FILE.npz (see
-README "Your own data").
+have the key's type. --config=SIZE (smoke|quick|small|paper|mnist, those the experiment takes;
+default small) selects a size's defaults first, and the other overrides apply on top. Your own
+data: --config.dataset=npz --config.data.path=FILE.npz (see README "Your own data").
 
 Bad input (a key, a value, a data file, an experiment path) stops with one line naming it,
 exit status 2, before anything is trained or written: `run` writes WORKDIR/config.json only
@@ -40,11 +41,15 @@ from ardiff.bench import BENCHES  # names only: each bench imports its code when
 
 
 def _split_overrides(extra: list[str]) -> list[str]:
+  """The overrides as key=value strings; --config=SIZE becomes size=SIZE."""
   out = []
   for item in extra:
+    if item.startswith("--config="):
+      out.append("size=" + item[len("--config="):])
+      continue
     if not item.startswith("--config."):
       raise ConfigError(f"unexpected argument {item!r}; config overrides look like "
-                        "--config.key=value")
+                        "--config.key=value (or --config=SIZE)")
     out.append(item[len("--config."):])
   return out
 

@@ -117,29 +117,56 @@ def _same(a, b) -> bool:
 
 def fit_model(kind: str, config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
               model_cfg: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict,
-              *, key_sections: tuple = (), name: str | None = None, process=None,
+              *, key_sections: tuple = (), key_after_train: tuple = (), keep_steps: bool = False,
+              name: str | None = None, process=None, train_kwargs: dict | None = None,
               **build_extra) -> TrainedModel:
   """Build process `kind` from `model_cfg` (ardiff.build), train or restore it on the dataset's
-  train split, and return it with its EMA parameters, directory and training record.
+  train split (`fit_cached`), and return it with its EMA parameters, directory and training
+  record.
 
   The cache key is (dataset name, model section, extra build sections, train section, builder
   version, dtype); `key_sections` replaces (dataset name, model section, extras) where an
-  experiment keyed its models differently before (so its cached models stay valid).
-  `process`: the process these sections build, built already (models of several training
-  seeds then share one process object, and its compiled samplers).
+  experiment keyed its models differently before (so its cached models stay valid);
+  `key_after_train` and `keep_steps` as in `fit_cached`. `process`: the process these sections
+  build, built already (models of several training seeds then share one process object, and
+  its compiled samplers). `train_kwargs` go to the training loop (e.g. eval_fn, eval_every).
   """
   if process is None:
     process = build.build(kind, model_cfg, dataset, config.get("dtype", "float32"),
                           **build_extra)
   # remat and the attention kernels leave the trained model as it is: not in the key.
   model_key = {k: v for k, v in model_cfg.items() if k not in build.COMPUTE_ONLY_FIELDS}
-  sections = key_sections or (dataset.name, model_key, *build_extra.values())
-  directory = model_dir(config, workdir, name or f"{dataset.name}-{kind}", *sections,
-                        train_key(train_cfg), version=build.code_version(kind, dataset))
-  write_model_card(directory, kind, model_cfg, dataset, config.get("dtype", "float32"),
-                   build_extra)
-  state = train_cached(process, model_inputs(kind, dataset), dataset.y_train, train_cfg,
-                       directory, preview_fn=preview_sampler(process, kind, dataset))
+  name = name or f"{dataset.name}-{kind}"
+  key = key_sections or (dataset.name, model_key, *build_extra.values())
+  card = dict(kind=kind, model_cfg=model_cfg, build_extra=build_extra)
+  return fit_cached(process, config, workdir, dataset, train_cfg, name=name, key=key,
+                    inputs=model_inputs(kind, dataset), key_after_train=key_after_train,
+                    keep_steps=keep_steps, version=build.code_version(kind, dataset), card=card,
+                    preview_fn=preview_sampler(process, kind, dataset), **(train_kwargs or {}))
+
+
+def fit_cached(process, config: ml_collections.ConfigDict, workdir: str, dataset: Dataset,
+               train_cfg: ml_collections.ConfigDict, *, name: str, key: tuple, inputs,
+               key_after_train: tuple = (), keep_steps: bool = False, version: int = 1,
+               card: dict | None = None, **train_kwargs) -> TrainedModel:
+  """The one cached-training path: train (or resume, or restore) `process` on `inputs` and the
+  dataset's train labels in
+
+      model_dir(config, workdir, name, *key, train_key(train_cfg), *key_after_train, version)
+
+  and return it with its EMA parameters, directory and training record. `key`: the sections
+  that define the model; `key_after_train`: further parts (e.g. an evaluation schedule whose
+  records the run keeps), after the train section so that keys made in that order stay valid;
+  `keep_steps`: the budget is part of the key (`train_key`). `card`: kind, model_cfg and
+  build_extra of a registered process, written as model.json so `ardiff sample` can load it
+  (None for a process `ardiff.build` does not make).
+  """
+  directory = model_dir(config, workdir, name, *key, train_key(train_cfg, keep_steps=keep_steps),
+                        *key_after_train, version=version)
+  if card is not None:
+    write_model_card(directory, card["kind"], card["model_cfg"], dataset,
+                     config.get("dtype", "float32"), card["build_extra"])
+  state = train_cached(process, inputs, dataset.y_train, train_cfg, directory, **train_kwargs)
   return TrainedModel(process, state.ema_params, directory, read_training_info(directory))
 
 

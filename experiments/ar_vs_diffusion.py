@@ -2,7 +2,7 @@
 axis, at matched training compute, over training seeds, with FD, precision and recall.
 
   ardiff run experiments/ar_vs_diffusion.py --workdir=runs/ar_vs_diffusion
-  ardiff run experiments/ar_vs_diffusion.py --workdir=runs/ar_vs_diffusion_quick --config.quick=True
+  ardiff run experiments/ar_vs_diffusion.py --workdir=runs/ar_vs_diffusion_quick --config=quick
 
 Six models (raster AR, ARDM, masked diffusion, upscale ARDM, diffusion with the same
 transformer and with a UNet), each trained from `training_seeds` on the same FLOP budget
@@ -10,7 +10,7 @@ with early stopping on held-out validation loss, sampled by every spec of `sampl
 FD, precision and recall against NFE (quality_vs_nfe.png, results.md), against training
 compute (quality_vs_compute.png), sample grids, reveal.png, training_curves.png and
 training.md (budget, convergence, held-out bits per pixel from each process's `nll_bound`).
-Samples are cached beside each model, so a rerun draws only what is new. `--config.quick=True`
+Samples are cached beside each model, so a rerun draws only what is new. `--config=quick`
 takes one seed, a quarter of the budget and two solvers (~10 min on 2 cores).
 The design, the protocol and the measurements behind its settings (EMA warm-up, learning
 rates): docs/ar_vs_diffusion.md.
@@ -27,11 +27,12 @@ import ml_collections
 import numpy as np
 
 from ardiff import runs, sample_cache
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import levels_to_unit, to_tokens
 from ardiff.metrics import held_out
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import config_dataset, image_config, unet_section, validate_image_config
+from ardiff.presets import (SCALES, config_dataset, image_config, unet_section,
+                            validate_image_config)
 from ardiff.processes.gaussian import samplers
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
@@ -39,22 +40,22 @@ from ardiff.report.tables import format_mean_std, mean_std, pareto_front
 from ardiff.train import TrainConfig, num_params, snapshot_params, train_step_flops
 from ardiff.train.progress import last_quarter_gain, validation_curve
 
-SMOKE_OVERRIDES = ["budget_steps=6", "budget_tflop=0", "train.log_every=2", "train.eval_every=2",
-                   "train.val_examples=64", "train.warmup_steps=2", "ar.width=16",
-                   "ar.depth=1", "ar.heads=2", "unet.base_channels=8", "unet.channel_mult=[1]",
-                   "diffusion.num_timesteps=8", "num_samples=40", "training_seeds=[0]",
-                   "train.snapshots=[0.5]",
-                   "sample.runs.raster=['raster']",
-                   "sample.runs.ardm=['ardm:k=64', 'ardm:k=64:order=contiguous']",
-                   "sample.runs.diffusion_transformer=['ddim:2']",
-                   "sample.runs.diffusion_unet=['ddim:2', 'dpmpp_2m:3']",
-                   "sample.runs.masked=['masked:2', 'confidence:2:noise=4.5']",
-                   "compute_specs.ardm=['ardm:k=64']",
-                   "compute_specs.masked=['masked:2']", "reveal_nfe=2",
-                   "sample.runs.upscale=['upscale:k=64']", "compute_specs.upscale=['upscale:k=64']",
-                   "compute_specs.diffusion_transformer=['ddim:2']",
-                   "compute_specs.diffusion_unet=['ddim:2']",
-                   "classifier_steps=20"]
+SMOKE = ["budget_steps=6", "budget_tflop=0", "train.log_every=2", "train.eval_every=2",
+         "train.val_examples=64", "train.warmup_steps=2", "ar.width=16",
+         "ar.depth=1", "ar.heads=2", "unet.base_channels=8", "unet.channel_mult=[1]",
+         "diffusion.num_timesteps=8", "num_samples=40", "training_seeds=[0]",
+         "train.snapshots=[0.5]",
+         "sample.runs.raster=['raster']",
+         "sample.runs.ardm=['ardm:k=64', 'ardm:k=64:order=contiguous']",
+         "sample.runs.diffusion_transformer=['ddim:2']",
+         "sample.runs.diffusion_unet=['ddim:2', 'dpmpp_2m:3']",
+         "sample.runs.masked=['masked:2', 'confidence:2:noise=4.5']",
+         "compute_specs.ardm=['ardm:k=64']",
+         "compute_specs.masked=['masked:2']", "reveal_nfe=2",
+         "sample.runs.upscale=['upscale:k=64']", "compute_specs.upscale=['upscale:k=64']",
+         "compute_specs.diffusion_transformer=['ddim:2']",
+         "compute_specs.diffusion_unet=['ddim:2']",
+         "classifier_steps=20"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,13 +84,13 @@ GAUSSIAN = tuple(f for f in FAMILIES if f.gaussian)
 SOLVERS = {"ddpm": "DDPM", "ddim": "DDIM", "heun": "Heun", "dpmpp_2m": "DPM-Solver++ 2M"}
 
 
+@sized(scales=SCALES, smoke=SMOKE, quick=lambda c: quick_config(c))
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True, diffusion=True)
   if scale == "small":
     # 12 models (4 x 3 seeds) trained to convergence on 2 CPU cores: transformers of width 32
     # (a quarter of width 64's FLOPs); the UNet keeps its default size.
     c.ar.width = 32
-  c.quick = False
   c.training_seeds = [0, 1, 2]
   c.num_samples = 300  # per training seed
   c.sample_batch = 0  # samples per network call; 0: all num_samples at once
@@ -361,13 +362,10 @@ def _score(quality, images) -> dict:
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  if c.get("quick"):
-    c = quick_config(c)
   validate(c)
   data = config_dataset(c)
   n = c.num_samples
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   null = np.full((n,), data.num_classes, np.int32)
   floors = {"fd": quality.floor(n)}
   floors["precision"], floors["recall"] = quality.floor_precision_recall(n)

@@ -19,19 +19,20 @@ import ml_collections
 import numpy as np
 
 from ardiff import runs
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality, pixel_entropy, sharpness
-from ardiff.presets import (config_dataset, image_config, oneshot_section, train_section,
+from ardiff.presets import (SCALES, config_dataset, image_config, oneshot_section, train_section,
                             validate_image_config, validate_train)
 from ardiff.processes.guidance import Guidance
 from ardiff.report import plots, write_results
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
-                   "oneshot.width=16", "oneshot_train.steps=4", "oneshot_train.log_every=2",
-                   "sample.num_samples=40", "sample.per_class=2", "classifier_steps=20"]
+SMOKE = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
+         "oneshot.width=16", "oneshot_train.steps=4", "oneshot_train.log_every=2",
+         "sample.num_samples=40", "sample.per_class=2", "classifier_steps=20"]
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True)  # digits_ar.py's raster AR model is reused
   c.oneshot = oneshot_section()
@@ -67,8 +68,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = config_dataset(c)
   levels, C, L = data.num_levels, data.num_classes, data.num_tokens
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   n, k = c.sample.num_samples, c.sample.per_class
   key = jax.random.key(c.seed)
   labels = np.arange(n) % C

@@ -19,18 +19,19 @@ import ml_collections
 import numpy as np
 
 from ardiff import runs
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import config_dataset, image_config, validate_image_config
+from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
 from ardiff.processes.autoregressive.budget import budget_cost, resolve_dp
 from ardiff.processes.autoregressive.evaluate import budget_losses
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
-                   "num_samples=70", "steps=[1, 8]", "classifier_steps=20"]
+SMOKE = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
+         "num_samples=70", "steps=[1, 8]", "classifier_steps=20"]
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True)
   c.num_samples = 300 if scale == "small" else 2000
@@ -49,8 +50,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   data = config_dataset(c)
   L, n = data.num_tokens, c.num_samples
   require(all(s <= L for s in c.steps), "steps", f"each must be <= the {L} pixels")
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   ardm, params = runs.train_model("ardm", c, workdir, data, c.ar, c.train)
   key = jax.random.key(c.seed)
   fit, losses = budget_losses(ardm, params, data, jax.random.fold_in(key, 7))

@@ -40,21 +40,23 @@ import numpy as np
 from ardiff import build, runs, storage
 from ardiff.bench.timer import MIN_REPEATS, interleaved
 from ardiff.bench.train import train_case
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import to_tokens
-from ardiff.presets import config_dataset, image_config, train_section, validate_image_config
+from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
+                            validate_image_config)
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.fixed_order import exact_test_bpd
 from ardiff.report import plots, write_results
 from ardiff.train import read_metrics
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=1", "ar.width=16", "ar.depth=1",
-                   "bidirectional_multiples=[1]", "curve_points=2", "eval_examples=16",
-                   "timing_steps=1"]
+SMOKE = ["train.steps=4", "train.log_every=1", "ar.width=16", "ar.depth=1",
+         "bidirectional_multiples=[1]", "curve_points=2", "eval_examples=16",
+         "timing_steps=1"]
 
 KINDS = {"causal": "raster", "bidirectional": "raster_bidirectional"}
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True)
   c.model_cache = "models"  # these runs (with their learning curves) are this experiment's own
@@ -89,12 +91,7 @@ def _train(kind, process, c, workdir, data, steps, evaluate):
   compilation included; None if the run was restored without that record).
   """
   train_cfg = ml_collections.ConfigDict(dict(c.train, steps=int(steps)))
-  model_key = {k: v for k, v in c.ar.items() if k not in build.COMPUTE_ONLY_FIELDS}
   curve = {"curve_points": c.curve_points, "eval_examples": c.eval_examples}
-  directory = runs.model_dir(c, workdir, f"{data.name}-{kind}-curve", data.name, model_key,
-                             runs.train_key(train_cfg, keep_steps=True), curve,
-                             version=build.code_version(kind, data))
-  runs.write_model_card(directory, kind, c.ar, data, c.dtype, {})
   eval_seconds = [0.0]
 
   def eval_fn(params):
@@ -104,10 +101,12 @@ def _train(kind, process, c, workdir, data, steps, evaluate):
     return {"test_bpd": bpd}
 
   eval_every = -(-int(steps) // c.curve_points)  # ceil: the last evaluation at the end
-  timing_path = os.path.join(directory, "timing.json")
   start = time.perf_counter()
-  runs.train_cached(process, to_tokens(data.x_train), data.y_train, train_cfg, directory,
-                    eval_fn=eval_fn, eval_every=eval_every)
+  directory = runs.fit_model(kind, c, workdir, data, c.ar, train_cfg, process=process,
+                             name=f"{data.name}-{kind}-curve", key_after_train=(curve,),
+                             keep_steps=True,
+                             train_kwargs=dict(eval_fn=eval_fn, eval_every=eval_every)).directory
+  timing_path = os.path.join(directory, "timing.json")
   if (eval_seconds[0] > 0 and runs.is_chief()
       and not storage.exists(timing_path)):  # trained here, not restored
     storage.write_atomic(timing_path, json.dumps(

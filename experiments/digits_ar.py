@@ -19,10 +19,10 @@ import ml_collections
 import numpy as np
 
 from ardiff import runs
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import to_tokens
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import config_dataset, image_config, validate_image_config
+from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
 from ardiff.processes.autoregressive.budget import budget_cost, optimal_budget
 from ardiff.processes.autoregressive.evaluate import ardm_test_bpd, budget_losses, raster_test_bpd
 from ardiff.processes.autoregressive.orders import uniform_step_sizes
@@ -30,12 +30,13 @@ from ardiff.processes.guidance import Guidance
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
-                   "sample.num_samples=40", "sample.budget_steps=[1, 4]", "classifier_steps=20"]
+SMOKE = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
+         "sample.num_samples=40", "sample.budget_steps=[1, 4]", "classifier_steps=20"]
 
 LN2 = np.log(2.0)
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True)
   c.sample = ml_collections.ConfigDict(dict(
@@ -66,8 +67,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   data = config_dataset(c)
   L = data.num_tokens
   x_test, y_test = to_tokens(data.x_test), data.y_test
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   n = c.sample.num_samples
   key = jax.random.key(c.seed)
   null = np.full((n,), data.num_classes, np.int32)

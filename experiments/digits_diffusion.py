@@ -2,13 +2,10 @@
 
   ardiff run experiments/digits_diffusion.py --workdir=runs/digits_diffusion
 
-Same data, split and quality metric as digits_ar.py, so the numbers compare directly.
-Guidance two ways, on one solver and one set of samples: classifier-free (the UNet's own
-conditional and unconditional streams) and classifier guidance of the unconditional UNet by a
-separately trained noise-aware classifier p(y | x_t, u)
-(`ardiff.processes.gaussian.classifier_guidance`); accuracy and FD are measured by the
-feature classifier of SampleQuality, a third network that sees clean samples only.
-Writes samples.png, guidance.png, classifier_guidance.png, guidance_compare.png,
+Same data, split and quality metric as digits_ar.py, so the numbers compare directly;
+classifier-free against classifier guidance on one solver and one set of samples (how, and
+what each measures: docs/digits_diffusion.md). Writes samples.png, guidance.png,
+classifier_guidance.png, guidance_compare.png (`ardiff.report.guidance_figure`),
 completion.png, results.md/.csv.
 """
 
@@ -22,29 +19,32 @@ import ml_collections
 import numpy as np
 
 from ardiff import build, runs
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import levels_to_unit
+from ardiff.metrics.completion import completion_masks, completion_scores
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.models.noisy_classifier import NoisyClassifierNet
-from ardiff.presets import (config_dataset, image_config, train_section, validate_image_config,
-                            validate_train)
+from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
+                            validate_image_config, validate_train)
 from ardiff.processes.gaussian.classifier_guidance import NoisyClassifier, sample_with_classifier
 from ardiff.processes.gaussian.inpaint import inpaint
 from ardiff.processes.gaussian.likelihood import bpd as diffusion_bpd
 from ardiff.processes.guidance import Guidance
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
+from ardiff.report.guidance_figure import by_class, class_blocks_grid, guidance_compare_figure
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
-                   "unet.channel_mult=[1]", "diffusion.num_timesteps=10", "sample.num_samples=40",
-                   "sample.runs=['ddim:2']", "sample.guidance_scales=[2.0]",
-                   "sample.guidance_sampler=ddim:2", "sample.classifier_guidance_scales=[2.0]",
-                   "noisy_classifier.widths=[4, 8]", "noisy_classifier.feature_dim=8",
-                   "noisy_classifier.time_dim=8", "noisy_classifier.train.steps=4",
-                   "noisy_classifier.train.log_every=2",
-                   "sample.bpd_t_samples=2", "sample.completion_steps=5", "classifier_steps=20"]
+SMOKE = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
+         "unet.channel_mult=[1]", "diffusion.num_timesteps=10", "sample.num_samples=40",
+         "sample.runs=['ddim:2']", "sample.guidance_scales=[2.0]",
+         "sample.guidance_sampler=ddim:2", "sample.classifier_guidance_scales=[2.0]",
+         "noisy_classifier.widths=[4, 8]", "noisy_classifier.feature_dim=8",
+         "noisy_classifier.time_dim=8", "noisy_classifier.train.steps=4",
+         "noisy_classifier.train.log_every=2",
+         "sample.bpd_t_samples=2", "sample.completion_steps=5", "classifier_steps=20"]
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, diffusion=True)
   # Every solver; the pairs to read: DPM-Solver++ at 10 NFE against DDIM at 32, and each
@@ -111,58 +111,18 @@ def _noisy_classifier(c, workdir, data, process):
   classifier = NoisyClassifier.for_process(process, net)
   schedule = {"schedule": process.schedule_name, "num_timesteps": process.num_timesteps}
   net_section = {k: v for k, v in nc.items() if k != "train"}
-  directory = runs.model_dir(c, workdir, f"{data.name}-noisy-classifier", data.name,
-                             net_section, schedule, runs.train_key(nc.train))
-  state = runs.train_cached(classifier, runs.model_inputs("gaussian", data), data.y_train,
-                            nc.train, directory)
-  return classifier, state.ema_params
-
-
-def _by_class(x, labels, num_classes, per_class):
-  """The first per_class samples of each class: [num_classes, per_class, ...]."""
-  return np.stack([x[labels == k][:per_class] for k in range(num_classes)])
-
-
-def _plot_guidance_compare(cfg_curve, cg_curve, path, *, spec_label, num_samples,
-                           data_accuracy, fd_floor):
-  """Two panels against the guidance weight w: class accuracy and FD, one line per kind of
-  guidance; curves are [(w, accuracy, fd)]."""
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.6))
-  kinds = [("classifier-free: eps(null) + w (eps(y) - eps(null));  2 UNet calls per step",
-            cfg_curve, dict(color="#1f77b4", marker="o")),
-           ("classifier guidance: eps(null) - w sqrt(1-ab) grad log p(y | x_t, u);  1 UNet call "
-            "+ 1 noisy-classifier gradient per step", cg_curve,
-            dict(color="#d62728", marker="s"))]
-  panels = [(axes[0], 1, "class accuracy of the samples", data_accuracy,
-             "evaluation classifier on real test images"),
-            (axes[1], 2, "FD to the test split (lower is better)", fd_floor,
-             f"data floor ({num_samples} real train images)")]
-  for ax, col, ylabel, ref, ref_label in panels:
-    for label, curve, style in kinds:
-      ax.plot([p[0] for p in curve], [p[col] for p in curve], label=label, ms=5, **style)
-    line = ax.axhline(ref, ls="--", c="gray", lw=1, label=ref_label)
-    ax.legend(handles=[line], loc="best", fontsize=8)  # placed where it hides no data
-    ax.set_xlabel("guidance weight w  (w = 0: the unconditional model, both kinds)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-  names = [k[0] for k in kinds]
-  handles = [h for h, label in zip(*axes[0].get_legend_handles_labels()) if label in names]
-  fig.legend(handles, names, loc="lower center", ncol=1, fontsize=9, frameon=False)
-  fig.suptitle(f"Classifier-free vs classifier guidance, digits 8x8 ({spec_label}, "
-               f"{num_samples} class-conditional samples per point)", fontsize=12)
-  fig.tight_layout(rect=(0, 0.13, 1, 1))
-  plots.save_figure(fig, path)
-  plt.close(fig)
+  model = runs.fit_cached(classifier, c, workdir, data, nc.train,
+                          name=f"{data.name}-noisy-classifier",
+                          key=(data.name, net_section, schedule),
+                          inputs=runs.model_inputs("gaussian", data))
+  return classifier, model.params
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = config_dataset(c)
   levels = data.num_levels
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   process, params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
                                      name=f"{data.name}-diffusion", diffusion=c.diffusion)
   n, T, shape = c.sample.num_samples, c.diffusion.num_timesteps, data.shape
@@ -198,18 +158,25 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   # The grids show the first samples of each class of the measured batch (no second program
   # for another batch size): per_class of each, one row per class.
   per_class = min(10, n // data.num_classes)
-  guide_grids, cfg_curve = [], []
-  process.sample(params, key, labels, spec, guidance=Guidance(1.0))  # compile (w is traced)
-  for w in c.sample.guidance_scales:
-    guidance = Guidance(w)
-    row = {"setting": f"guidance w={w:g} ({spec.label})",
-           "NFE": process.nfe(spec, guidance=guidance)}
-    with runs.timed(row):
-      x = np.asarray(runs.block(process.sample(params, key, labels, spec, guidance=guidance)))
-    row.update(fd=quality.frechet(x), accuracy=quality.accuracy(x, labels))
-    rows.append(row)
-    cfg_curve.append((w, row["accuracy"], row["fd"]))
-    guide_grids.append(_by_class(x, labels, data.num_classes, per_class))
+
+  def sweep(scales, sample, header):
+    """Rows, the (w, accuracy, fd) curve and the class blocks of `sample(w)` for each w."""
+    sample(1.0)  # compile outside the timed blocks (w is traced: one program for the sweep)
+    curve, blocks = [], []
+    for w in scales:
+      row = header(w)
+      with runs.timed(row):
+        x = np.asarray(runs.block(sample(w)))
+      rows.append(dict(row, fd=quality.frechet(x), accuracy=quality.accuracy(x, labels)))
+      curve.append((w, rows[-1]["accuracy"], rows[-1]["fd"]))
+      blocks.append(by_class(x, labels, data.num_classes, per_class))
+    return curve, blocks
+
+  cfg_curve, guide_grids = sweep(
+      c.sample.guidance_scales,
+      lambda w: process.sample(params, key, labels, spec, guidance=Guidance(w)),
+      lambda w: {"setting": f"guidance w={w:g} ({spec.label})",
+                 "NFE": process.nfe(spec, guidance=Guidance(w))})
   neg = c.sample.negative_class
   away = Guidance(2.0, negative=neg)
   x = np.asarray(process.sample(params, key, null, spec, guidance=away))
@@ -218,14 +185,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                "NFE": process.nfe(spec, guidance=away), "fd": quality.frechet(x),
                f"share_of_class_{neg}": float(np.mean(quality.predict(x) == neg)),
                "share_without": float(np.mean(quality.predict(base) == neg))})
-  # Rows: classes; within a row, one block of per_class samples per guidance scale.
-  stacked = np.stack(guide_grids, 1).reshape(-1, *shape)
-  plots.image_grid(stacked, os.path.join(workdir, "guidance.png"),
-                   nrow=per_class * len(guide_grids),
-                   row_labels=[str(i) for i in range(data.num_classes)], vmax=levels - 1,
-                   title="Classifier-free guidance w = "
-                   + ", ".join(f"{w:g}" for w in c.sample.guidance_scales)
-                   + f" (blocks of {per_class}, left to right)", close=True)
+  class_blocks_grid(guide_grids, os.path.join(workdir, "guidance.png"), vmax=levels - 1,
+                    scales=c.sample.guidance_scales, kind="Classifier-free guidance")
 
   # Classifier guidance of the unconditional UNet by the noise-aware classifier, on the same
   # solver, labels and keys: eps(x, u, null) - w sqrt(1 - ab) grad log p(y | x, u).
@@ -237,51 +198,31 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   rows.append({"setting": "noisy classifier (for guidance) at u=0, test split", "NFE": 0,
                "accuracy": noisy_acc[0.0]})
 
-  def classifier_guided(w):
-    return sample_with_classifier(process, params, classifier, classifier_params, key, labels,
-                                  spec, w)
-
-  classifier_guided(1.0)  # compile (w is traced: one program for the sweep)
-  cg_grids, cg_curve = [], []
-  for w in c.sample.classifier_guidance_scales:
-    # One diffusion network evaluation per solver evaluation, plus the classifier's forward
-    # and backward pass (counted apart: classifier_evals).
-    row = {"setting": f"classifier guidance w={w:g} ({spec.label})", "NFE": process.nfe(spec),
-           "classifier_evals": process.nfe(spec)}
-    with runs.timed(row):
-      x = np.asarray(runs.block(classifier_guided(w)))
-    row.update(fd=quality.frechet(x), accuracy=quality.accuracy(x, labels))
-    rows.append(row)
-    cg_curve.append((w, row["accuracy"], row["fd"]))
-    cg_grids.append(_by_class(x, labels, data.num_classes, per_class))
-  plots.image_grid(np.stack(cg_grids, 1).reshape(-1, *shape),
-                   os.path.join(workdir, "classifier_guidance.png"),
-                   nrow=per_class * len(cg_grids),
-                   row_labels=[str(i) for i in range(data.num_classes)], vmax=levels - 1,
-                   title="Classifier guidance w = "
-                   + ", ".join(f"{w:g}" for w in c.sample.classifier_guidance_scales)
-                   + f" (blocks of {per_class}, left to right)", close=True)
-  _plot_guidance_compare(cfg_curve, cg_curve, os.path.join(workdir, "guidance_compare.png"),
-                         spec_label=spec.label, num_samples=n,
-                         data_accuracy=quality.test_accuracy(), fd_floor=quality.floor(n))
+  # One diffusion network evaluation per solver evaluation, plus the classifier's forward and
+  # backward pass (counted apart: classifier_evals).
+  cg_curve, cg_grids = sweep(
+      c.sample.classifier_guidance_scales,
+      lambda w: sample_with_classifier(process, params, classifier, classifier_params, key,
+                                       labels, spec, w),
+      lambda w: {"setting": f"classifier guidance w={w:g} ({spec.label})",
+                 "NFE": process.nfe(spec), "classifier_evals": process.nfe(spec)})
+  class_blocks_grid(cg_grids, os.path.join(workdir, "classifier_guidance.png"), vmax=levels - 1,
+                    scales=c.sample.classifier_guidance_scales, kind="Classifier guidance")
+  guidance_compare_figure(cfg_curve, cg_curve, os.path.join(workdir, "guidance_compare.png"),
+                          spec_label=spec.label, num_samples=n,
+                          data_accuracy=quality.test_accuracy(), fd_floor=quality.floor(n))
 
   # Completion: one missing pixel (the source material's first example), then the lower half.
   x_known = levels_to_unit(data.x_test[:10], levels)
-  h, w_ = shape[0], shape[1]
-  one = np.ones((10, *shape), bool)
-  one[:, h // 2, w_ // 2] = False
-  half = np.ones((10, *shape), bool)
-  half[:, h // 2:] = False
   panels = [data.x_test[:10]]
-  for mask in (one, half):
+  for mask in completion_masks(10, shape):
     out = inpaint(process.eps_fn, params, process.schedule, jnp.asarray(x_known), jnp.asarray(mask),
                   jax.random.fold_in(key, 3), jnp.full((10,), data.num_classes, jnp.int32),
                   sampler="ddpm", num_steps=c.sample.completion_steps)
     out = np.asarray(process.to_data(out))
     rows.append({"setting": f"completion, {int((~mask[0]).sum())} unknown pixels",
                  "NFE": c.sample.completion_steps,
-                 "mean_abs_level_error": float(np.mean(np.abs(out.astype(int) - data.x_test[:10])[~mask])),
-                 "known_pixels_kept": float(np.all(out[mask] == data.x_test[:10][mask]))})
+                 **completion_scores(out, data.x_test[:10], mask)})
     panels.append(np.where(mask, data.x_test[:10], 0).astype(np.uint8))
     panels.append(out)
   plots.image_grid(np.concatenate(panels), os.path.join(workdir, "completion.png"), nrow=10,

@@ -2,52 +2,13 @@
 
   ardiff run experiments/independent_pixels.py --workdir=runs/independent_pixels
 
-The claim: "if the values were statistically independent, you could predict all of them at
-once without loss". Two datasets, one ARDM (order-agnostic transformer) trained on each:
-  * digits_independent: every pixel position's values shuffled across the images of its split
-    (`ardiff.data.synthetic.independent_pixels`): the same per-pixel marginals as the digits,
-    no dependence between pixels;
-  * digits: the real images.
-
-The bound of k-per-step parallel decoding. With t pixels revealed (a uniformly random subset)
-let L_t = E[-log p(x_i | x_revealed)] for a random hidden position i (nats; estimated on the
-test split by `ardm_step_losses`, one random order per image and t). Predicting k hidden pixels
-independently (each from its own marginal given the revealed ones, as one parallel step does)
-costs in expectation k L_t, so decoding in steps of k costs
-
-  B(k) = sum_s k L_{sk} / (L ln 2)   bits per pixel,   s = 0 .. L/k - 1
-
-(`budget.budget_cost` with uniform step sizes). B(1) is the ARDM bound (one pixel a step);
-B(L) = L_0 / ln 2 predicts everything at once from nothing: the product of the model's
-marginals. B(k) - B(1) >= 0 is the price of predicting k at a time; for independent pixels
-p(x_i | x_revealed) = p(x_i), so L_t is flat and B(k) = B(1) for every k.
-
-Closed form (no network): the entropy of the product of the train split's per-pixel empirical
-marginals, H = (1/L) sum_i H(p_i) bits per pixel, the same number for both datasets (shuffling
-keeps every column's values). What a model fitted to the train split can reach on the test
-split is the cross-entropy of the test images under those marginals, smoothed by add-1/2
-counts (`marginal_cross_entropy_bits`); the gap between the two is the train/test difference
-of the marginals at 1500/297 images, not the network.
-
-Sample quality (optional, `num_samples > 0`): FD of unconditional `ardm:k=K` samples to each
-dataset's own test split, in the features of the real-digits classifier (for the shuffled
-data those features are just a fixed map; FD still compares the two sets).
-
-Cut for the 2-core CPU (shared with other jobs, where a train step of the default width-64
-transformer took 0.5 s): both transformers are width 32, depth 2 (29k parameters, against
-digits_ar's width 64, 107k) and train 400 steps at learning rate 2e-3 instead of 3000 at 1e-3,
-so the real-digits bound is well above digits_ar's (1.91 bpd). Their EMA decay is 0.99: the
-EMA starts at the initial parameters without bias correction, so at the default 0.999 they
-would still weigh 0.999^400 = 67% after 400 steps. Labels are dropped half the
-time (p_uncond 0.5, not 0.1) because the claim is about p(x) and the bounds are measured
-unconditionally (`condition=null`; `condition=class` gives the class-conditional bounds);
-200 samples per FD. This small real-digits model has learnt less of the pixels' dependence
-than digits_ar's, so its B(64) - B(1) understates the price of parallel decoding for a
-better model (see the README's budget rows: 2.151 at one step against 1.916 at 64 steps for
-digits_ar's ARDM, conditional on the class).
-`--config.scale=paper` trains the paper-size transformers instead.
-The bounds average 3 independent draws of random orders (mean +- std over them; one training
-seed). Writes bits_vs_k.png, samples.png, results.md/.csv.
+Two ARDMs, one on digits whose pixel values are shuffled across images
+(`digits_independent`: the digits' per-pixel marginals, no dependence) and one on the real
+digits; the bound B(k) of k-per-step parallel decoding against k, beside the closed-form
+entropy of the per-pixel marginals. For independent pixels B(k) = B(1) for every k. The maths,
+the cuts for a 2-core CPU and the lab notes: docs/independent_pixels.md.
+`--config=paper` trains the paper-size transformers instead. Writes bits_vs_k.png,
+samples.png, results.md/.csv.
 """
 
 from __future__ import annotations
@@ -61,26 +22,28 @@ import ml_collections
 import numpy as np
 
 from ardiff import runs
-from ardiff.configs import require, require_choice
+from ardiff.configs import require, require_choice, sized
 from ardiff.data.levels import to_tokens
 from ardiff.data.synthetic import (independent_pixels, marginal_cross_entropy_bits,
                                    marginal_entropy_bits)
 from ardiff.metrics.frechet import frechet_distance
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import config_dataset, image_config, train_section, validate_image_config
+from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
+                            validate_image_config)
 from ardiff.processes.autoregressive.budget import budget_cost
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.orders import uniform_step_sizes
 from ardiff.report import plots, write_results
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
-                   "ks=[1, 8, 64]", "order_seeds=2", "eval_examples=24", "num_samples=24",
-                   "sample_ks=[64]", "classifier_steps=20"]
+SMOKE = ["train.steps=4", "train.log_every=2", "ar.width=32", "ar.depth=1",
+         "ks=[1, 8, 64]", "order_seeds=2", "eval_examples=24", "num_samples=24",
+         "sample_ks=[64]", "classifier_steps=20"]
 
 LN2 = np.log(2.0)
 CONDITIONS = ("null", "class")
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True)
   c.ar.p_uncond = 0.5  # the bounds are unconditional: train that stream as much as the other
@@ -203,8 +166,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
   quality = None
   if c.num_samples:
-    quality = SampleQuality.create(real, cache_dir=os.path.join(workdir, c.model_cache),
-                                   steps=c.classifier_steps)
+    quality = SampleQuality.for_experiment(c, workdir, real)
   curves, grids, grid_labels = {}, [], []
   for name, data in (("independent", shuffled), ("real", real)):
     process, params = runs.train_model("ardm", c, workdir, data, c.ar, c.train)

@@ -2,31 +2,12 @@
 
   ardiff run experiments/learned_variance.py --workdir=runs/learned_variance
 
-Two UNets with the same sections and training (image_config's small scale): the fixed-variance
-model is digits_diffusion.py's ("gaussian", shared through the model cache), the learned one
-("gaussian_learned_var") outputs eps and v per pixel and trains with the hybrid objective
-L_simple + 0.001 L_vlb (uniform timesteps, eps gradient stopped inside L_vlb).
-
-Measured on the test split: the variational bound in bits per pixel, unconditional (null
-label), for the fixed model with Sigma = beta~ (`likelihood.py`, decoder sigma^2 = beta_1) and
-with Sigma = beta (decoder beta_1), and for the learned model with its own variances; all with
-the same key, hence the same timesteps and noise. Then FD of unconditional DDPM samples at low
-NFE, respaced to N uniform steps from sigma_max = 80 (the project's grid; the paper uses integer
-strided steps from T): fixed beta~ (this is the `ddpm` solver), fixed beta, and the learned
-variance interpolated between the respaced beta' and beta~'. The two models start from the
-same initialisation and see the same batches (the out conv starts at zero, the trunk's init
-does not depend on its width), so they differ only by L_vlb's gradient through the shared
-trunk: the notes report how far their eps outputs are apart, and the bound is also computed
-for the hybrid model's own eps with the two fixed variances (the variance alone, same network).
-FD error bars: a paired bootstrap over the samples (every variant draws the same initial and
-step noise, so differences are measured on the same draws); they leave out training-seed
-variation. Writes learned_variance.png (FD vs NFE and the paired differences, the bounds, the
-learned fraction f against t), samples.png and results.md/.csv.
-
-Cut for the CPU budget: 400 samples per FD (digits_diffusion: 500), NFE 10/25/50/100 (no
-1000), one sampling seed, the bound's diffusion term from 50 timesteps per image (an unbiased
-estimate; digits_diffusion: 100), no FD for the hybrid model's eps with fixed variances (a first
-run measured it within 0.7 FD of the fixed model's at every NFE).
+The fixed-variance UNet (digits_diffusion.py's, shared through the model cache) against one
+that learns its variances with the hybrid objective L_simple + 0.001 L_vlb: the test bound in
+bits per pixel for each Sigma (beta~, beta, learned) and FD of DDPM samples at low NFE with a
+paired bootstrap over the same noise. What is measured, how, and the cuts for the CPU budget:
+docs/learned_variance.md. Writes learned_variance.png (`ardiff.report.variance_figure`),
+samples.png and results.md/.csv.
 """
 
 from __future__ import annotations
@@ -41,35 +22,25 @@ import ml_collections
 import numpy as np
 
 from ardiff import runs
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.frechet import frechet_distance_from_stats, gaussian_stats
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import config_dataset, image_config, validate_image_config
+from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
 from ardiff.processes import discrete
 from ardiff.processes.gaussian import samplers
 from ardiff.processes.gaussian.likelihood import bpd as diffusion_bpd
 from ardiff.processes.gaussian.samplers.base import per_example_normal
 from ardiff.report import plots, write_results
+from ardiff.report.variance_figure import MAIN, SHORT, STYLE, learned_variance_figure
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
-                   "unet.channel_mult=[1]", "diffusion.num_timesteps=10",
-                   "sample.num_samples=20", "sample.nfe=[2]", "sample.bpd_t_samples=2",
-                   "sample.bpd_examples=20", "sample.fraction_times=4", "classifier_steps=20"]
-
-VARIANTS = ("fixed beta~", "fixed beta", "learned", "learned eps, beta~", "learned eps, beta")
-MAIN = VARIANTS[:3]
-STYLE = {"fixed beta~": dict(color="#1f77b4", marker="o", label="fixed Σ = β̃ (DDPM's small)"),
-         "fixed beta": dict(color="#ff7f0e", marker="s", label="fixed Σ = β (DDPM's large)"),
-         "learned": dict(color="#2ca02c", marker="^", label="learned Σ (hybrid objective)"),
-         "learned eps, beta~": dict(color="#1f77b4", marker="o", ls=":", mfc="none", alpha=0.7,
-                                    label="hybrid model's eps, fixed Σ = β̃"),
-         "learned eps, beta": dict(color="#ff7f0e", marker="s", ls=":", mfc="none", alpha=0.7,
-                                   label="hybrid model's eps, fixed Σ = β")}
-SHORT = {"fixed beta~": "β̃", "fixed beta": "β", "learned": "learned",
-         "learned eps, beta~": "β̃", "learned eps, beta": "β"}
+SMOKE = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
+         "unet.channel_mult=[1]", "diffusion.num_timesteps=10",
+         "sample.num_samples=20", "sample.nfe=[2]", "sample.bpd_t_samples=2",
+         "sample.bpd_examples=20", "sample.fraction_times=4", "classifier_steps=20"]
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, diffusion=True)  # the same sections as digits_diffusion.py
   c.learned_variance = dict(vlb_weight=0.001)
@@ -167,87 +138,11 @@ def _bootstrap_fd(features, test_stats, num, seed):
   return {name: (fd(f), np.array([fd(f[i]) for i in idx])) for name, f in features.items()}
 
 
-def _plot(fd, floor, bounds, profile, path, *, num_samples, T):
-  """fd {name: {nfe: (value, paired-bootstrap std of value - fixed beta~'s)}}; bounds
-  {name: terms}; profile (times, quantiles [times, 3])."""
-  import matplotlib.pyplot as plt
-
-  fig = plt.figure(figsize=(17.0, 5.6))
-  grid = fig.add_gridspec(2, 3, height_ratios=[1.6, 1], width_ratios=[1.2, 0.9, 1])
-  ax, ax_diff = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0])
-  ticks = sorted(fd[MAIN[0]])
-  for name in MAIN:
-    ax.plot(ticks, [fd[name][k][0] for k in ticks], ms=6, **STYLE[name])
-    if name != "fixed beta~":
-      ax_diff.errorbar(ticks, [fd[name][k][0] - fd["fixed beta~"][k][0] for k in ticks],
-                       yerr=[2 * fd[name][k][1] for k in ticks], capsize=3, ms=5,
-                       **STYLE[name])
-  ax_diff.axhline(0, color=STYLE["fixed beta~"]["color"], lw=1.5)
-  for a in (ax, ax_diff):
-    a.set_xscale("log")
-    a.set_xticks(ticks, [str(k) for k in ticks])
-    a.minorticks_off()
-    a.grid(alpha=0.3)
-  ax.tick_params(labelbottom=False)
-  ax.set_ylabel("FD to the test split")
-  ax.set_title(f"DDPM samples, {num_samples} unconditional, same noise for all\n"
-               f"(lower is better; real images score {floor:.1f})", fontsize=11)
-  ax.legend(fontsize=8, loc="upper right")
-  ax_diff.set_ylabel("FD − FD(Σ = β̃)")
-  ax_diff.set_xlabel("network evaluations (DDPM steps, respaced)")
-  ax_diff.text(0.99, 0.95, "error bars: ±2 paired-bootstrap std", transform=ax_diff.transAxes,
-               ha="right", va="top", fontsize=8)
-
-  ax = fig.add_subplot(grid[:, 1])
-  groups = [("fixed model", ["fixed beta~", "fixed beta"]),
-            ("hybrid model", ["learned eps, beta~", "learned eps, beta", "learned"])]
-  y, labels = 0, []
-  for group, names in groups:
-    for name in names:
-      total = bounds[name]["total"]
-      style = STYLE[name]
-      ax.plot([total], [y], ls="none", ms=9, marker=style["marker"], color=style["color"],
-              mfc=style.get("mfc", style["color"]))
-      ax.text(total, y + 0.28, f"{total:.3f}", ha="center", fontsize=9)
-      sigma = "learned Σ" if name == "learned" else f"fixed Σ = {SHORT[name]}"
-      labels.append((y, f"{group},\n{sigma}"))
-      y -= 1
-    y -= 0.5
-  ax.set_yticks([p for p, _ in labels], [text for _, text in labels], fontsize=9)
-  lo = min(b["total"] for b in bounds.values())
-  hi = max(b["total"] for b in bounds.values())
-  ax.set_xlim(lo - 0.15 * (hi - lo) - 0.02, hi + 0.15 * (hi - lo) + 0.02)
-  ax.set_ylim(y + 0.8, 0.8)
-  ax.set_xlabel("bits per pixel (upper bound on the test split; lower is better)")
-  ax.set_title(f"Variational bound, T = {T}\n(all of it is the diffusion KL terms: prior "
-               "and decoder < 1e-8 bits/pixel)", fontsize=11)
-  ax.grid(alpha=0.3, axis="x")
-
-  ax = fig.add_subplot(grid[:, 2])
-  ts, q = profile
-  ax.fill_between(ts, q[:, 0], q[:, 2], color=STYLE["learned"]["color"], alpha=0.25,
-                  label="10-90% of pixels")
-  ax.plot(ts, q[:, 1], color=STYLE["learned"]["color"], label="median")
-  ax.axhline(0, c="k", lw=0.8)
-  ax.axhline(1, c="k", lw=0.8)
-  ax.text(0.5, 1.01, "Σ = β", va="bottom", ha="center", fontsize=9)
-  ax.text(0.5, 0.01, "Σ = β̃", va="bottom", ha="center", fontsize=9)
-  ax.set_xlabel("time t / T")
-  ax.set_ylabel("learned f   (log Σ = f log β + (1 − f) log β̃)")
-  ax.set_title("The learned interpolation f\non noised test images", fontsize=11)
-  ax.legend(fontsize=8, loc="upper right")
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  plots.save_figure(fig, path)
-  plt.close(fig)
-
-
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = config_dataset(c)
   levels, T, n = data.num_levels, c.diffusion.num_timesteps, c.sample.num_samples
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   fixed, fixed_params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
                                          name=f"{data.name}-diffusion", diffusion=c.diffusion)
   learned, learned_params = runs.train_model(
@@ -321,8 +216,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   profile = _fraction_profile(learned, learned_params, test_unit, times,
                               jax.random.fold_in(key, 2))
   outside = float(np.mean((profile[:, 0] < 0) | (profile[:, 2] > 1)))
-  _plot(fd, floor, bounds, (times, profile), os.path.join(workdir, "learned_variance.png"),
-        num_samples=n, T=T)
+  learned_variance_figure(fd, floor, bounds, (times, profile),
+                          os.path.join(workdir, "learned_variance.png"), num_samples=n, T=T)
   plots.image_grid(np.concatenate([g for _, g in grids]), os.path.join(workdir, "samples.png"),
                    nrow=16, row_labels=[name for name, _ in grids], vmax=levels - 1,
                    title=f"DDPM {min(c.sample.nfe)} steps, same noise", close=True)

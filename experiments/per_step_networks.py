@@ -33,21 +33,22 @@ import ml_collections
 import numpy as np
 
 from ardiff import build, runs
-from ardiff.configs import require
+from ardiff.configs import require, sized
 from ardiff.data.levels import to_tokens
-from ardiff.presets import config_dataset, image_config, train_section, validate_image_config
+from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
+                            validate_image_config)
 from ardiff.processes.autoregressive import orders
 from ardiff.processes.autoregressive.step_restricted import (StepRestrictedAR, revealed_counts,
                                                              step_cost)
 from ardiff.report import plots, write_results
-from ardiff.train import read_training_info
 
-SMOKE_OVERRIDES = ["train.steps=3", "train.log_every=3", "ar.width=16", "ar.depth=1",
-                   "num_steps=2", "eval_draws=1", "eval_examples=16", "ardm_baseline=False"]
+SMOKE = ["train.steps=3", "train.log_every=3", "ar.width=16", "ar.depth=1",
+         "num_steps=2", "eval_draws=1", "eval_examples=16", "ardm_baseline=False"]
 
 LN2 = np.log(2.0)
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = image_config(scale, ar=True)
   c.model_cache = "models"  # step-restricted networks: this experiment's own
@@ -81,13 +82,12 @@ def _train(name, process, c, workdir, data, steps, extra_key, kind=None):
   """Train or restore; returns (EMA params, training.json)."""
   train_cfg = ml_collections.ConfigDict(dict(c.train, steps=int(steps)))
   model_key = {k: v for k, v in c.ar.items() if k not in build.COMPUTE_ONLY_FIELDS}
-  directory = runs.model_dir(c, workdir, f"{data.name}-{name}", data.name, model_key, extra_key,
-                             runs.train_key(train_cfg, keep_steps=True))
-  if kind is not None:  # a registered process: `ardiff sample` can load it
-    runs.write_model_card(directory, kind, c.ar, data, c.dtype, {})
-  state = runs.train_cached(process, to_tokens(data.x_train), data.y_train, train_cfg,
-                            directory)
-  return state.ema_params, read_training_info(directory)
+  # A registered process gets a model card, so that `ardiff sample` can load it.
+  card = None if kind is None else dict(kind=kind, model_cfg=c.ar, build_extra={})
+  model = runs.fit_cached(process, c, workdir, data, train_cfg, name=f"{data.name}-{name}",
+                          key=(data.name, model_key, extra_key), inputs=to_tokens(data.x_train),
+                          keep_steps=True, card=card)
+  return model.params, model.info
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from ardiff import build, runs
-from ardiff.configs import require, require_choice, require_positive
+from ardiff.configs import require, require_choice, require_positive, sized
 from ardiff.data.arrays import load_npz_dataset
 from ardiff.data.checks import check_batch
 from ardiff.data.spiral import spiral_dataset
@@ -39,15 +39,15 @@ from ardiff.report import plots, write_results
 
 
 # A few-second run used by tests/test_experiments.py so CI catches a broken experiment.
-SMOKE_OVERRIDES = ["train.steps=20", "train.log_every=10", "sample.num_samples=128",
-                   "diffusion.num_timesteps=20", "sample.runs=['ddpm:20', 'ddim:5', 'ddpm:20:noise=0']",
-                   "sample.guidance_sampler=ddim:5", "sample.field_grid=5", "model.width=32",
-                   "sample.same_nfe=['ddim:3', 'dpmpp_2m:3', 'heun:2']"]
+SMOKE = ["train.steps=20", "train.log_every=10", "sample.num_samples=128",
+         "diffusion.num_timesteps=20", "sample.runs=['ddpm:20', 'ddim:5', 'ddpm:20:noise=0']",
+         "sample.guidance_sampler=ddim:5", "sample.field_grid=5", "model.width=32",
+         "sample.same_nfe=['ddim:3', 'dpmpp_2m:3', 'heun:2']"]
 
 
+@sized(scales=("small", "paper"), smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.scale = scale
   c.seed = 0
   c.model_cache = ""
   c.dataset = "spiral"  # or npz: your own points from data.path
@@ -70,13 +70,11 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
     c.train.steps = 30_000
     c.model.width = 256
     c.sample.num_samples = 10_000
-  else:
-    require_choice(scale, "scale", ["small", "paper"])
   return c
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  require_choice(c.scale, "scale", ["small", "paper"])
+  require_choice(c.size, "size", get_config.sizes)
   require_choice(c.dtype, "dtype", COMPUTE_DTYPES)
   require_positive(c.data, "data", "num_classes", "num_train", "num_test")
   require(c.data.noise >= 0, "data.noise", f"must be >= 0, got {c.data.noise}")

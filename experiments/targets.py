@@ -23,22 +23,23 @@ import ml_collections
 import numpy as np
 
 from ardiff import build, runs
-from ardiff.configs import require, require_choice
+from ardiff.configs import require, require_choice, sized
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import config_dataset, image_config, validate_image_config
+from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
 from ardiff.processes.gaussian.targets import TARGETS, eps_to_x0
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
 
-SMOKE_OVERRIDES = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
-                   "unet.channel_mult=[1]", "diffusion.num_timesteps=10", "num_samples=40",
-                   "runs=['ddim:2']",
-                   "targets=['next_step', 'eps']", "error_ts=[1, 5, 10]", "classifier_steps=20"]
+SMOKE = ["train.steps=4", "train.log_every=2", "unet.base_channels=8",
+         "unet.channel_mult=[1]", "diffusion.num_timesteps=10", "num_samples=40",
+         "runs=['ddim:2']",
+         "targets=['next_step', 'eps']", "error_ts=[1, 5, 10]", "classifier_steps=20"]
 
 COLORS = {"eps": "#1f77b4", "x0": "#d62728", "v": "#2ca02c", "next_step": "#ff7f0e"}
 
 
+@sized(scales=SCALES, smoke=SMOKE)
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
   # digits_diffusion.py's sections; diffusion.target is replaced by each entry of `targets`.
   c = image_config(scale, diffusion=True)
@@ -93,8 +94,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = config_dataset(c)
   n, levels = c.num_samples, data.num_levels
-  quality = SampleQuality.create(data, cache_dir=os.path.join(workdir, c.model_cache),
-                                 steps=c.classifier_steps)
+  quality = SampleQuality.for_experiment(c, workdir, data)
   key = jax.random.key(c.seed)
   floor = quality.floor(n)
   rows = [{"target": "data (train split vs test: floor)", "sampler": "", "NFE": 0, "fd": floor}]

@@ -88,7 +88,7 @@ def test_config_command_prints_the_resolved_config(capsys):
   assert printed["train"]["steps"] == 7 and printed["model"]["width"] == 256
   assert main(["config", spiral, "--config.scale=huge"]) == 2
   err = capsys.readouterr().err
-  assert "config key 'scale': unknown value 'huge'" in err and "Traceback" not in err
+  assert "unknown size 'huge'; this experiment's sizes are" in err and "Traceback" not in err
 
 
 def test_run_help_says_how_overrides_work(capsys):

@@ -18,9 +18,37 @@ def test_overrides_apply_with_types():
   assert isinstance(c.train.learning_rate, float) and c.sample.runs == ["ddim:5"]
 
 
-def test_scale_selects_defaults_and_explicit_overrides_win():
-  _, c = get_experiment_config(SPIRAL, ["scale=paper", "train.steps=7"])
-  assert c.scale == "paper" and c.model.width == 256 and c.train.steps == 7
+def test_size_selects_defaults_and_explicit_overrides_win():
+  for spelling in (["size=paper"], ["scale=paper"]):  # --config=paper, and the older spelling
+    _, c = get_experiment_config(SPIRAL, [*spelling, "train.steps=7"])
+    assert c.size == "paper" and c.model.width == 256 and c.train.steps == 7
+  _, c = get_experiment_config(SPIRAL, ["train.steps=7"], size="smoke")
+  assert c.size == "smoke" and c.model.width == 32 and c.train.steps == 7  # smoke, then 7
+
+
+def test_cli_config_flag_is_the_size(capsys):
+  assert main(["config", SPIRAL, "--config=smoke", "--config.train.steps=7"]) == 0
+  out = capsys.readouterr().out
+  assert '"size": "smoke"' in out and '"steps": 7' in out and '"width": 32' in out
+
+
+def test_size_stays_out_of_model_keys(tmp_path):
+  """Every size records itself in `config.size`, top level, outside the sections a model key
+  hashes: the same sections give the same model directory whatever the size says."""
+  from ardiff import runs
+  from ardiff.configs import SIZES
+
+  path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
+  module, _ = get_experiment_config(path, [])
+  assert module.get_config.sizes == SIZES
+  for size in SIZES:
+    _, c = get_experiment_config(path, [], size=size)
+    assert c.size == size and all("size" not in c[s] for s in ("ar", "unet", "train"))
+    dirs = set()
+    for label in SIZES:
+      c.size = label
+      dirs.add(runs.model_dir(c, str(tmp_path), "m", c.ar, runs.train_key(c.train)))
+    assert len(dirs) == 1
 
 
 @pytest.mark.parametrize("override,message", [
@@ -34,7 +62,9 @@ def test_scale_selects_defaults_and_explicit_overrides_win():
     ("diffusion.target=score", "'diffusion.target'.*unknown value 'score'"),
     ("diffusion.schedule=quadratic", "'diffusion.schedule'.*unknown value 'quadratic'"),
     ("train=3", "is a section"),
-    ("scale=huge", "'scale'.*huge"),
+    ("scale=huge", "size 'huge'.*smoke, small, paper"),
+    ("size=quick", "size 'quick'.*smoke, small, paper"),
+    ("quick=True", "is now --config=quick"),
     ("sample.runs=['ddpm:10:eta=1']", "no option"),
 ])
 def test_config_errors_name_the_key(override, message):
@@ -52,3 +82,28 @@ def test_cli_reports_config_errors_cleanly(capsys, tmp_path):
 
 def test_config_error_is_a_value_error():
   assert issubclass(ConfigError, ValueError)
+
+
+def test_sized_derives_smoke_and_quick_from_small():
+  import ml_collections
+
+  from ardiff.configs import sized
+
+  def base(scale="small"):
+    return ml_collections.ConfigDict(dict(steps={"small": 100, "paper": 1000}[scale], seeds=3))
+
+  get_config = sized(scales=("small", "paper"), smoke=["steps=2"],
+                     quick=lambda c: ml_collections.ConfigDict(dict(c, seeds=1)))(base)
+  assert get_config.sizes == ("smoke", "quick", "small", "paper")
+  assert get_config("smoke").to_dict() == dict(steps=2, seeds=3, size="smoke")
+  assert get_config("quick").to_dict() == dict(steps=100, seeds=1, size="quick")
+  assert get_config().to_dict() == dict(steps=100, seeds=3, size="small")
+  assert get_config("paper").steps == 1000
+  with pytest.raises(ConfigError, match="unknown size 'mnist'.*smoke, quick, small, paper"):
+    get_config("mnist")
+  with pytest.raises(ConfigError, match="'steps' expects int"):  # typed like the command line
+    sized(smoke=["steps=x"])(base)("smoke")
+  with pytest.raises(ValueError, match="not sizes"):
+    sized(scales=("huge",), smoke=[])(base)
+  # A get_config without a scale parameter: one scale, small.
+  assert sized(smoke=["seeds=1"])(lambda: base())("smoke").seeds == 1

@@ -13,17 +13,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
 
 
-def test_every_experiment_has_smoke_overrides():
+def test_every_experiment_has_a_smoke_size():
   assert EXPERIMENTS
   for path in EXPERIMENTS:
-    module, _ = get_experiment_config(path, [])
-    assert getattr(module, "SMOKE_OVERRIDES", None), f"{path} defines no SMOKE_OVERRIDES"
+    module, small = get_experiment_config(path, [])
+    assert "smoke" in getattr(module.get_config, "sizes", ()), f"{path} has no smoke size"
+    _, smoke = get_experiment_config(path, [], size="smoke")
+    assert smoke.size == "smoke" and {**smoke.to_dict(), "size": "small"} != small.to_dict()
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[os.path.basename(p) for p in EXPERIMENTS])
 def test_experiment_runs_at_tiny_scale(path, tmp_path):
-  module, _ = get_experiment_config(path, [])
-  _, config = get_experiment_config(path, list(module.SMOKE_OVERRIDES))
+  module, config = get_experiment_config(path, [], size="smoke")
   module.run(config, str(tmp_path))
   pngs = glob.glob(str(tmp_path / "*.png"))
   assert pngs, "no figure written"
@@ -35,7 +36,7 @@ def test_experiment_runs_at_tiny_scale(path, tmp_path):
   assert (tmp_path / "results.csv").exists()
 
 
-# The MNIST comparison's own config (scale=mnist: bfloat16 compute, batched sampling, k dividing
+# The MNIST comparison's own config (size mnist: bfloat16 compute, batched sampling, k dividing
 # 784, 2x2 patches for the diffusion transformer) with tiny models and remat on, on tfds' mock
 # MNIST (random 28x28 images, no download); one training seed, no budget snapshots.
 MNIST_SMOKE = ["sample.runs.ardm=['ardm:k=392', 'ardm:k=392:order=contiguous']",
@@ -52,7 +53,8 @@ def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
   module, _ = get_experiment_config(path, [])
-  _, config = get_experiment_config(path, ["scale=mnist", *module.SMOKE_OVERRIDES, *MNIST_SMOKE])
+  smoke = module.get_config.derived["smoke"]  # the smoke size's overrides, on the mnist size
+  _, config = get_experiment_config(path, [*smoke, *MNIST_SMOKE], size="mnist")
   assert (config.dataset, config.dtype, config.dit_patch_size) == ("mnist", "bfloat16", 2)
   with tfds.testing.mock_data(num_examples=80):
     rows = module.run(config, str(tmp_path))
@@ -88,8 +90,7 @@ def test_spiral_trains_on_a_users_unlabelled_points(tmp_path):
   np.savez(tmp_path / "points.npz", x=points)
   path = os.path.join(ROOT, "experiments", "spiral.py")
   module, _ = get_experiment_config(path, [])
-  _, config = get_experiment_config(
-      path, [*module.SMOKE_OVERRIDES, f"data.path={tmp_path / 'points.npz'}"])
+  _, config = get_experiment_config(path, [f"data.path={tmp_path / 'points.npz'}"], size="smoke")
   out = tmp_path / "run"
   out.mkdir()
   rows = module.run(config, str(out))
@@ -111,7 +112,7 @@ def test_mnist_config_is_paper_sized():
   # 28 -> 14 -> 7: every halving keeps the side even until the lowest level.
   assert 28 % 2 ** (len(c.unet.channel_mult) - 1) == 0
   path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
-  _, config = get_experiment_config(path, ["scale=mnist"])
+  _, config = get_experiment_config(path, [], size="mnist")
   ks = [parse_spec(s).get("k") for s in config.sample.runs.ardm if parse_spec(s).name == "ardm"]
   assert all(784 % k == 0 for k in ks) and {1, 784} <= set(ks) and len(set(ks)) == 6
   assert config.train.flops == 0 and config.budget_steps == 50_000  # FLOPs set at run time
@@ -166,7 +167,7 @@ def test_noisy_classifier_key_leaves_out_loop_only_fields(tmp_path, monkeypatch)
   for extra in (["noisy_classifier.train.steps=4"], ["noisy_classifier.train.steps=8"],
                 ["noisy_classifier.train.steps=4", "noisy_classifier.train.log_every=1"],
                 ["noisy_classifier.train.learning_rate=0.01"]):
-    _, config = get_experiment_config(path, [*module.SMOKE_OVERRIDES, *extra])
+    _, config = get_experiment_config(path, extra, size="smoke")
     module._noisy_classifier(config, str(tmp_path), data, process)
   assert dirs[0] == dirs[1] == dirs[2] != dirs[3]
   assert os.path.basename(dirs[0]).startswith("digits-noisy-classifier-")
@@ -187,5 +188,5 @@ def test_ar_vs_diffusion_budget_in_flops_or_reference_steps(monkeypatch):
   assert budget == 1.385012928e12 and per_step == costs
   config.budget_tflop = 0.0
   assert module._budget(config, data, processes)[0] == 1500 * 9e8
-  quick = module.quick_config(get_experiment_config(path, [])[1])
+  _, quick = get_experiment_config(path, [], size="quick")
   assert quick.budget_tflop == 1.385012928 / 4 and quick.budget_steps == 375

@@ -337,6 +337,20 @@ MUTANTS = (
     _m("steps-for-nfe-one-step-short", "samplers", f"{SAMPLERS}base.py",
        "steps = extra // solver.evals_per_step + 1", "steps = extra // solver.evals_per_step",
        f"{S}::test_steps_for_nfe_inverts_nfe"),
+    # ---- experiment measurements moved into the library (metrics.same_law, .completion)
+    _m("permutation-test-counts-only-larger-gaps", "metrics", "ardiff/metrics/same_law.py",
+       "np.sum(null >= observed)", "np.sum(null > observed)", "tests/metrics/test_same_law.py"),
+    _m("same-law-floor-pairs-a-seed-with-itself", "metrics", "ardiff/metrics/same_law.py",
+       "nxt = [(i + 1) % seeds for i in range(seeds)]", "nxt = list(range(seeds))",
+       "tests/metrics/test_same_law.py"),
+    _m("completion-error-over-the-known-pixels", "metrics", "ardiff/metrics/completion.py",
+       "error[~mask].mean()", "error[mask].mean()", "tests/metrics/test_completion.py"),
+    _m("completion-error-wraps-around-in-uint8", "metrics", "ardiff/metrics/completion.py",
+       "error = np.abs(out.astype(np.int64) - x.astype(np.int64))", "error = np.abs(out - x)",
+       "tests/metrics/test_completion.py"),
+    _m("fit-cached-drops-the-kept-budget-from-the-key", "runs", "ardiff/runs.py",
+       "train_key(train_cfg, keep_steps=keep_steps)", "train_key(train_cfg)",
+       "tests/test_fit_cached.py"),
 )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from ardiff.configs.sizes import SIZES, check_size
 from ardiff.configs.validation import ConfigError
 from ardiff.errors import ArdiffError
 
@@ -110,24 +111,27 @@ def config_hash(*parts: Any) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def get_experiment_config(path: str, overrides: list[str]):
+def get_experiment_config(path: str, overrides: list[str], size: str | None = None):
   """The experiment module and its config with overrides applied and validated.
 
-  `scale=...` is passed to get_config(scale) first, so that a scale's defaults apply and
-  explicit overrides still win. Every bad value raises ConfigError naming the key.
+  The size (`ardiff.configs.sizes`: `size`, or an override `size=...`, or the older spelling
+  `scale=...`) picks get_config(size) first, so that a size's defaults apply and explicit
+  overrides still win. Every bad value raises ConfigError naming the key.
   """
-  import inspect
-
   module = load_experiment(path)
-  scale = [o.split("=", 1)[1] for o in overrides if o.startswith("scale=")]
-  params = inspect.signature(module.get_config).parameters
+  knob = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in SIZE_KEYS]
+  size = knob[-1] if knob else size
+  for o in overrides:
+    if o.split("=", 1)[0] == "quick":
+      raise ConfigError(f"--config.{o} is now --config=quick (one size knob: "
+                        f"{', '.join(SIZES)})")
   try:
-    config = module.get_config(scale[-1]) if scale and "scale" in params else module.get_config()
+    config = _sized_config(module, size)
   except ConfigError:
     raise
   except ValueError as e:  # a get_config that rejects its argument
     raise ConfigError(str(e)) from None
-  config = apply_overrides(config, [o for o in overrides if not o.startswith("scale=")])
+  config = apply_overrides(config, [o for o in overrides if o.split("=", 1)[0] not in SIZE_KEYS])
   if hasattr(module, "validate"):
     try:
       module.validate(config)
@@ -136,3 +140,20 @@ def get_experiment_config(path: str, overrides: list[str]):
     except ValueError as e:  # a check that does not name its key still rejects the value
       raise ConfigError(f"{os.path.basename(path)}: invalid config: {e}") from None
   return module, config
+
+
+# The size knob's spellings as overrides: --config=SIZE arrives as size=SIZE; scale= is the
+# spelling before sizes.
+SIZE_KEYS = ("size", "scale")
+
+
+def _sized_config(module: ModuleType, size: str | None) -> ml_collections.ConfigDict:
+  """get_config(size); an experiment that takes no size (a user's own file) takes "small"."""
+  import inspect
+
+  if size is None:
+    return module.get_config()
+  if inspect.signature(module.get_config).parameters:
+    return module.get_config(size)
+  check_size(size, ("small",))
+  return module.get_config()

@@ -23,6 +23,8 @@ data) ``SampleQuality`` reports:
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,6 +64,14 @@ class SampleQuality:
     else:
       params = load_or_train_classifier(dataset, cache_dir, seed=seed, steps=steps, **settings)
     return cls(dataset, params, **settings)
+
+  @classmethod
+  def for_experiment(cls, config, workdir: str, dataset: Dataset) -> SampleQuality:
+    """The experiments' metric: the classifier of `config.classifier_steps` steps, cached in
+    the experiment's model cache (`config.model_cache`, relative to `workdir` unless absolute),
+    so every experiment scoring the same dataset shares one trained classifier."""
+    return cls.create(dataset, cache_dir=os.path.join(workdir, config.model_cache),
+                      steps=config.classifier_steps)
 
   def _check_levels(self, levels: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(levels)

@@ -18,6 +18,7 @@ import dataclasses
 
 import ml_collections
 
+from ardiff.configs.sizes import SIZES
 from ardiff.configs.validation import ConfigError, require_choice, require_positive
 from ardiff.data.base import DataSpec
 from ardiff.model_sections import (diffusion_section, require_null_label, transformer_section,
@@ -50,7 +51,7 @@ def image_config(scale: str, *, ar: bool = False, diffusion: bool = False) -> ml
   require_choice(scale, "scale", SCALES)
   big = scale in ("paper", "mnist")
   c = ml_collections.ConfigDict()
-  c.scale = scale
+  c.size = scale  # the size knob (`ardiff.configs.sizes`) records smoke/quick over it
   c.seed = 0
   c.dataset = "mnist" if scale == "mnist" else "digits"
   # dataset=npz: your own images from data.path (README "Your own data").
@@ -88,7 +89,7 @@ def validate_image_config(c: ml_collections.ConfigDict, null_label: bool = True)
   null_label: the experiment samples with the null label (unconditional samples, guidance),
   so each model's p_uncond must be > 0 (label dropout is what trains the null label).
   """
-  require_choice(c.scale, "scale", SCALES)
+  require_choice(c.size, "size", SIZES)
   require_choice(c.dtype, "dtype", COMPUTE_DTYPES)
   if "ar" in c:
     validate_transformer(c.ar, "ar")

@@ -50,6 +50,12 @@ def test_cached_params_reload_bit_identically(digits, tmp_path, monkeypatch):
   created = sq_lib.SampleQuality.create(digits, cache_dir=cache, steps=SHORT_STEPS)
   for x, y in zip(jax.tree.leaves(trained), jax.tree.leaves(created.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # So does an experiment's, from its config: the cache is model_cache under the work dir.
+  config = {"model_cache": os.path.basename(cache), "classifier_steps": SHORT_STEPS}
+  config = type("Config", (), config)()
+  scored = sq_lib.SampleQuality.for_experiment(config, os.path.dirname(cache), digits)
+  for x, y in zip(jax.tree.leaves(trained), jax.tree.leaves(scored.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # Other settings or another seed get another file.
   assert ct.cache_path(digits, cache, steps=SHORT_STEPS + 1) != path
   assert ct.cache_path(digits, cache, seed=1, steps=SHORT_STEPS) != path
