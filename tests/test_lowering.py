@@ -384,6 +384,7 @@ def test_classifier_guidance_lowers(solver):
 
 def test_ardm_inpainting_lowers():
   from ardiff.processes.autoregressive import decode, orders
+  from ardiff.processes.guidance import guidance_cond
 
   process, spec = scaled_process("ardm", SAMPLER_SCALE)
   labels = _labels(process)
@@ -394,7 +395,9 @@ def test_ardm_inpainting_lowers():
   @lowering.staged
   def fn(params, tokens):
     return decode.order_agnostic_sample(process.model, params, jax.random.key(0), labels, plan,
-                                        guidance=2.0, known_mask=known, known_tokens=tokens)
+                                        cond=guidance_cond(labels, Guidance(2.0),
+                                                           process.num_classes),
+                                        known_mask=known, known_tokens=tokens)
 
   tokens = jax.ShapeDtypeStruct(known.shape, jnp.int32)
   what = f"ARDM inpainting of 'ardm' at scale {SAMPLER_SCALE!r}"

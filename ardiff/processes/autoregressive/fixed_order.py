@@ -92,15 +92,14 @@ class RasterBidirectional(TransformerProcess):
     return exact_nll(lambda t, lab: self.model.apply(params, t, lab), jnp.asarray(x, jnp.int32),
                      jnp.asarray(y, jnp.int32), self.model.mask_id)
 
-  def _decode(self, params, keys, labels, spec, w, neg_y):
+  def _decode(self, params, keys, labels, spec, cond):
     plan = jnp.broadcast_to(orders.chunk_plan(self.seq_len, 1),
                             (labels.shape[0], self.seq_len, self.seq_len))
     return decode.order_agnostic_sample(self.model, params, keys, labels, plan,
-                                        temperature=spec.get("temperature", 1.0), guidance=w,
-                                        neg_y=neg_y)
+                                        temperature=spec.get("temperature", 1.0), cond=cond)
 
   def _history(self, params, keys, labels, spec):
-    return decode.raster_history(self._decode(params, keys, labels, spec, None, None),
+    return decode.raster_history(self._decode(params, keys, labels, spec, None),
                                  self.mask_id)
 
   def _steps(self, spec):

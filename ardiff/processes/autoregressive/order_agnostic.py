@@ -91,22 +91,21 @@ class OrderAgnosticAR(TransformerProcess):
       return dp
     return len(self.step_sizes(spec))
 
-  def _decode(self, params, keys, labels, spec, w, neg_y):
+  def _decode(self, params, keys, labels, spec, cond):
     if spec.name == "confidence":
-      return self._confidence(params, keys, labels, spec, w, neg_y)
+      return self._confidence(params, keys, labels, spec, cond)
     sizes = self.step_sizes(spec)
     return decode.reveal_step_sample(self.model, params, keys, labels,
                                      self._reveal_steps(keys, spec, labels.shape[0]),
                                      len(sizes), temperature=spec.get("temperature", 1.0),
-                                     guidance=w, neg_y=neg_y)
+                                     cond=cond)
 
-  def _confidence(self, params, keys, labels, spec, w, neg_y, return_history=False):
+  def _confidence(self, params, keys, labels, spec, cond, return_history=False):
     if not return_history:  # one compiled program for every step count
       return decode.confidence_sample(
           self.model, params, keys, labels, self.confidence_sizes(spec),
           temperature=spec.get("temperature", 1.0), noise=spec.get("noise", 0.0),
-          guidance=w, neg_y=neg_y)
-    cond = decode.guidance_streams(self.model, labels, w, neg_y)
+          cond=cond)
     tokens = jnp.full((labels.shape[0], self.seq_len), self.mask_id, jnp.int32)
     return confidence.confidence_decode(
         lambda t: decode.model_call(self.model, params, t, cond, labels), keys, tokens,
@@ -132,7 +131,7 @@ class OrderAgnosticAR(TransformerProcess):
 
   def _history(self, params, keys, labels, spec):
     if spec.name == "confidence":
-      return self._confidence(params, keys, labels, spec, None, None, return_history=True)[1]
-    tokens = self._decode(params, keys, labels, spec, None, None)
+      return self._confidence(params, keys, labels, spec, None, return_history=True)[1]
+    tokens = self._decode(params, keys, labels, spec, None)
     revealed = jnp.cumsum(self._plan(keys, spec, labels.shape[0]), axis=1) > 0  # [B, S, L]
     return jnp.where(jnp.swapaxes(revealed, 0, 1), tokens[None], self.mask_id)

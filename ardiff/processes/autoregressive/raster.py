@@ -21,13 +21,12 @@ class RasterAR(TransformerProcess):
   def _nll(self, logits_fn, x, y, key):
     return objectives.raster_nll(logits_fn(x, y), x)
 
-  def _decode(self, params, keys, labels, spec, w, neg_y):
+  def _decode(self, params, keys, labels, spec, cond):
     return decode.raster_sample(self.model, params, keys, labels,
-                                temperature=spec.get("temperature", 1.0), guidance=w,
-                                neg_y=neg_y)
+                                temperature=spec.get("temperature", 1.0), cond=cond)
 
   def _history(self, params, keys, labels, spec):
-    return decode.raster_history(self._decode(params, keys, labels, spec, None, None),
+    return decode.raster_history(self._decode(params, keys, labels, spec, None),
                                  self.mask_id)
 
   def _steps(self, spec):

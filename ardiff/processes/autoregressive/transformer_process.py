@@ -120,8 +120,9 @@ class TransformerProcess:
                        f"{'>=' if greedy_ok else '>'} 0, got {temperature!r}")
     return spec
 
-  def _decode(self, params, keys, labels, spec: SampleSpec, cond_w, neg):
-    """Tokens [B, L] for per-example keys and labels (traced); implemented per process."""
+  def _decode(self, params, keys, labels, spec: SampleSpec, cond):
+    """Tokens [B, L] for per-example keys and labels (traced) and the guidance `cond`
+    (`guidance.guidance_cond`, or None); implemented per process."""
     raise NotImplementedError
 
   def sample(self, params: Params, key: jax.Array, labels, spec: "SampleSpec | str", *,
@@ -129,12 +130,10 @@ class TransformerProcess:
     """Int levels [B, *data_shape] for `labels` [B] (see `ardiff.processes.base`)."""
     spec = self.parse(spec)
     labels = guide.check_labels(labels, self.num_classes, guidance)
-    w = None if guidance is None else guidance.scale
-    neg = None if guidance is None or guidance.negative is None else guidance.negative
 
     def fn(params, keys, labels):
-      neg_y = None if neg is None else jnp.full_like(labels, neg)
-      return self._decode(params, keys, labels, spec, w, neg_y)
+      cond = None if guidance is None else guide.guidance_cond(labels, guidance, self.num_classes)
+      return self._decode(params, keys, labels, spec, cond)
 
     keys = discrete.example_keys(key, labels.shape[0])
     tokens = parallel.run_sharded(fn, params, keys, labels, mesh)

@@ -240,9 +240,7 @@ def upscale_decode(logits_fn: Callable[[jax.Array], jax.Array], keys: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("model", "layout"))
-def _upscale_sample(model, params, keys, y, local_steps, k, temperature, guidance, neg_y, *,
-                    layout):
-  cond = decode.guidance_streams(model, y, guidance, neg_y)
+def _upscale_sample(model, params, keys, y, local_steps, k, temperature, cond, *, layout):
   return upscale_decode(lambda t: decode.model_call(model, params, t, cond, y), keys,
                         model.seq_len, layout, k, temperature=temperature,
                         local_steps=local_steps)
@@ -286,11 +284,11 @@ class UpscaleAR(TransformerProcess):
   def _steps(self, spec):
     return self.layout.num_stages * math.ceil(self.seq_len / self.step_k(spec))
 
-  def _decode(self, params, keys, labels, spec, w, neg_y):
+  def _decode(self, params, keys, labels, spec, cond):
     k = self.step_k(spec)  # one program for every k: the plan [B, S, D] and k are data
     return _upscale_sample(self.model, params, keys, jnp.asarray(labels, jnp.int32),
                            stage_steps(keys, self.seq_len, k, self.layout.num_stages),
-                           jnp.int32(k), jnp.float32(spec.get("temperature", 1.0)), w, neg_y,
+                           jnp.int32(k), jnp.float32(spec.get("temperature", 1.0)), cond,
                            layout=self.layout)
 
   def _history(self, params, keys, labels, spec):

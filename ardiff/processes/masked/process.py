@@ -109,11 +109,10 @@ def ancestral_sample(logits_fn, keys: jax.Array, tokens: jax.Array, steps, *, ma
 
 
 @functools.partial(jax.jit, static_argnames=("model", "schedule", "corrected"))
-def _masked_sample(model, params, keys, y, steps, temperature, resample, guidance, neg_y, *,
-                   schedule, corrected):
+def _masked_sample(model, params, keys, y, steps, temperature, resample, cond, *, schedule,
+                   corrected):
   """`ancestral_sample` of every position with the model: one program for every step count,
   temperature and corrector probability (only the corrector on/off is static)."""
-  cond = decode.guidance_streams(model, y, guidance, neg_y)
   start = jnp.full((y.shape[0], model.seq_len), model.mask_id, jnp.int32)
   return ancestral_sample(lambda t: decode.model_call(model, params, t, cond, y), keys, start,
                           steps, mask_id=model.mask_id, schedule=schedule,
@@ -146,16 +145,15 @@ class MaskedDiffusion(OrderAgnosticAR):
       return spec.steps + (spec.steps - 1 if resample > 0 else 0)
     return super()._steps(spec)
 
-  def _decode(self, params, keys, labels, spec, w, neg_y, return_history=False):
+  def _decode(self, params, keys, labels, spec, cond, return_history=False):
     if spec.name != "masked":
-      return super()._decode(params, keys, labels, spec, w, neg_y)
+      return super()._decode(params, keys, labels, spec, cond)
     resample = float(spec.get("resample", 0.0))
     if not return_history:
       return _masked_sample(self.model, params, keys, jnp.asarray(labels, jnp.int32),
                             jnp.int32(spec.steps), jnp.float32(spec.get("temperature", 1.0)),
-                            jnp.float32(resample), w, neg_y, schedule=self.schedule,
+                            jnp.float32(resample), cond, schedule=self.schedule,
                             corrected=resample > 0)
-    cond = decode.guidance_streams(self.model, labels, w, neg_y)
     start = jnp.full((labels.shape[0], self.seq_len), self.mask_id, jnp.int32)
     return ancestral_sample(lambda t: decode.model_call(self.model, params, t, cond, labels),
                             keys, start, spec.steps, mask_id=self.mask_id,
@@ -165,4 +163,4 @@ class MaskedDiffusion(OrderAgnosticAR):
   def _history(self, params, keys, labels, spec):
     if spec.name != "masked":
       return super()._history(params, keys, labels, spec)
-    return self._decode(params, keys, labels, spec, None, None, return_history=True)[1]
+    return self._decode(params, keys, labels, spec, None, return_history=True)[1]
