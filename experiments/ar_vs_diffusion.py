@@ -642,7 +642,7 @@ def _reveal(c, workdir, data, models):
     history = model.process.sample_history(model.params, key, labels, text)[:, 0]
     if len(history) > nfe:  # raster: every (L / nfe)-th step
       history = history[np.linspace(0, len(history), nfe + 1).astype(int)[1:] - 1]
-    rows.append((label, reveal.token_frames(history, model.process.mask_id)))
+    rows.append((label, history))  # already frames: NaN where hidden
 
   tokens("raster", "raster", f"raster AR, {length} NFE\n(one frame per {length // nfe} steps)"
          if length > nfe else "raster AR")

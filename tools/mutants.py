@@ -207,7 +207,7 @@ MUTANTS = (
     # (Dropping "& ~known_mask" from the parallel decoder's update is an equivalent mutant:
     # order_agnostic_sample rejects plans that reveal known positions, so it cannot differ.)
     _m("ardm-contiguous-and-random-orders-swapped", "AR decoding",
-       "ardiff/processes/autoregressive/order_agnostic.py",
+       "ardiff/processes/token_samplers/ardm.py",
        'if spec.get("order", "random") == "contiguous":',
        'if spec.get("order", "random") != "contiguous":', AR),
     # The ARDM plan as data: a trip count one short leaves the last step's positions hidden.
@@ -273,11 +273,14 @@ MUTANTS = (
        "ardiff/processes/autoregressive/upscale.py",
        "tokens = layout.tokens(x, jnp.where(refined, s, s - 1))", "tokens = layout.tokens(x, s)",
        "tests/processes/autoregressive/test_upscale.py"),
-    _m("raster-history-one-step-late", "autoregressive",
-       "ardiff/processes/autoregressive/decode.py",
-       "jnp.where(step[None, None, :] <= step[:, None, None]",
-       "jnp.where(step[None, None, :] < step[:, None, None]",
-       "tests/processes/test_contract.py::test_token_processes_step_history_ends_in_the_sample"),
+    _m("hidden-pixels-drawn-as-zero", "autoregressive",
+       "ardiff/processes/token_samplers/base.py", "jnp.where(hidden, jnp.nan,",
+       "jnp.where(hidden, 0.0,",
+       "tests/processes/test_contract.py::test_step_history_ends_in_the_sample"),
+    _m("plan-history-one-step-late", "autoregressive",
+       "ardiff/processes/token_samplers/base.py", "~(reveal_step[None] <= step)",
+       "~(reveal_step[None] < step)",
+       "tests/processes/test_contract.py::test_step_history_ends_in_the_sample"),
     _m("sample-cache-ignores-the-key", "report", "ardiff/sample_cache.py",
        "  h.update(np.asarray(jax.random.key_data(key)).tobytes())\n", "",
        "tests/test_sample_cache.py"),

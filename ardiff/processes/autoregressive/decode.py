@@ -149,7 +149,8 @@ def plan_steps(plan: jax.Array) -> jax.Array:
 
 def order_agnostic_sample(
     model: Transformer, params, key: jax.Array, y: jax.Array, plan: jax.Array, *,
-    temperature: float = 1.0, cond: dict | None = None, known_mask: jax.Array | None = None, known_tokens: jax.Array | None = None,
+    temperature: float = 1.0, cond: dict | None = None, known_mask: jax.Array | None = None,
+    known_tokens: jax.Array | None = None,
 ) -> jax.Array:
   """Parallel decoding with the bidirectional model following a step plan: int32 tokens [B, L].
 
@@ -230,4 +231,5 @@ def confidence_sample(model: Transformer, params, keys: jax.Array, y: jax.Array,
     raise ValueError(f"noise must be >= 0, got {noise}")
   cumulative, num_steps = confidence.step_table(sizes)
   return _confidence(model, params, keys, jnp.asarray(y, jnp.int32), cumulative, num_steps,
-                     jnp.float32(temperature), jnp.float32(noise), cond, greedy=temperature == 0, noisy=noise > 0)
+                     jnp.float32(temperature), jnp.float32(noise), cond, greedy=temperature == 0,
+                     noisy=noise > 0)

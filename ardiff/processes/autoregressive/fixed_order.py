@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ardiff.processes import discrete
-from ardiff.processes.autoregressive import decode, objectives, orders
+from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.transformer_process import TransformerProcess
 
 
@@ -82,7 +82,7 @@ class RasterBidirectional(TransformerProcess):
 
   causal = False
   _nll_key, _bpd_key = "nll", "bpd"  # one-sample unbiased estimates of the exact NLL
-  samplers = {"raster": {"temperature": 1.0}}
+  samplers = ("raster",)
 
   def _nll(self, logits_fn, x, y, key):
     return one_step_loss(logits_fn, x, y, key, self.model.mask_id)
@@ -91,19 +91,6 @@ class RasterBidirectional(TransformerProcess):
     """Exact NLL [B] nats of tokens x [B, L] with labels y [B] (L network calls; no dropout)."""
     return exact_nll(lambda t, lab: self.model.apply(params, t, lab), jnp.asarray(x, jnp.int32),
                      jnp.asarray(y, jnp.int32), self.model.mask_id)
-
-  def _decode(self, params, keys, labels, spec, cond):
-    plan = jnp.broadcast_to(orders.chunk_plan(self.seq_len, 1),
-                            (labels.shape[0], self.seq_len, self.seq_len))
-    return decode.order_agnostic_sample(self.model, params, keys, labels, plan,
-                                        temperature=spec.get("temperature", 1.0), cond=cond)
-
-  def _history(self, params, keys, labels, spec):
-    return decode.raster_history(self._decode(params, keys, labels, spec, None),
-                                 self.mask_id)
-
-  def _steps(self, spec):
-    return self.seq_len
 
 
 @functools.partial(jax.jit, static_argnums=0)
