@@ -138,7 +138,7 @@ def fit_model(kind: str, config: ml_collections.ConfigDict, workdir: str, datase
                         train_key(train_cfg), version=build.code_version(kind, dataset))
   write_model_card(directory, kind, model_cfg, dataset, config.get("dtype", "float32"),
                    build_extra)
-  state = train_cached(process, model_inputs(kind, dataset), dataset.y_train, train_cfg,
+  state = train_cached(process, model_inputs(process, dataset), dataset.y_train, train_cfg,
                        directory, preview_fn=preview_sampler(process, kind, dataset))
   return TrainedModel(process, state.ema_params, directory, read_training_info(directory))
 
@@ -219,16 +219,13 @@ def find_models(path: str) -> list[str]:
   return found
 
 
-# The processes (`ardiff.build` kinds) that model images as tokens (levels), not floats.
-TOKEN_KINDS = ("raster", "ardm", "raster_bidirectional", "masked", "upscale")
-
-
-def model_inputs(kind: str, dataset: Dataset) -> np.ndarray:
-  """The training inputs of a process: tokens for AR, [-1, 1] floats for image diffusion and
-  one-shot regression, the points themselves for 2-D data."""
+def model_inputs(process, dataset: Dataset) -> np.ndarray:
+  """The training inputs of a process, by the input kind it declares (`process.inputs`):
+  tokens for "tokens" (AR, masked diffusion), [-1, 1] floats for "continuous" (image diffusion,
+  one-shot regression), the points themselves for 2-D data."""
   if dataset.kind != "image":
     return dataset.x_train
-  if kind in TOKEN_KINDS:
+  if process.inputs == "tokens":
     return to_tokens(dataset.x_train)
   return levels_to_unit(dataset.x_train, dataset.num_levels)
 

@@ -381,7 +381,7 @@ def _budget(c, data, processes) -> tuple[float, dict]:
     if family.name not in processes:
       continue
     per_step[family.name] = train_step_flops(processes[family.name],
-                                             runs.model_inputs(family.kind, data),
+                                             runs.model_inputs(processes[family.name], data),
                                              data.y_train, train_cfg)
   if c.budget_tflop:
     return float(c.budget_tflop) * 1e12, per_step

@@ -113,7 +113,7 @@ def _noisy_classifier(c, workdir, data, process):
   net_section = {k: v for k, v in nc.items() if k != "train"}
   directory = runs.model_dir(c, workdir, f"{data.name}-noisy-classifier", data.name,
                              net_section, schedule, runs.train_key(nc.train))
-  state = runs.train_cached(classifier, runs.model_inputs("gaussian", data), data.y_train,
+  state = runs.train_cached(classifier, runs.model_inputs(process, data), data.y_train,
                             nc.train, directory)
   return classifier, state.ema_params
 

@@ -47,7 +47,7 @@ def make(kind: str):
   section, extra, specs = build.BUILDERS.get(kind).example()
   data = tiny_images()
   process = build.build(kind, section, data, **extra)
-  batch = {"x": model_inputs(kind, data)[:2], "y": data.y_train[:2]}
+  batch = {"x": model_inputs(process, data)[:2], "y": data.y_train[:2]}
   params = process.init_params(jax.random.key(0), batch)
   return process, params, specs
 

@@ -110,18 +110,6 @@ def raster_sample(
                  _check_num_steps(model, num_steps), bool(use_cache))
 
 
-def raster_sample_nocache(model: Transformer, params, key: jax.Array, y: jax.Array,
-                          **kwargs) -> jax.Array:
-  """Reference raster sampler without a cache: ``raster_sample(..., use_cache=False)``."""
-  return raster_sample(model, params, key, y, use_cache=False, **kwargs)
-
-
-def raster_history(tokens: jax.Array, mask_id: int) -> jax.Array:
-  """A raster sample [B, L] after each of its L steps: [L, B, L], step s revealed 0..s."""
-  step = jnp.arange(tokens.shape[1])
-  return jnp.where(step[None, None, :] <= step[:, None, None], tokens[None], mask_id)
-
-
 @functools.partial(jax.jit, static_argnames=("model",))
 def _parallel(model, params, key, y, reveal_step, num_steps, temperature, cond, known_mask,
               known_tokens):

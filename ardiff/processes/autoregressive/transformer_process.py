@@ -32,6 +32,7 @@ class TransformerProcess:
   """Shared construction, input handling, label dropping, loss and sampling plumbing."""
 
   causal: bool
+  inputs = "tokens"  # int levels (`runs.model_inputs`), for every token process
   _nll_key: str  # metric name of the per-example NLL (nats)
   _bpd_key: str  # metric name of the same in bits per dimension
   samplers: tuple[str, ...]  # the token samplers (`token_samplers.TOKEN_SAMPLERS`) it takes

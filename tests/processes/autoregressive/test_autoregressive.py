@@ -16,6 +16,7 @@ import optax
 import pytest
 import scipy.stats
 from tests.models.test_transformer import rough_params
+from tests.processes.autoregressive import plans
 
 from ardiff.processes.autoregressive import decode, objectives, orders
 from ardiff.processes.autoregressive.order_agnostic import OrderAgnosticAR
@@ -133,7 +134,7 @@ def test_monte_carlo_bound_and_per_step_losses_are_unbiased():
   weights = np.concatenate([np.full(term.shape[1], 1 / (L * term.shape[1])) for term in terms])
   exact = all_values @ weights  # [27]
   var = ((all_values - exact[:, None]) ** 2) @ weights
-  mc = np.asarray(jax.jit(lambda k: objectives.ardm_bound_mc(fn, x, y, k, V, num_samples=4))(
+  mc = np.asarray(jax.jit(lambda k: plans.ardm_bound_mc(fn, x, y, k, V, num_samples=4))(
       jax.random.key(0)))
   se = math.sqrt(np.tile(var, reps).sum() / 4) / len(x)
   assert abs(mc.mean() - np.tile(exact, reps).mean()) < 5 * se
@@ -235,7 +236,7 @@ def test_monte_carlo_bound_detects_biased_t_on_a_toy_model():
   y = jnp.zeros(len(x), jnp.int32)
   n = len(x)
   for name, samples, estimate in [
-      ("ardm_bound_mc", num_samples, jax.jit(lambda k: objectives.ardm_bound_mc(
+      ("ardm_bound_mc", num_samples, jax.jit(lambda k: plans.ardm_bound_mc(
           _toy_logits, x, y, k, V, num_samples=num_samples))(jax.random.key(31))),
       ("ardm_loss", 1, jax.jit(lambda k: objectives.ardm_loss(_toy_logits, x, y, k, V))(
           jax.random.key(32)))]:
@@ -288,10 +289,10 @@ def test_inpainting_plan_covers_only_unknown_positions():
   known[:, :5] = True
   known[2] = np.roll(known[2], 2)
   for key in (None, jax.random.key(0)):
-    plan = np.asarray(orders.inpainting_plan(key, known, k=2))
+    plan = np.asarray(plans.inpainting_plan(key, known, k=2))
     assert plan.shape == (3, 2, 8)
     np.testing.assert_array_equal(plan.sum(axis=1) + known, np.ones((3, 8)))
-  raster = np.asarray(orders.inpainting_plan(None, known, k=2))
+  raster = np.asarray(plans.inpainting_plan(None, known, k=2))
   np.testing.assert_array_equal(np.flatnonzero(raster[0, 0]), [5, 6])
 
 
@@ -307,7 +308,7 @@ def test_orders_reject_bad_input():
   with pytest.raises(ValueError, match="exactly one of k and step_sizes"):
     orders.random_plan(jax.random.key(0), 2, 8, k=2, step_sizes=(8,))
   with pytest.raises(ValueError, match="known_mask"):
-    orders.inpainting_plan(None, np.array([[True, False], [True, True]]), k=1)
+    plans.inpainting_plan(None, np.array([[True, False], [True, True]]), k=1)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -335,7 +336,7 @@ def test_kv_cache_sampler_equals_no_cache_sampler(guidance, negative):
   kw = dict(temperature=0.8, cond=_cond(y, guidance, neg_y))
   for seed in range(2):
     a = decode.raster_sample(model, params, jax.random.key(seed), y, **kw)
-    b = decode.raster_sample_nocache(model, params, jax.random.key(seed), y, **kw)
+    b = decode.raster_sample(model, params, jax.random.key(seed), y, use_cache=False, **kw)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert len(np.unique(np.asarray(a))) > 1
 
@@ -602,7 +603,7 @@ def test_inpainting_keeps_known_tokens():
   known[:, ::3] = True
   known_tokens = np.full((4, 12), 4, np.int32)
   y = jnp.array([0, 1, 2, 0])
-  plan = orders.inpainting_plan(jax.random.key(0), known, k=3)
+  plan = plans.inpainting_plan(jax.random.key(0), known, k=3)
   out = np.asarray(decode.order_agnostic_sample(
       model, params, jax.random.key(1), y, plan, cond=_cond(y, 1.0), known_mask=known,
       known_tokens=known_tokens))
@@ -700,7 +701,8 @@ def test_raster_process_works_at_784_tokens():
   y = jnp.array([3, 10])
   kw = dict(cond=_cond(y, 1.0, null=raster.num_classes), num_steps=40)
   a = decode.raster_sample(raster.model, params, jax.random.key(2), y, **kw)
-  b = decode.raster_sample_nocache(raster.model, params, jax.random.key(2), y, **kw)
+  b = decode.raster_sample(raster.model, params, jax.random.key(2), y, use_cache=False,
+                           **kw)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert (np.asarray(a)[:, 40:] == 0).all()
 
