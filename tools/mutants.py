@@ -209,7 +209,8 @@ MUTANTS = (
     _m("ardm-contiguous-and-random-orders-swapped", "AR decoding",
        "ardiff/processes/token_samplers/ardm.py",
        'if spec.get("order", "random") == "contiguous":',
-       'if spec.get("order", "random") != "contiguous":', AR),
+       'if spec.get("order", "random") != "contiguous":',
+       f"{AR}::test_ardm_specs_follow_their_plans"),
     # The ARDM plan as data: a trip count one short leaves the last step's positions hidden.
     _m("ardm-loop-skips-the-last-step", "AR decoding", "ardiff/processes/autoregressive/decode.py",
        "return jax.lax.fori_loop(0, num_steps, step, tokens)",
