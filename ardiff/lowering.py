@@ -24,7 +24,6 @@ programs with a concrete mesh can be compiled on the CPU for XLA's memory analys
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Callable, Sequence
 
 import jax
@@ -54,12 +53,11 @@ def abstract_data_mesh(num_devices: int) -> AbstractMesh:
   return AbstractMesh((num_devices,), (parallel.DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
-def abstract_batch(kind: str, data_spec, batch_size: int, sharding=None) -> dict:
-  """A training batch of process `kind` on data described by `data_spec` (a DataSpec):
-  int32 tokens [B, L] for the token processes, float32 inputs [B, *shape] otherwise."""
-  from ardiff.runs import TOKEN_KINDS
-
-  if data_spec.kind == "image" and kind in TOKEN_KINDS:
+def abstract_batch(process, data_spec, batch_size: int, sharding=None) -> dict:
+  """A training batch of `process` on data described by `data_spec` (a DataSpec): int32
+  tokens [B, L] for the token processes (``process.inputs == "tokens"``), float32 inputs
+  [B, *shape] otherwise."""
+  if data_spec.kind == "image" and process.inputs == "tokens":
     x = jax.ShapeDtypeStruct((batch_size, data_spec.num_tokens), jnp.int32, sharding=sharding)
   else:
     x = jax.ShapeDtypeStruct((batch_size, *data_spec.shape), jnp.float32, sharding=sharding)
@@ -99,9 +97,9 @@ def train_step_programs(process, cfg, batch: dict, meshes: Sequence) -> list[tup
   return programs
 
 
-def abstract_params(process, kind: str, data_spec) -> Any:
+def abstract_params(process, data_spec) -> Any:
   """The process's parameters as ShapeDtypeStructs (traced, never initialised)."""
-  batch = abstract_batch(kind, data_spec, 1)
+  batch = abstract_batch(process, data_spec, 1)
   return jax.eval_shape(process.init_params, jax.random.key(0), batch)
 
 

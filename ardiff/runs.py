@@ -140,7 +140,7 @@ def fit_model(kind: str, config: ml_collections.ConfigDict, workdir: str, datase
   key = key_sections or (dataset.name, model_key, *build_extra.values())
   card = dict(kind=kind, model_cfg=model_cfg, build_extra=build_extra)
   return fit_cached(process, config, workdir, dataset, train_cfg, name=name, key=key,
-                    inputs=model_inputs(kind, dataset), key_after_train=key_after_train,
+                    inputs=model_inputs(process, dataset), key_after_train=key_after_train,
                     keep_steps=keep_steps, version=build.code_version(kind, dataset), card=card,
                     preview_fn=preview_sampler(process, kind, dataset), **(train_kwargs or {}))
 
@@ -246,18 +246,20 @@ def find_models(path: str) -> list[str]:
   return found
 
 
-# The processes (`ardiff.build` kinds) that model images as tokens (levels), not floats.
-TOKEN_KINDS = ("raster", "ardm", "raster_bidirectional", "masked", "upscale")
+def model_inputs(process, dataset: Dataset) -> np.ndarray:
+  """The training inputs of a process (`process_inputs` of the train split)."""
+  return process_inputs(process, dataset.x_train, dataset)
 
 
-def model_inputs(kind: str, dataset: Dataset) -> np.ndarray:
-  """The training inputs of a process: tokens for AR, [-1, 1] floats for image diffusion and
-  one-shot regression, the points themselves for 2-D data."""
+def process_inputs(process, x: np.ndarray, dataset: Dataset) -> np.ndarray:
+  """Data-space examples `x` of `dataset` as the process takes them, by the input kind it
+  declares (`process.inputs`): tokens for "tokens" (AR, masked diffusion), [-1, 1] floats for
+  "continuous" (image diffusion, one-shot regression), the points themselves for 2-D data."""
   if dataset.kind != "image":
-    return dataset.x_train
-  if kind in TOKEN_KINDS:
-    return to_tokens(dataset.x_train)
-  return levels_to_unit(dataset.x_train, dataset.num_levels)
+    return x
+  if process.inputs == "tokens":
+    return to_tokens(x)
+  return levels_to_unit(x, dataset.num_levels)
 
 
 def check_specs(process, specs, key: str, guidance=None) -> None:

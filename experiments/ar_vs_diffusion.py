@@ -28,11 +28,9 @@ import numpy as np
 
 from ardiff import runs, sample_cache
 from ardiff.configs import require, sized
-from ardiff.data.levels import levels_to_unit, to_tokens
 from ardiff.metrics import held_out
 from ardiff.metrics.sample_quality import SampleQuality
-from ardiff.presets import (SCALES, config_dataset, image_config, unet_section,
-                            validate_image_config)
+from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
 from ardiff.processes.gaussian import samplers
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
@@ -338,7 +336,7 @@ def _budget(c, data, processes) -> tuple[float, dict]:
     if family.name not in processes:
       continue
     per_step[family.name] = train_step_flops(processes[family.name],
-                                             runs.model_inputs(family.kind, data),
+                                             runs.model_inputs(processes[family.name], data),
                                              data.y_train, train_cfg)
   if c.budget_tflop:
     return float(c.budget_tflop) * 1e12, per_step
@@ -350,7 +348,7 @@ def _test_bits(family: Family, model, data, key, num: int = 0) -> float:
   process's `nll_bound` (exact for raster AR, the ARDM and upscale bounds along one random order
   per image, the diffusion bound from 32 sampled timesteps per image)."""
   x = data.x_test[:num or None]
-  inputs = to_tokens(x) if family.kind in runs.TOKEN_KINDS else levels_to_unit(x, data.num_levels)
+  inputs = runs.process_inputs(model.process, x, data)
   return held_out.test_bpd(model.process, model.params, inputs,
                            np.full((len(x),), data.num_classes, np.int32), key, batch_size=256,
                            **({"num_t_samples": 32} if family.gaussian else {}))
@@ -529,7 +527,7 @@ def _reveal(c, workdir, data, models):
     history = model.process.sample_history(model.params, key, labels, text)[:, 0]
     if len(history) > nfe:  # raster: every (L / nfe)-th step
       history = history[np.linspace(0, len(history), nfe + 1).astype(int)[1:] - 1]
-    rows.append((label, reveal.token_frames(history, model.process.mask_id)))
+    rows.append((label, history))  # already frames: NaN where hidden
 
   tokens("raster", "raster", f"raster AR, {length} NFE\n(one frame per {length // nfe} steps)"
          if length > nfe else "raster AR")

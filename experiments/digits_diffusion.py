@@ -114,7 +114,7 @@ def _noisy_classifier(c, workdir, data, process):
   model = runs.fit_cached(classifier, c, workdir, data, nc.train,
                           name=f"{data.name}-noisy-classifier",
                           key=(data.name, net_section, schedule),
-                          inputs=runs.model_inputs("gaussian", data))
+                          inputs=runs.model_inputs(process, data))
   return classifier, model.params
 
 

@@ -160,7 +160,8 @@ def test_noisy_classifier_key_leaves_out_loop_only_fields(tmp_path, monkeypatch)
   path = os.path.join(ROOT, "experiments", "digits_diffusion.py")
   module, _ = get_experiment_config(path, [])
   data = load_digits_dataset()
-  process = types.SimpleNamespace(schedule_name="cosine", num_timesteps=10, num_classes=10)
+  process = types.SimpleNamespace(schedule_name="cosine", num_timesteps=10, num_classes=10,
+                                  inputs="continuous")
   dirs = []
   monkeypatch.setattr(runs, "train_cached", lambda *args, **kw: dirs.append(args[4]) or
                       types.SimpleNamespace(ema_params=None))

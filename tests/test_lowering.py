@@ -201,7 +201,7 @@ def train_programs(kind: str, scale: str) -> dict:
   else:
     process, spec = scaled_process(kind, scale)
     cfg = TrainConfig.from_config(scale_config(scale).train)
-  batch = lowering.abstract_batch(kind, spec, cfg.batch_size)
+  batch = lowering.abstract_batch(process, spec, cfg.batch_size)
   meshes = [lowering.abstract_data_mesh(n) for n in MESHES]
   return dict(zip(MESHES, lowering.train_step_programs(process, cfg, batch, meshes)))
 
@@ -287,7 +287,7 @@ SAMPLER_CASES = sampler_cases()
 @functools.lru_cache(maxsize=None)
 def params_of(kind: str, scale: str):
   process, spec = scaled_process(kind, scale)
-  return lowering.abstract_params(process, kind, spec)
+  return lowering.abstract_params(process, spec)
 
 
 def _labels(process) -> np.ndarray:
@@ -383,18 +383,22 @@ def test_classifier_guidance_lowers(solver):
 
 
 def test_ardm_inpainting_lowers():
-  from ardiff.processes.autoregressive import decode, orders
+  from ardiff.processes.autoregressive import decode
+  from ardiff.processes.guidance import guidance_cond
+  from tests.processes.autoregressive import plans
 
   process, spec = scaled_process("ardm", SAMPLER_SCALE)
   labels = _labels(process)
   known = np.zeros((len(labels), spec.num_tokens), bool)
   known[:, : spec.num_tokens // 2] = True
-  plan = orders.inpainting_plan(jax.random.key(1), known, k=4)
+  plan = plans.inpainting_plan(jax.random.key(1), known, k=4)
 
   @lowering.staged
   def fn(params, tokens):
     return decode.order_agnostic_sample(process.model, params, jax.random.key(0), labels, plan,
-                                        guidance=2.0, known_mask=known, known_tokens=tokens)
+                                        cond=guidance_cond(labels, Guidance(2.0),
+                                                           process.num_classes),
+                                        known_mask=known, known_tokens=tokens)
 
   tokens = jax.ShapeDtypeStruct(known.shape, jnp.int32)
   what = f"ARDM inpainting of 'ardm' at scale {SAMPLER_SCALE!r}"

@@ -138,7 +138,7 @@ def test_preview_sampler_draws_unconditional_levels_for_images_only():
   data = tiny_images()
   section, extra, _ = build.BUILDERS.get("oneshot").example()
   process = build.build("oneshot", section, data, **extra)
-  params = process.init_params(jax.random.key(0), {"x": model_inputs("oneshot", data)[:2],
+  params = process.init_params(jax.random.key(0), {"x": model_inputs(process, data)[:2],
                                                    "y": data.y_train[:2]})
   draw = preview_sampler(process, "oneshot", data, num=6)
   images = np.asarray(draw(params))

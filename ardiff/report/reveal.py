@@ -1,8 +1,9 @@
 """One sample being generated, step by step, by several removal processes side by side: the
 project's central story as a picture.
 
-Token processes (`TransformerProcess.sample_history`) reveal whole pixels; a pixel not revealed
-yet is drawn in `HIDDEN` (orange). Gaussian diffusion changes every pixel at every step: its
+Token processes (`TransformerProcess.sample_history`) reveal whole pixels; their history is
+already frames (levels as floats, NaN where a pixel is not revealed yet, drawn in `HIDDEN`,
+orange). Gaussian diffusion changes every pixel at every step: its
 row shows the noisy state x_t after each step (`GaussianDiffusion.sample_unit(...,
 return_trajectory=True)`), on the same grey scale.
 """
@@ -20,14 +21,6 @@ from ardiff.report.plots import save_figure
 HIDDEN = "#f28e2b"
 
 
-def token_frames(history: np.ndarray, mask_id: int) -> np.ndarray:
-  """One example's token history [S, H, W(, 1)] -> float frames [S, H, W], NaN = hidden."""
-  history = np.asarray(history)
-  if history.ndim == 4:
-    history = history[..., 0]
-  return np.where(history == mask_id, np.nan, history.astype(np.float32))
-
-
 def unit_frames(trajectory: np.ndarray, num_levels: int) -> np.ndarray:
   """A diffusion trajectory in model space ([-1, 1]) [S, H, W(, 1)] -> frames on the level
   scale [S, H, W], clipped to [0, L - 1]."""
@@ -37,9 +30,14 @@ def unit_frames(trajectory: np.ndarray, num_levels: int) -> np.ndarray:
   return np.clip((x + 1.0) / 2.0 * (num_levels - 1), 0.0, num_levels - 1)
 
 
+def _squeeze_channel(frames: np.ndarray) -> np.ndarray:
+  return frames[..., 0] if frames.ndim == 4 else frames
+
+
 def reveal_figure(rows: Sequence[tuple[str, np.ndarray]], path: str, *, vmax: float,
                   title: str, column_labels: Sequence[str] | None = None) -> None:
-  """rows: (label, frames [S, H, W] with NaN where hidden), every row with the same S."""
+  """rows: (label, frames [S, H, W(, 1)] with NaN where hidden), every row with the same S."""
+  rows = [(label, _squeeze_channel(np.asarray(frames, np.float32))) for label, frames in rows]
   steps = {len(frames) for _, frames in rows}
   if len(steps) != 1:
     raise ValueError(f"every row needs the same number of frames, got {sorted(steps)}")

@@ -269,7 +269,7 @@ def test_builder_trains_a_diffusion_model_and_rejects_points():
   process = build.build("gaussian_transformer", section, data,
                         diffusion=diffusion_section(num_timesteps=20))
   assert isinstance(process.model, DiffusionTransformer) and process.model.width == 32
-  batch = {"x": jnp.asarray(model_inputs("gaussian_transformer", data)), "y": data.y_train}
+  batch = {"x": jnp.asarray(model_inputs(process, data)), "y": data.y_train}
   # An rbg key: XLA:CPU compiles its initialisers faster than threefry's.
   params = jax.jit(process.init_params)(jax.random.key(0, impl="rbg"), batch)
 

@@ -1,7 +1,10 @@
 """Every registered process through the one sampling contract (`ardiff.processes.base`).
 
 Parametrized over `ardiff.build.BUILDERS`: a new process is tested here by registering its
-builder with an `example` (a tiny section and a few specs).
+builder with an `example` (a tiny section and a few specs). Besides the example's specs, the
+cases come from both sampler registries (`registry_specs`): every Gaussian solver on every
+Gaussian process, every token sampler on every token process that accepts it. A new sampler is
+tested by registering it (`test_a_new_token_sampler_is_one_file_and_one_line`).
 """
 
 import json
@@ -11,12 +14,19 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ardiff import build
 from ardiff.data.base import Dataset
+from ardiff.processes.autoregressive import decode
+from ardiff.processes.autoregressive.transformer_process import TransformerProcess
+from ardiff.processes.gaussian.samplers import SAMPLERS
 from ardiff.processes.guidance import Guidance
+from ardiff.processes.token_samplers import (TOKEN_SAMPLERS, TokenSampler, plan_history,
+                                             register_sampler)
+from ardiff.processes.token_samplers import confidence as confidence_sampler
 from ardiff.runs import check_specs, model_inputs
 from tests._xla import with_device_count
 
@@ -37,14 +47,35 @@ def make(kind: str):
   section, extra, specs = build.BUILDERS.get(kind).example()
   data = tiny_images()
   process = build.build(kind, section, data, **extra)
-  batch = {"x": model_inputs(kind, data)[:2], "y": data.y_train[:2]}
+  batch = {"x": model_inputs(process, data)[:2], "y": data.y_train[:2]}
   params = process.init_params(jax.random.key(0), batch)
   return process, params, specs
 
 
+def registry_specs(kind: str, process) -> list[str]:
+  """One spec per registered sampler the process takes: every token sampler it lists (a step
+  count of 4 where one is needed), every Gaussian solver on a Gaussian process (3 steps)."""
+  if isinstance(process, TransformerProcess):
+    return [f"{name}:4" if TOKEN_SAMPLERS.get(name).needs_steps else name
+            for name in process.samplers]
+  if kind.startswith("gaussian"):
+    return [f"{name}:3" for name in SAMPLERS.names()]
+  return []
+
+
 @pytest.fixture(scope="module", params=KINDS)
 def case(request):
-  return (request.param, *make(request.param))
+  process, params, specs = make(request.param)
+  return request.param, process, params, specs + [
+      spec for spec in registry_specs(request.param, process) if spec not in specs]
+
+
+def test_both_registries_generate_cases():
+  """Every token sampler is taken by some process, every solver by the Gaussian ones."""
+  taken = {kind: registry_specs(kind, make(kind)[0]) for kind in KINDS}
+  names = {spec.split(":")[0] for specs in taken.values() for spec in specs}
+  assert set(TOKEN_SAMPLERS.names()) <= names
+  assert set(SAMPLERS.names()) <= set(n.split(":")[0] for n in taken["gaussian"])
 
 
 def test_every_builder_has_an_example():
@@ -89,7 +120,11 @@ def test_nfe_is_counted_and_guidance_doubles_it(case):
   expected = {"raster": 16, "raster:temperature=0.8": 16, "ardm": 16, "ardm:k=3": 6,
               "ardm:k=4:order=contiguous": 4, "ardm:sizes=(1,15)": 2, "oneshot": 1,
               "ddpm:4": 4, "ddim:3": 3, "ddim:3:eta=0.5": 3, "ddpm:5:noise=0": 5,
-              "confidence:4": 4, "masked:4": 4, "masked:3:temperature=0.8": 3, "confidence:5:temperature=0:schedule=uniform:noise=1.0": 5}
+              "confidence:4": 4, "masked:4": 4, "masked:3:temperature=0.8": 3,
+              "confidence:5:temperature=0:schedule=uniform:noise=1.0": 5,
+              "upscale": 32, "upscale:k=3:temperature=0.8": 12,  # 2 stages of 16 / k steps
+              "ddpm:3": 3, "euler_a:3": 3, "dpmpp_2m:3": 3, "dpmpp_3m:3": 3,
+              "heun:3": 5}  # Heun: 2 calls a step, 1 in the last
   for spec in specs:
     if spec in expected:
       assert process.nfe(spec) == expected[spec], (kind, spec)
@@ -165,41 +200,95 @@ def test_preview_spec_is_one_the_process_takes(case):
   assert 1 <= process.nfe(preview) <= 64  # a preview must stay cheap
 
 
-def test_token_processes_step_history_ends_in_the_sample(case):
-  """`sample_history` (the reveal figure): S = NFE states, the last equal to `sample` under
-  the same key; a pixel once revealed keeps its final value; the counts revealed per step are
-  the spec's step sizes (1 per step for raster; the plan's sizes for ARDM and confidence)."""
+def check_history(kind: str, process, params, spec: str) -> None:
+  """`sample_history`: float32 [S, B, *data_shape], S the spec's steps, NaN where hidden; the
+  last entry equal to `sample` under the same key (token processes); a pixel once revealed
+  keeps its final value (coarse-to-fine ones only refined within their bin); NaN count
+  non-increasing; the counts revealed per step are the spec's step sizes (1 per step for
+  raster; the plan's sizes for ARDM and confidence)."""
+  labels = np.array([0, CLASSES, 2], np.int32)
+  parsed = process.parse(spec)
+  history = process.sample_history(params, jax.random.key(9), labels, spec)
+  steps = process.steps(spec) if hasattr(process, "steps") else parsed.steps
+  assert history.shape == (steps, 3, *SHAPE), (kind, spec, history.shape)
+  assert history.dtype == np.float32, (kind, spec, history.dtype)
+  flat = history.reshape(steps, 3, -1)
+  revealed = ~np.isnan(flat)
+  assert (revealed[1:] >= revealed[:-1]).all(), (kind, spec)  # NaN count never grows
+  if not isinstance(process, TransformerProcess):
+    return
+  sample = np.asarray(process.sample(params, jax.random.key(9), labels, spec))
+  np.testing.assert_array_equal(history[-1], sample, err_msg=f"{kind} {spec}")
+  final = sample.reshape(1, 3, -1).astype(int)
+  # Revealed pixels are never changed; coarse-to-fine ones only refined (within their bin).
+  change = np.abs(np.where(revealed, flat, final) - final)
+  assert change.max() < (process.divisors[0] if parsed.name == "upscale" else 1), (kind, spec)
+  counts = revealed.sum(axis=2)  # [S, B]
+  if parsed.name == "raster":
+    sizes = [1] * 16
+  elif parsed.name == "ardm":
+    sizes = process.step_sizes(parsed)
+  elif parsed.name == "confidence":
+    sizes = confidence_sampler.reveal_sizes(process, parsed)
+  elif parsed.name == "upscale":  # stage 0 reveals k per step, later stages refine
+    k = parsed.get("k", 1)
+    sizes = [k] * (16 // k) + [16 % k] * (16 % k > 0) + [0] * (steps - -(-16 // k))
+  else:  # masked, at_once: random counts or one step, all revealed at the end
+    assert (counts[-1] == 16).all()
+    return
+  np.testing.assert_array_equal(counts, np.cumsum(sizes)[:, None] * np.ones((1, 3), int),
+                                err_msg=f"{kind} {spec}")
+
+
+def test_step_history_ends_in_the_sample(case):
   kind, process, params, specs = case
   if not hasattr(process, "mask_id"):  # token processes only (Gaussian: tests/processes/gaussian)
     return
-  labels = np.array([0, CLASSES, 2], np.int32)
-  mask = process.mask_id
   for spec in specs:
-    history = process.sample_history(params, jax.random.key(9), labels, spec)
-    sample = np.asarray(process.sample(params, jax.random.key(9), labels, spec))
-    steps = process.nfe(spec)
-    assert history.shape == (steps, 3, *SHAPE), (kind, spec, history.shape)
-    np.testing.assert_array_equal(history[-1], sample, err_msg=f"{kind} {spec}")
-    flat = history.reshape(steps, 3, -1)
-    revealed = flat != mask
-    final = sample.reshape(1, 3, -1).astype(int)
-    parsed = process.parse(spec)
-    # Revealed pixels are never changed; coarse-to-fine ones only refined (within their bin).
-    change = np.abs(np.where(revealed, flat, final) - final)
-    assert change.max() < (process.divisors[0] if parsed.name == "upscale" else 1), (kind, spec)
-    assert (revealed[1:] >= revealed[:-1]).all(), (kind, spec)
-    counts = revealed.sum(axis=2)  # [S, B]
-    if parsed.name == "raster":
-      sizes = [1] * 16
-    elif parsed.name == "ardm":
-      sizes = process.step_sizes(parsed)
-    elif parsed.name == "confidence":
-      sizes = process.confidence_sizes(parsed)
-    elif parsed.name == "upscale":  # stage 0 reveals k per step, later stages refine
-      k = parsed.get("k", 1)
-      sizes = [k] * (16 // k) + [16 % k] * (16 % k > 0) + [0] * (steps - -(-16 // k))
-    else:  # masked: random counts, all revealed at the end
-      assert (counts[-1] == 16).all()
-      continue
-    np.testing.assert_array_equal(counts, np.cumsum(sizes)[:, None] * np.ones((1, 3), int),
-                                  err_msg=f"{kind} {spec}")
+    check_history(kind, process, params, spec)
+
+
+# ------------------------------------------------ a new token sampler: one file and one line
+# (what would be ardiff/processes/token_samplers/at_once.py: every pixel in one step)
+
+
+def _at_once_sample(process, params, keys, labels, spec, cond):
+  return decode.reveal_step_sample(process.model, params, keys, labels,
+                                   jnp.zeros((process.seq_len,), jnp.int32), 1,
+                                   temperature=spec.get("temperature", 1.0), cond=cond)
+
+
+def _at_once_history(process, params, keys, labels, spec):
+  tokens = _at_once_sample(process, params, keys, labels, spec, None)
+  return plan_history(tokens, jnp.zeros((process.seq_len,), jnp.int32), 1)
+
+
+AT_ONCE = TokenSampler({"temperature": 1.0}, lambda process, spec: 1, _at_once_sample,
+                       _at_once_history)
+
+
+@pytest.fixture
+def at_once():
+  register_sampler("at_once", AT_ONCE)  # the line in token_samplers/__init__.py
+  yield
+  TOKEN_SAMPLERS._items.pop("at_once")
+
+
+def test_a_new_token_sampler_is_one_file_and_one_line(at_once):
+  """`at_once` registered, and an ARDM process listing it, go through the whole contract."""
+  process, params, _ = make("ardm")
+  process.samplers = (*process.samplers, "at_once")  # the process accepts it
+  assert "at_once" in registry_specs("ardm", process)
+  labels = np.array([0, 1, 2, CLASSES, 1], np.int32)
+  x = np.asarray(process.sample(params, jax.random.key(1), labels, "at_once"))
+  assert x.shape == (5, *SHAPE) and x.dtype == np.uint8 and x.max() < LEVELS
+  assert process.nfe("at_once") == 1 and process.nfe("at_once", guidance=Guidance(2.0)) == 2
+  w1 = process.sample(params, jax.random.key(1), labels, "at_once", guidance=Guidance(1.0))
+  np.testing.assert_array_equal(np.asarray(w1), x)
+  check_history("ardm", process, params, "at_once")
+  check_history("ardm", process, params, "at_once:temperature=0.5")
+  with pytest.raises(ValueError, match="has no option"):
+    process.nfe("at_once:k=2")
+  # Processes that do not list it refuse it, naming what they take.
+  with pytest.raises(ValueError, match="unknown sampler 'at_once'.*known: ardm, confidence"):
+    make("ardm")[0].nfe("at_once")

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiff.processes import discrete, padded
+from ardiff.processes import discrete, padded, step_loop
 
 SCHEDULES = ("cosine", "uniform")
 
@@ -118,23 +118,8 @@ def reveal_loop(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array, cumulat
   return jax.lax.fori_loop(0, num_steps, body, tokens)
 
 
-def confidence_decode(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array,
-                      sizes: Sequence[int], *, mask_id: int, temperature: float = 1.0,
-                      noise: float = 0.0, return_history: bool = False):
-  """Reveal the hidden positions of `tokens` (those equal to mask_id) in len(sizes) steps.
-
-  Args:
-    logits_fn: tokens int32 [B, L] (hidden = mask_id) -> logits [B, L, V].
-    keys: per-example keys [B] (`discrete.example_keys`).
-    tokens: int32 [B, L]; positions not equal to mask_id are known and never change.
-    sizes: positions revealed per step, summing to the number of hidden positions per example
-      (every example must hide the same number; checked when concrete).
-    temperature: candidate tokens from softmax(logits / temperature); 0: argmax (greedy).
-    noise: Gumbel noise on the confidences, scaled by noise * (1 - (s + 1) / S).
-    return_history: also return the tokens after every step, int32 [S, B, L] (a scan over
-      the S steps; without it the loop runs S as data, `reveal_loop`).
-  Returns tokens int32 [B, L] (and the history).
-  """
+def _checked(sizes: Sequence[int], tokens, mask_id: int, temperature, noise):
+  """The sizes as ints and the tokens as int32, refusing what cannot be decoded."""
   sizes = tuple(int(s) for s in sizes)
   if not sizes or min(sizes) < 1:
     raise ValueError(f"sizes must be positive ints, got {list(sizes)}")
@@ -146,16 +131,46 @@ def confidence_decode(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array,
     if not (hidden == sum(sizes)).all():
       raise ValueError(f"sizes sum to {sum(sizes)} but the examples hide "
                        f"{sorted(set(hidden.tolist()))} positions")
-  options = dict(mask_id=mask_id, temperature=temperature, greedy=temperature == 0,
-                 noise=noise, noisy=noise > 0)
-  if not return_history:
-    return reveal_loop(logits_fn, keys, tokens, *step_table(sizes), **options)
+  return sizes, tokens
+
+
+def _options(mask_id: int, temperature, noise) -> dict:
+  return dict(mask_id=mask_id, temperature=temperature, greedy=temperature == 0,
+              noise=noise, noisy=noise > 0)
+
+
+def confidence_decode(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array,
+                      sizes: Sequence[int], *, mask_id: int, temperature: float = 1.0,
+                      noise: float = 0.0) -> jax.Array:
+  """Reveal the hidden positions of `tokens` (those equal to mask_id) in len(sizes) steps.
+
+  Args:
+    logits_fn: tokens int32 [B, L] (hidden = mask_id) -> logits [B, L, V].
+    keys: per-example keys [B] (`discrete.example_keys`).
+    tokens: int32 [B, L]; positions not equal to mask_id are known and never change.
+    sizes: positions revealed per step, summing to the number of hidden positions per example
+      (every example must hide the same number; checked when concrete).
+    temperature: candidate tokens from softmax(logits / temperature); 0: argmax (greedy).
+    noise: Gumbel noise on the confidences, scaled by noise * (1 - (s + 1) / S).
+  Returns tokens int32 [B, L] (the loop runs S as data, `reveal_loop`).
+  """
+  sizes, tokens = _checked(sizes, tokens, mask_id, temperature, noise)
+  return reveal_loop(logits_fn, keys, tokens, *step_table(sizes),
+                     **_options(mask_id, temperature, noise))
+
+
+def confidence_history(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array,
+                       sizes: Sequence[int], *, mask_id: int, temperature: float = 1.0,
+                       noise: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """`confidence_decode`'s steps with every state kept: (tokens int32 [B, L], the tokens after
+  every step int32 [S, B, L]); the same draws as `confidence_decode` (a scan over the S steps,
+  `step_loop.trace`)."""
+  sizes, tokens = _checked(sizes, tokens, mask_id, temperature, noise)
   num_steps, cumulative = len(sizes), jnp.asarray(np.cumsum(sizes), jnp.int32)
+  options = _options(mask_id, temperature, noise)
 
-  def step(tokens, xs):
-    s, revealed_after = xs
-    tokens = _reveal_step(logits_fn, keys, tokens, s, revealed_after, num_steps, sum(sizes),
-                          **options)
-    return tokens, tokens
+  def step(s, tokens):
+    return _reveal_step(logits_fn, keys, tokens, s, cumulative[s], num_steps, sum(sizes),
+                        **options)
 
-  return jax.lax.scan(step, tokens, (jnp.arange(num_steps), cumulative))
+  return step_loop.trace(step_loop.StepLoop(step, tokens, num_steps))

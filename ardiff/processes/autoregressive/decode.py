@@ -4,16 +4,17 @@ Every entry point is one jitted function whose loop is a ``jax.lax.scan`` (raste
 ``jax.lax.fori_loop`` with a traced step count (parallel decoding: one program for every plan
 of the same batch shape, whatever its number of steps).
 
-Classifier-free guidance: with weight ``w`` two streams run in one batched model call, the
-conditional one (labels ``y``) and the unconditional one (the null label ``num_classes``, or
-``neg_y`` when a negative label is given), and
+Classifier-free guidance: ``cond`` (`guidance.guidance_cond`: labels ``y``, the negative
+labels ``neg`` and the weight ``w``, all traced) runs two streams in one batched model call,
+the conditional one (labels ``y``) and the unconditional one (``neg``: the null label
+``num_classes``, or a class to steer away from), and
 
   logits_guided = logits_uncond + w * (logits_cond - logits_uncond),
 
 the rule of `ardiff.processes.guidance`, shared with diffusion: ``w = 0`` is the
 unconditional (or negative-conditioned) model, ``w = 1`` plain conditional sampling, and
 ``w > 1`` sharpens toward the class.
-``guidance=None`` runs the conditional stream only. Tokens are drawn from
+``cond=None`` runs the conditional stream only. Tokens are drawn from
 ``softmax(logits_guided / temperature)``.
 
 Randomness is per example (`ardiff.processes.discrete`): example b draws position (or step) i
@@ -36,14 +37,6 @@ from ardiff.processes import guidance as guide
 from ardiff.processes.autoregressive import confidence
 
 
-def guidance_streams(model: Transformer, y: jax.Array, guidance, neg_y) -> dict | None:
-  """The guidance streams' labels and weight (None: the conditional stream alone)."""
-  if guidance is None:
-    return None
-  neg = jnp.full_like(y, model.num_classes) if neg_y is None else jnp.asarray(neg_y, jnp.int32)
-  return {"y": y, "neg": neg, "w": guidance}
-
-
 def model_call(model, params, tokens, cond, y, *args, **kwargs):
   """One model call, doubled into [conditional; negative] streams and combined when guiding."""
   if cond is None:
@@ -55,17 +48,13 @@ def model_call(model, params, tokens, cond, y, *args, **kwargs):
   return guide.combine(out, cond["w"])
 
 
-def _check_common(model: Transformer, causal: bool, y, temperature, guidance, neg_y) -> None:
+def _check_common(model: Transformer, causal: bool, y, temperature) -> None:
   if model.causal != causal:
     raise ValueError(f"model: this sampler needs causal={causal}, got causal={model.causal}")
   if np.ndim(y) != 1:
     raise ValueError(f"y must be int [B], got shape {np.shape(y)}")
   if isinstance(temperature, (int, float)) and temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
-  if neg_y is not None and guidance is None:
-    raise ValueError("neg_y needs guidance (a weight w), got guidance=None")
-  if neg_y is not None and np.shape(neg_y) != np.shape(y):
-    raise ValueError(f"neg_y must have y's shape {np.shape(y)}, got {np.shape(neg_y)}")
 
 
 def _check_num_steps(model: Transformer, num_steps: int | None) -> int:
@@ -77,8 +66,7 @@ def _check_num_steps(model: Transformer, num_steps: int | None) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "use_cache"))
-def _raster(model, params, key, y, temperature, guidance, neg_y, num_steps, use_cache):
-  cond = guidance_streams(model, y, guidance, neg_y)
+def _raster(model, params, key, y, temperature, cond, num_steps, use_cache):
   b = y.shape[0]
   keys = discrete.example_keys(key, b)
 
@@ -103,8 +91,7 @@ def _raster(model, params, key, y, temperature, guidance, neg_y, num_steps, use_
 
 def raster_sample(
     model: Transformer, params, key: jax.Array, y: jax.Array, *, temperature: float = 1.0,
-    guidance: float | None = None, neg_y: jax.Array | None = None, num_steps: int | None = None,
-    use_cache: bool = True,
+    cond: dict | None = None, num_steps: int | None = None, use_cache: bool = True,
 ) -> jax.Array:
   """Raster sampling, one position per step: int32 tokens [B, L].
 
@@ -112,35 +99,22 @@ def raster_sample(
     model: a causal Transformer; params: its variables.
     key: PRNG key; y: int [B] labels (num_classes = unconditional).
     temperature: > 0.
-    guidance: CFG weight w (None = conditional stream only); see the module docstring.
-    neg_y: optional int [B] negative labels for the unconditional stream (needs guidance).
+    cond: classifier-free guidance, `guidance.guidance_cond` (None = the conditional stream
+      only); see the module docstring.
     num_steps: generate only positions 0..num_steps-1 (default all L); later positions stay 0.
     use_cache: decode with the KV cache (default); False reruns the full causal forward every
       step (the reference), drawing the same random numbers and hence the same tokens.
   """
-  _check_common(model, True, y, temperature, guidance, neg_y)
-  return _raster(model, params, key, jnp.asarray(y, jnp.int32), temperature, guidance, neg_y,
+  _check_common(model, True, y, temperature)
+  return _raster(model, params, key, jnp.asarray(y, jnp.int32), temperature, cond,
                  _check_num_steps(model, num_steps), bool(use_cache))
 
 
-def raster_sample_nocache(model: Transformer, params, key: jax.Array, y: jax.Array,
-                          **kwargs) -> jax.Array:
-  """Reference raster sampler without a cache: ``raster_sample(..., use_cache=False)``."""
-  return raster_sample(model, params, key, y, use_cache=False, **kwargs)
-
-
-def raster_history(tokens: jax.Array, mask_id: int) -> jax.Array:
-  """A raster sample [B, L] after each of its L steps: [L, B, L], step s revealed 0..s."""
-  step = jnp.arange(tokens.shape[1])
-  return jnp.where(step[None, None, :] <= step[:, None, None], tokens[None], mask_id)
-
-
 @functools.partial(jax.jit, static_argnames=("model",))
-def _parallel(model, params, key, y, reveal_step, num_steps, temperature, guidance, neg_y,
-              known_mask, known_tokens):
+def _parallel(model, params, key, y, reveal_step, num_steps, temperature, cond, known_mask,
+              known_tokens):
   """Steps s = 0 .. num_steps - 1 reveal the positions with reveal_step == s. The step count
   is a traced int32 and the plan is [B, L] whatever S, so every S shares this program."""
-  cond = guidance_streams(model, y, guidance, neg_y)
   keys = discrete.example_keys(key, y.shape[0])
   tokens = jnp.where(known_mask, known_tokens, model.mask_id).astype(jnp.int32)
 
@@ -163,8 +137,8 @@ def plan_steps(plan: jax.Array) -> jax.Array:
 
 def order_agnostic_sample(
     model: Transformer, params, key: jax.Array, y: jax.Array, plan: jax.Array, *,
-    temperature: float = 1.0, guidance: float | None = None, neg_y: jax.Array | None = None,
-    known_mask: jax.Array | None = None, known_tokens: jax.Array | None = None,
+    temperature: float = 1.0, cond: dict | None = None, known_mask: jax.Array | None = None,
+    known_tokens: jax.Array | None = None,
 ) -> jax.Array:
   """Parallel decoding with the bidirectional model following a step plan: int32 tokens [B, L].
 
@@ -176,12 +150,12 @@ def order_agnostic_sample(
     key: PRNG key; y: int [B] labels.
     plan: bool [S, L] or [B, S, L] (see :mod:`ardiff.processes.autoregressive.orders`). Together with
       known_mask every position must be revealed exactly once (checked when concrete).
-    temperature, guidance, neg_y: as in :func:`raster_sample`.
+    temperature, cond: as in :func:`raster_sample`.
     known_mask: optional bool [B, L] or [L], True where known_tokens are given (inpainting);
       those positions start revealed and are never changed.
     known_tokens: int [B, L] or [L], read where known_mask is True.
   """
-  _check_common(model, False, y, temperature, guidance, neg_y)
+  _check_common(model, False, y, temperature)
   b, length = np.shape(y)[0], model.seq_len
   if not isinstance(plan, jax.core.Tracer):
     plan = np.asarray(plan, bool)  # host-side checks and conversion: no program per S
@@ -204,17 +178,16 @@ def order_agnostic_sample(
                        f"found reveal counts {sorted(set(count.ravel().tolist()))}")
   reveal_step = jnp.broadcast_to(plan_steps(plan), (b, length))
   return _parallel(model, params, key, jnp.asarray(y, jnp.int32), reveal_step,
-                   jnp.int32(np.shape(plan)[1]), temperature, guidance, neg_y, known_mask,
-                   known_tokens)
+                   jnp.int32(np.shape(plan)[1]), temperature, cond, known_mask, known_tokens)
 
 
 def reveal_step_sample(model: Transformer, params, key: jax.Array, y: jax.Array,
                        reveal_step: jax.Array, num_steps: int, *, temperature: float = 1.0,
-                       guidance: float | None = None, neg_y: jax.Array | None = None):
+                       cond: dict | None = None):
   """`order_agnostic_sample` with the plan given as the step of each position, int [B, L] or
   [L] (`orders.reveal_steps`: every position in 0..num_steps-1), and no known positions: the
   form whose shapes do not depend on the number of steps (one program for every S)."""
-  _check_common(model, False, y, temperature, guidance, neg_y)
+  _check_common(model, False, y, temperature)
   b, length = np.shape(y)[0], model.seq_len
   reveal_step = jnp.broadcast_to(jnp.asarray(reveal_step, jnp.int32), (b, length))
   if not isinstance(reveal_step, jax.core.Tracer) and jnp.ndim(key) == 1:
@@ -222,14 +195,13 @@ def reveal_step_sample(model: Transformer, params, key: jax.Array, y: jax.Array,
     # that is not (a raster one) would otherwise compile a second program
     reveal_step = jax.device_put(reveal_step, key.sharding)
   return _parallel(model, params, key, jnp.asarray(y, jnp.int32), reveal_step,
-                   jnp.int32(num_steps), temperature, guidance, neg_y, jnp.zeros((b, length), bool),
+                   jnp.int32(num_steps), temperature, cond, jnp.zeros((b, length), bool),
                    jnp.zeros((b, length), jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "greedy", "noisy"))
-def _confidence(model, params, keys, y, cumulative, num_steps, temperature, noise, guidance,
-                neg_y, *, greedy, noisy):
-  cond = guidance_streams(model, y, guidance, neg_y)
+def _confidence(model, params, keys, y, cumulative, num_steps, temperature, noise, cond, *,
+                greedy, noisy):
   tokens = jnp.full((y.shape[0], model.seq_len), model.mask_id, jnp.int32)
   return confidence.reveal_loop(lambda t: model_call(model, params, t, cond, y), keys, tokens,
                                 cumulative, num_steps, mask_id=model.mask_id,
@@ -238,15 +210,14 @@ def _confidence(model, params, keys, y, cumulative, num_steps, temperature, nois
 
 
 def confidence_sample(model: Transformer, params, keys: jax.Array, y: jax.Array, sizes, *,
-                      temperature: float = 1.0, noise: float = 0.0,
-                      guidance: float | None = None, neg_y: jax.Array | None = None):
+                      temperature: float = 1.0, noise: float = 0.0, cond: dict | None = None):
   """Confidence decoding (`confidence.confidence_decode`) of every position from per-example
   keys [B], compiled once for every step count, temperature > 0 and noise > 0 (the sizes are
   padded data; greedy decoding and noise off are their own programs)."""
-  _check_common(model, False, y, temperature if temperature > 0 else 1.0, guidance, neg_y)
+  _check_common(model, False, y, temperature if temperature > 0 else 1.0)
   if noise < 0:
     raise ValueError(f"noise must be >= 0, got {noise}")
   cumulative, num_steps = confidence.step_table(sizes)
   return _confidence(model, params, keys, jnp.asarray(y, jnp.int32), cumulative, num_steps,
-                     jnp.float32(temperature), jnp.float32(noise), guidance, neg_y,
-                     greedy=temperature == 0, noisy=noise > 0)
+                     jnp.float32(temperature), jnp.float32(noise), cond, greedy=temperature == 0,
+                     noisy=noise > 0)

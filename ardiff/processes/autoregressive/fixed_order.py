@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from ardiff.metrics import held_out
 from ardiff.processes import discrete
-from ardiff.processes.autoregressive import decode, objectives, orders
+from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.transformer_process import TransformerProcess
 
 
@@ -80,7 +80,7 @@ class RasterBidirectional(TransformerProcess):
 
   causal = False
   _nll_key, _bpd_key = "nll", "bpd"  # one-sample unbiased estimates of the exact NLL
-  samplers = {"raster": {"temperature": 1.0}}
+  samplers = ("raster",)
 
   def _nll(self, logits_fn, x, y, key):
     return one_step_loss(logits_fn, x, y, key, self.model.mask_id)
@@ -89,20 +89,6 @@ class RasterBidirectional(TransformerProcess):
     """Exact NLL [B] nats of tokens x [B, L] with labels y [B] (L network calls; no dropout)."""
     return exact_nll(lambda t, lab: self.model.apply(params, t, lab), jnp.asarray(x, jnp.int32),
                      jnp.asarray(y, jnp.int32), self.model.mask_id)
-
-  def _decode(self, params, keys, labels, spec, w, neg_y):
-    plan = jnp.broadcast_to(orders.chunk_plan(self.seq_len, 1),
-                            (labels.shape[0], self.seq_len, self.seq_len))
-    return decode.order_agnostic_sample(self.model, params, keys, labels, plan,
-                                        temperature=spec.get("temperature", 1.0), guidance=w,
-                                        neg_y=neg_y)
-
-  def _history(self, params, keys, labels, spec):
-    return decode.raster_history(self._decode(params, keys, labels, spec, None, None),
-                                 self.mask_id)
-
-  def _steps(self, spec):
-    return self.seq_len
 
   def nll_bound(self, params, batch, key):
     """Exact -log2 p(x | y) / L per example, [B] bits per dimension (L network calls; `key`

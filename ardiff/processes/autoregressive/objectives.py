@@ -78,21 +78,6 @@ def ardm_loss(
   return ardm_loss_given(logits_fn, x, y, revealed, mask_id)
 
 
-def ardm_bound_mc(
-    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, mask_id: int,
-    num_samples: int,
-) -> jax.Array:
-  """Average of num_samples independent ARDM estimates (t and order per sample): [B] nats."""
-  if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-
-  def body(total, k):
-    return total + ardm_loss(logits_fn, x, y, k, mask_id), None
-
-  total, _ = jax.lax.scan(body, jnp.zeros(x.shape[0]), jax.random.split(key, num_samples))
-  return total / num_samples
-
-
 def order_nll(
     logits_fn: LogitsFn, x: jax.Array, y: jax.Array, order: jax.Array, mask_id: int
 ) -> jax.Array:

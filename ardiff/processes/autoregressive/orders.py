@@ -116,32 +116,3 @@ def _sizes_from(n: int, k: int | None, step_sizes: Sequence[int] | None) -> tupl
   if (k is None) == (step_sizes is None):
     raise ValueError(f"give exactly one of k and step_sizes, got k={k}, step_sizes={step_sizes}")
   return uniform_step_sizes(n, k) if k is not None else check_step_sizes(step_sizes, n)
-
-
-def inpainting_plan(
-    key: jax.Array | None, known_mask: jax.Array, k: int | None = None,
-    step_sizes: Sequence[int] | None = None,
-) -> jax.Array:
-  """A plan over the unknown positions only: bool [B, S, L], never revealing a known position.
-
-  Args:
-    key: for a random order over the unknown positions; None for raster order over them.
-    known_mask: bool [B, L] (True = known); every row must have the same number n of unknowns.
-    k / step_sizes: exactly one; k per step, or sizes summing to n.
-  """
-  known = np.asarray(known_mask, bool)
-  if known.ndim != 2:
-    raise ValueError(f"known_mask must be [B, L], got shape {known.shape}")
-  unknown_counts = (~known).sum(axis=1)
-  if not (unknown_counts == unknown_counts[0]).all() or unknown_counts[0] == 0:
-    raise ValueError("known_mask: every row needs the same, nonzero number of unknown positions, "
-                     f"got {sorted(set(unknown_counts.tolist()))}")
-  b, length = known.shape
-  n = int(unknown_counts[0])
-  sizes = _sizes_from(n, k, step_sizes)
-  if key is None:
-    score = jnp.broadcast_to(jnp.arange(length, dtype=jnp.float32) / length, (b, length))
-  else:
-    score = jax.random.uniform(key, (b, length))
-  order = jnp.argsort(jnp.where(jnp.asarray(known), -1.0, score), axis=-1)  # known first
-  return reveal_plan(order[:, length - n:], sizes, length)

@@ -1,5 +1,5 @@
 """Raster-order autoregression: remove the last pixel first, predict pixels left to right with
-a causal transformer; exact likelihood, KV-cache sampling (`decode.raster_sample`).
+a causal transformer; exact likelihood, KV-cache sampling (`token_samplers.raster`).
 
 Sampling specs: `raster` (one pixel per step, L network evaluations), with option
 `temperature` (default 1).
@@ -7,7 +7,7 @@ Sampling specs: `raster` (one pixel per step, L network evaluations), with optio
 
 from __future__ import annotations
 
-from ardiff.processes.autoregressive import decode, objectives
+from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.transformer_process import TransformerProcess
 
 
@@ -16,22 +16,10 @@ class RasterAR(TransformerProcess):
 
   causal = True
   _nll_key, _bpd_key = "nll", "bpd"  # exact NLL, nats per example and bits per dimension
-  samplers = {"raster": {"temperature": 1.0}}
+  samplers = ("raster",)
 
   def _nll(self, logits_fn, x, y, key):
     return objectives.raster_nll(logits_fn(x, y), x)
-
-  def _decode(self, params, keys, labels, spec, w, neg_y):
-    return decode.raster_sample(self.model, params, keys, labels,
-                                temperature=spec.get("temperature", 1.0), guidance=w,
-                                neg_y=neg_y)
-
-  def _history(self, params, keys, labels, spec):
-    return decode.raster_history(self._decode(params, keys, labels, spec, None, None),
-                                 self.mask_id)
-
-  def _steps(self, spec):
-    return self.seq_len
 
   def nll_bound(self, params, batch, key):
     """Exact -log2 p(x | y) / L per example, [B] bits per dimension, from one causal pass

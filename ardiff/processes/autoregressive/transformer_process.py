@@ -1,5 +1,6 @@
 """What raster AR and order-agnostic AR share: an injected transformer, input handling, label
-dropping, the loss around a per-example NLL, and the sampling contract's plumbing.
+dropping, the loss around a per-example NLL, and the sampling contract's plumbing: the samplers are
+`ardiff.processes.token_samplers` (a process lists the names it takes in ``samplers``).
 
 A batch is ``{"x": int tokens [B, L] (or [B, ...] with L entries, flattened in raster order),
 "y": int32 labels [B]}``. With ``train=True`` labels are dropped to the null label
@@ -24,17 +25,17 @@ from ardiff.processes import discrete, guidance as guide
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.base import Batch, Params
 from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
+from ardiff.processes.token_samplers import TOKEN_SAMPLERS
 
 
 class TransformerProcess:
   """Shared construction, input handling, label dropping, loss and sampling plumbing."""
 
   causal: bool
+  inputs = "tokens"  # int levels (`runs.model_inputs`), for every token process
   _nll_key: str  # metric name of the per-example NLL (nats)
   _bpd_key: str  # metric name of the same in bits per dimension
-  samplers: dict[str, dict]  # spec name -> {option: default}
-  _needs_steps: tuple[str, ...] = ()
-  _greedy_samplers: tuple[str, ...] = ()  # samplers that take temperature 0 (argmax)
+  samplers: tuple[str, ...]  # the token samplers (`token_samplers.TOKEN_SAMPLERS`) it takes
 
   def __init__(self, model: Transformer, p_uncond: float = 0.1,
                data_shape: Sequence[int] | None = None):
@@ -110,31 +111,29 @@ class TransformerProcess:
 
   def parse(self, spec: "SampleSpec | str") -> SampleSpec:
     spec = parse_spec(spec)
-    check_spec(spec, self.samplers, process=type(self).__name__,
-               needs_steps=self._needs_steps)
+    samplers = {name: TOKEN_SAMPLERS.get(name) for name in self.samplers}
+    check_spec(spec, {name: s.options for name, s in samplers.items()},
+               process=type(self).__name__,
+               needs_steps=[name for name, s in samplers.items() if s.needs_steps])
     temperature = spec.get("temperature", 1.0)
-    greedy_ok = spec.name in self._greedy_samplers
+    greedy_ok = samplers[spec.name].greedy
     if (not isinstance(temperature, (int, float)) or temperature < 0
         or (temperature == 0 and not greedy_ok)):
       raise ValueError(f"sampler {spec.name!r}: temperature must be a number "
                        f"{'>=' if greedy_ok else '>'} 0, got {temperature!r}")
     return spec
 
-  def _decode(self, params, keys, labels, spec: SampleSpec, cond_w, neg):
-    """Tokens [B, L] for per-example keys and labels (traced); implemented per process."""
-    raise NotImplementedError
-
   def sample(self, params: Params, key: jax.Array, labels, spec: "SampleSpec | str", *,
              guidance: guide.Guidance | None = None, mesh=None) -> jax.Array:
     """Int levels [B, *data_shape] for `labels` [B] (see `ardiff.processes.base`)."""
     spec = self.parse(spec)
+    sampler = TOKEN_SAMPLERS.get(spec.name)
+    sampler.steps(self, spec)  # checks the options before anything is traced
     labels = guide.check_labels(labels, self.num_classes, guidance)
-    w = None if guidance is None else guidance.scale
-    neg = None if guidance is None or guidance.negative is None else guidance.negative
 
     def fn(params, keys, labels):
-      neg_y = None if neg is None else jnp.full_like(labels, neg)
-      return self._decode(params, keys, labels, spec, w, neg_y)
+      cond = None if guidance is None else guide.guidance_cond(labels, guidance, self.num_classes)
+      return sampler.sample(self, params, keys, labels, spec, cond)
 
     keys = discrete.example_keys(key, labels.shape[0])
     tokens = parallel.run_sharded(fn, params, keys, labels, mesh)
@@ -143,23 +142,26 @@ class TransformerProcess:
 
   def sample_history(self, params: Params, key: jax.Array, labels,
                      spec: "SampleSpec | str") -> np.ndarray:
-    """The sample being revealed: int [S, B, *data_shape], the tokens after each of the spec's
-    S steps, `mask_id` where a pixel is still hidden (entry S - 1 is what `sample` draws with
-    the same key). Unguided and on one device: for figures (`ardiff.report.reveal`)."""
+    """The sample being revealed: float32 [S, B, *data_shape], the state after each of the
+    spec's S steps in data space (integer levels as floats), NaN where a pixel is still hidden;
+    entry S - 1 is what `sample` draws with the same key. Unguided and on one device: for
+    figures (`ardiff.report.reveal`). The sampler's `history` (`token_samplers.base`)."""
     spec = self.parse(spec)
+    sampler = TOKEN_SAMPLERS.get(spec.name)
+    sampler.steps(self, spec)
     labels = guide.check_labels(labels, self.num_classes, None)
     keys = discrete.example_keys(key, labels.shape[0])
-    history = jax.jit(lambda p, k, y: self._history(p, k, y, spec))(params, keys, labels)
-    history = np.asarray(history)
+    history = jax.jit(lambda p, k, y: sampler.history(self, p, k, y, spec))(params, keys, labels)
+    history = np.asarray(history, np.float32)
     return history.reshape(history.shape[:2] + self.data_shape)
 
-  def _history(self, params, keys, labels, spec: SampleSpec) -> jax.Array:
-    """Tokens after every step [S, B, L] (traced); processes whose samplers reveal each pixel
-    once by a known plan derive it from the sample and the plan."""
-    raise NotImplementedError(f"{type(self).__name__} has no step history for {spec.name!r}")
+  def steps(self, spec: "SampleSpec | str") -> int:
+    """S, the number of steps of a spec (the length of its `sample_history`)."""
+    spec = self.parse(spec)
+    return TOKEN_SAMPLERS.get(spec.name).steps(self, spec)
 
   def nfe(self, spec: "SampleSpec | str", *, guidance: guide.Guidance | None = None) -> int:
-    return self._steps(self.parse(spec)) * (1 if guidance is None else 2)
-
-  def _steps(self, spec: SampleSpec) -> int:
-    raise NotImplementedError
+    spec = self.parse(spec)
+    sampler = TOKEN_SAMPLERS.get(spec.name)
+    nfe = (sampler.nfe or sampler.steps)(self, spec)
+    return nfe * (1 if guidance is None else 2)

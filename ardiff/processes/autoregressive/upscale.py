@@ -35,27 +35,24 @@ others at stage s - 1 (hidden for s = 0), and
 
 whose expectation is the bound above (nats per example; bits per pixel = bound / (D ln 2)).
 
-Sampler `upscale` (options k=1, temperature=1.0): per stage a random order per example, k
-pixels per step (the last step the remainder); each step draws the revealed pixels' full value
-from the restricted softmax(logits / temperature) and keeps v // d_s (the same law as p_s).
-S * ceil(D / k) network calls (twice with guidance). `UpscaleAR.nll_bound` gives the bound on
-held-out data by the exact chain rule along one random order per stage per image (S * D network
-calls; `ardiff.metrics.held_out.test_bpd` averages it over a test set).
+Sampler `upscale` (`ardiff.processes.token_samplers.upscale`; options k=1, temperature=1.0):
+per stage a random order per example, k pixels per step; each step draws the revealed pixels'
+value at the stage's precision with the law p_s. S * ceil(D / k) network calls.
+`UpscaleAR.nll_bound` gives the bound on held-out data by the exact chain rule along one random
+order per stage per image (S * D network calls; `ardiff.metrics.held_out.test_bpd` averages it
+over a test set).
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ardiff.models.transformer import Transformer
-from ardiff.processes import discrete
-from ardiff.processes.autoregressive import decode, objectives, orders
+from ardiff.processes.autoregressive import objectives, orders
 from ardiff.processes.autoregressive.transformer_process import TransformerProcess
 
 DEFAULT_DIVISORS = (4, 1)
@@ -172,90 +169,13 @@ def upscale_order_nll(logits_fn: objectives.LogitsFn, x: jax.Array, y: jax.Array
   return total
 
 
-def stage_steps(keys: jax.Array, length: int, k: int, num_stages: int) -> jax.Array:
-  """int32 [B, S, D]: per example and per stage a random order, k pixels per step (the last
-  step the remainder); entry [b, s, d] is the step within stage s that reveals pixel d (stage
-  s owns steps s * n .. (s + 1) * n - 1, n = ceil(D / k)). Its shape does not depend on k."""
-  sizes = orders.uniform_step_sizes(length, k)
-
-  def one(key):
-    return jnp.stack([orders.reveal_steps(orders.random_orders(jax.random.fold_in(key, s), 1,
-                                                               length)[0], sizes)
-                      for s in range(num_stages)])
-
-  return jax.vmap(one)(discrete.setup_keys(keys))
-
-
-def stage_plans(keys: jax.Array, length: int, k: int, num_stages: int) -> jax.Array:
-  """bool [B, S * n, D] with n = ceil(D / k): `stage_steps` as a plan over all S * n steps."""
-  n = math.ceil(length / k)
-  local = stage_steps(keys, length, k, num_stages)  # [B, S, D]
-  steps = jnp.arange(n, dtype=jnp.int32)[:, None]
-  return jnp.concatenate([local[:, s, None, :] == steps for s in range(num_stages)], axis=1)
-
-
-def upscale_decode(logits_fn: Callable[[jax.Array], jax.Array], keys: jax.Array, length: int,
-                   layout: Stages, k=1, *, temperature: float = 1.0,
-                   return_history: bool = False, local_steps: jax.Array | None = None):
-  """Sample S stages of ceil(D / k) steps each: int32 values [B, D].
-
-  logits_fn: input ids int32 [B, D] (see `Stages.tokens`) -> logits [B, D, L]; keys: per-example
-  keys [B]. Step i (over all stages) draws with step_keys(keys, i); each revealed pixel's full
-  value from softmax(logits / temperature) restricted to its current coarse bin, keeping its
-  value at the stage's precision. return_history: also the input ids after every step,
-  int32 [S * n, B, D] (needs an int k: a scan over the steps). Without it the loop's trip
-  count is data: k may be traced when `local_steps` (`stage_steps`) is given, and one program
-  serves every k.
-  """
-  if not isinstance(temperature, jax.core.Tracer) and temperature <= 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
-  b = keys.shape[0]
-  if local_steps is None:
-    local_steps = stage_steps(keys, length, k, layout.num_stages)  # [B, S, D]
-  per_stage = (length + k - 1) // k  # n = ceil(D / k), an int or a traced int32
-  divisors = jnp.asarray(layout.divisors, jnp.int32)
-
-  def step(i, carry):
-    low, stage = carry  # low: the lowest value of each pixel's bin; stage: -1 = hidden
-    s = i // per_stage
-    reveal = jnp.take(local_steps, s, axis=1) == i - s * per_stage
-    logits = logits_fn(layout.tokens(low, stage)).astype(jnp.float32)
-    logits = jnp.where(layout.allowed(low, s), logits, -jnp.inf)
-    v = discrete.draw(discrete.step_keys(keys, i), logits, temperature)
-    d = divisors[s]
-    low = jnp.where(reveal, v // d * d, low)
-    stage = jnp.where(reveal, s, stage)
-    return low, stage
-
-  start = (jnp.zeros((b, length), jnp.int32), jnp.full((b, length), -1, jnp.int32))
-  total = layout.num_stages * per_stage
-  if not return_history:
-    return jax.lax.fori_loop(0, jnp.asarray(total, jnp.int32), step, start)[0]
-
-  def scan_step(carry, i):
-    carry = step(i, carry)
-    return carry, layout.tokens(*carry)
-
-  (low, _), history = jax.lax.scan(scan_step, start, jnp.arange(total, dtype=jnp.int32))
-  return low, history
-
-
-@functools.partial(jax.jit, static_argnames=("model", "layout"))
-def _upscale_sample(model, params, keys, y, local_steps, k, temperature, guidance, neg_y, *,
-                    layout):
-  cond = decode.guidance_streams(model, y, guidance, neg_y)
-  return upscale_decode(lambda t: decode.model_call(model, params, t, cond, y), keys,
-                        model.seq_len, layout, k, temperature=temperature,
-                        local_steps=local_steps)
-
-
 class UpscaleAR(TransformerProcess):
   """Upscale ARDM with an injected bidirectional `Transformer` whose input_vocab_size is the
   layout's (`Stages(L, divisors).input_vocab_size`); the loss is the one-sample bound."""
 
   causal = False
   _nll_key, _bpd_key = "bound", "bound_bpd"
-  samplers = {"upscale": {"k": 1, "temperature": 1.0}}
+  samplers = ("upscale",)
 
   def __init__(self, model: Transformer, divisors: Sequence[int] = DEFAULT_DIVISORS,
                p_uncond: float = 0.1, data_shape: Sequence[int] | None = None):
@@ -276,29 +196,6 @@ class UpscaleAR(TransformerProcess):
 
   def _nll(self, logits_fn, x, y, key):
     return upscale_loss(logits_fn, x, y, key, self.layout)
-
-  def step_k(self, spec) -> int:
-    k = self.parse(spec).get("k", 1)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.seq_len:
-      raise ValueError(f"sampler 'upscale': k must be an integer in 1..{self.seq_len}, "
-                       f"got {k!r}")
-    return k
-
-  def _steps(self, spec):
-    return self.layout.num_stages * math.ceil(self.seq_len / self.step_k(spec))
-
-  def _decode(self, params, keys, labels, spec, w, neg_y):
-    k = self.step_k(spec)  # one program for every k: the plan [B, S, D] and k are data
-    return _upscale_sample(self.model, params, keys, jnp.asarray(labels, jnp.int32),
-                           stage_steps(keys, self.seq_len, k, self.layout.num_stages),
-                           jnp.int32(k), jnp.float32(spec.get("temperature", 1.0)), w, neg_y,
-                           layout=self.layout)
-
-  def _history(self, params, keys, labels, spec):
-    _, ids = upscale_decode(lambda t: self.model.apply(params, t, labels), keys, self.seq_len,
-                            self.layout, self.step_k(spec),
-                            temperature=spec.get("temperature", 1.0), return_history=True)
-    return self.layout.representative(ids)
 
   def nll_bound(self, params, batch, key):
     """The upscale bound, [B] bits per dimension: the exact chain rule along one random order

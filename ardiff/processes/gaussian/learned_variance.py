@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ardiff.data.levels import unit_to_levels
-from ardiff.processes.gaussian import likelihood
 from ardiff.processes.gaussian.likelihood import _flat_sum, decoder_nll, diffusion_kl
 from ardiff.processes.gaussian.process import GaussianDiffusion
 from ardiff.processes.gaussian.samplers import ddpm_learned

@@ -38,6 +38,7 @@ class GaussianDiffusion:
 
   Frozen (hashable) so its bound methods can be static arguments of compiled sampling loops.
   """
+  inputs = "continuous"  # floats in model space (`runs.model_inputs`)
 
   model: nn.Module
   num_classes: int

@@ -16,11 +16,12 @@ import optax
 import pytest
 import scipy.stats
 from tests.models.test_transformer import rough_params
+from tests.processes.autoregressive import plans
 
 from ardiff.processes.autoregressive import decode, objectives, orders
 from ardiff.processes.autoregressive.order_agnostic import OrderAgnosticAR
 from ardiff.processes.autoregressive.raster import RasterAR
-from ardiff.processes.guidance import Guidance
+from ardiff.processes.guidance import Guidance, guidance_cond, make_guidance
 from ardiff.models.transformer import Transformer
 
 V, L, C = 3, 3, 2  # values, positions, classes
@@ -133,7 +134,7 @@ def test_monte_carlo_bound_and_per_step_losses_are_unbiased():
   weights = np.concatenate([np.full(term.shape[1], 1 / (L * term.shape[1])) for term in terms])
   exact = all_values @ weights  # [27]
   var = ((all_values - exact[:, None]) ** 2) @ weights
-  mc = np.asarray(jax.jit(lambda k: objectives.ardm_bound_mc(fn, x, y, k, V, num_samples=4))(
+  mc = np.asarray(jax.jit(lambda k: plans.ardm_bound_mc(fn, x, y, k, V, num_samples=4))(
       jax.random.key(0)))
   se = math.sqrt(np.tile(var, reps).sum() / 4) / len(x)
   assert abs(mc.mean() - np.tile(exact, reps).mean()) < 5 * se
@@ -235,7 +236,7 @@ def test_monte_carlo_bound_detects_biased_t_on_a_toy_model():
   y = jnp.zeros(len(x), jnp.int32)
   n = len(x)
   for name, samples, estimate in [
-      ("ardm_bound_mc", num_samples, jax.jit(lambda k: objectives.ardm_bound_mc(
+      ("ardm_bound_mc", num_samples, jax.jit(lambda k: plans.ardm_bound_mc(
           _toy_logits, x, y, k, V, num_samples=num_samples))(jax.random.key(31))),
       ("ardm_loss", 1, jax.jit(lambda k: objectives.ardm_loss(_toy_logits, x, y, k, V))(
           jax.random.key(32)))]:
@@ -288,10 +289,10 @@ def test_inpainting_plan_covers_only_unknown_positions():
   known[:, :5] = True
   known[2] = np.roll(known[2], 2)
   for key in (None, jax.random.key(0)):
-    plan = np.asarray(orders.inpainting_plan(key, known, k=2))
+    plan = np.asarray(plans.inpainting_plan(key, known, k=2))
     assert plan.shape == (3, 2, 8)
     np.testing.assert_array_equal(plan.sum(axis=1) + known, np.ones((3, 8)))
-  raster = np.asarray(orders.inpainting_plan(None, known, k=2))
+  raster = np.asarray(plans.inpainting_plan(None, known, k=2))
   np.testing.assert_array_equal(np.flatnonzero(raster[0, 0]), [5, 6])
 
 
@@ -307,10 +308,19 @@ def test_orders_reject_bad_input():
   with pytest.raises(ValueError, match="exactly one of k and step_sizes"):
     orders.random_plan(jax.random.key(0), 2, 8, k=2, step_sizes=(8,))
   with pytest.raises(ValueError, match="known_mask"):
-    orders.inpainting_plan(None, np.array([[True, False], [True, True]]), k=1)
+    plans.inpainting_plan(None, np.array([[True, False], [True, True]]), k=1)
 
 
 # ----------------------------------------------------------------------------- sampling
+
+
+def _cond(y, w, neg_y=None, null: int | None = None):
+  """The guidance `cond` of weight w (None: unguided) with per-example negative labels neg_y
+  (default: the null label, C unless given)."""
+  if w is None:
+    return None
+  cond = guidance_cond(y, Guidance(w), C if null is None else null)
+  return cond if neg_y is None else {**cond, "neg": jnp.asarray(neg_y, jnp.int32)}
 
 
 def _causal(length: int = 16):
@@ -323,10 +333,10 @@ def test_kv_cache_sampler_equals_no_cache_sampler(guidance, negative):
   model, params = _causal()
   y = jnp.array([0, 1, 2, 0, 1, 2, 1, 0])  # 2 = null label
   neg_y = jnp.array([1, 0, 0, 1, 0, 1, 0, 1]) if negative else None
-  kw = dict(temperature=0.8, guidance=guidance, neg_y=neg_y)
+  kw = dict(temperature=0.8, cond=_cond(y, guidance, neg_y))
   for seed in range(2):
     a = decode.raster_sample(model, params, jax.random.key(seed), y, **kw)
-    b = decode.raster_sample_nocache(model, params, jax.random.key(seed), y, **kw)
+    b = decode.raster_sample(model, params, jax.random.key(seed), y, use_cache=False, **kw)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert len(np.unique(np.asarray(a))) > 1
 
@@ -336,15 +346,16 @@ def test_guidance_one_is_conditional_zero_unconditional_and_negative_label_matte
   y = jnp.array([0, 1, 0, 1])
   key = jax.random.key(3)
   plain = decode.raster_sample(model, params, key, y)
-  np.testing.assert_array_equal(decode.raster_sample(model, params, key, y, guidance=1.0), plain)
+  np.testing.assert_array_equal(decode.raster_sample(model, params, key, y, cond=_cond(y, 1.0)),
+                                plain)
   null = jnp.full_like(y, model.num_classes)
-  np.testing.assert_array_equal(decode.raster_sample(model, params, key, y, guidance=0.0),
+  np.testing.assert_array_equal(decode.raster_sample(model, params, key, y, cond=_cond(y, 0.0)),
                                 decode.raster_sample(model, params, key, null))
-  guided = decode.raster_sample(model, params, key, y, guidance=3.0)
-  negative = decode.raster_sample(model, params, key, y, guidance=3.0, neg_y=1 - y)
+  guided = decode.raster_sample(model, params, key, y, cond=_cond(y, 3.0))
+  negative = decode.raster_sample(model, params, key, y, cond=_cond(y, 3.0, 1 - y))
   assert (np.asarray(guided) != np.asarray(negative)).any()
-  with pytest.raises(ValueError, match="neg_y"):
-    decode.raster_sample(model, params, key, y, neg_y=y)
+  with pytest.raises(ValueError, match="needs a guidance scale"):  # a negative needs a w
+    make_guidance(None, negative=1)
   with pytest.raises(ValueError, match="temperature"):
     decode.raster_sample(model, params, key, y, temperature=0.0)
 
@@ -459,7 +470,8 @@ def test_raster_sampler_distribution_with_guidance():
   params = rough_params(model, 6, scale=0.7)
   n, w = 20000, 1.5
   y = _labels(0, n)
-  tokens = np.asarray(decode.raster_sample(model, params, jax.random.key(0), y, guidance=w))
+  tokens = np.asarray(decode.raster_sample(model, params, jax.random.key(0), y,
+                                           cond=_cond(y, w)))
   # Reference: per position, softmax(uncond + w (cond - uncond)) from full forwards, in float64.
   cond = np.asarray(fn(SEQS, _labels(0)), np.float64)
   uncond = np.asarray(fn(SEQS, _labels(C)), np.float64)
@@ -494,8 +506,9 @@ def test_raster_sampler_chi_square_temperature_and_guidance(temperature, w, nega
   model, params, fn = _tiny(True, seed=6)
   n, label, neg = 20000, 0, 1
   neg_y = _labels(neg, n) if negative else None
-  tokens = np.asarray(decode.raster_sample(model, params, jax.random.key(11), _labels(label, n),
-                                             temperature=temperature, guidance=w, neg_y=neg_y))
+  y = _labels(label, n)
+  tokens = np.asarray(decode.raster_sample(model, params, jax.random.key(11), y,
+                                           temperature=temperature, cond=_cond(y, w, neg_y)))
   logits = {c: np.asarray(fn(SEQS, _labels(c)), np.float64) for c in range(C + 1)}
   uncond = neg if negative else C
 
@@ -532,7 +545,7 @@ def test_order_agnostic_sampler_chi_square_temperature_and_guidance(temperature,
   plan = orders.random_plan(jax.random.key(12), n, L, k=1)  # a random order per example
   tokens = np.asarray(decode.order_agnostic_sample(
       model, params, jax.random.key(13), _labels(label, n), plan, temperature=temperature,
-      guidance=w))
+      cond=_cond(_labels(label, n), w)))
   cond = _masked_logits64(fn, label)
   uncond = None if w is None else _masked_logits64(fn, C)
   # The helper at T = 1 without guidance is the plain mixture of the chain-rule laws.
@@ -590,9 +603,9 @@ def test_inpainting_keeps_known_tokens():
   known[:, ::3] = True
   known_tokens = np.full((4, 12), 4, np.int32)
   y = jnp.array([0, 1, 2, 0])
-  plan = orders.inpainting_plan(jax.random.key(0), known, k=3)
+  plan = plans.inpainting_plan(jax.random.key(0), known, k=3)
   out = np.asarray(decode.order_agnostic_sample(
-      model, params, jax.random.key(1), y, plan, guidance=1.0, known_mask=known,
+      model, params, jax.random.key(1), y, plan, cond=_cond(y, 1.0), known_mask=known,
       known_tokens=known_tokens))
   np.testing.assert_array_equal(out[known], 4)
   assert ((out >= 0) & (out < 5)).all()
@@ -686,9 +699,10 @@ def test_raster_process_works_at_784_tokens():
   loss, metrics = jax.jit(raster.loss)(params, batch, jax.random.key(1))
   assert np.isfinite(float(loss)) and np.isfinite(float(metrics["bpd"]))
   y = jnp.array([3, 10])
-  kw = dict(guidance=1.0, num_steps=40)
+  kw = dict(cond=_cond(y, 1.0, null=raster.num_classes), num_steps=40)
   a = decode.raster_sample(raster.model, params, jax.random.key(2), y, **kw)
-  b = decode.raster_sample_nocache(raster.model, params, jax.random.key(2), y, **kw)
+  b = decode.raster_sample(raster.model, params, jax.random.key(2), y, use_cache=False,
+                           **kw)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert (np.asarray(a)[:, 40:] == 0).all()
 
@@ -738,7 +752,7 @@ def test_confidence_spec_runs_the_confidence_decoder_on_the_model():
   keys = discrete.example_keys(key, 4)
   for spec, w, temperature in [("confidence:5", None, 1.0),
                                ("confidence:3:temperature=0", 2.0, 0.0)]:
-    cond = decode.guidance_streams(proc.model, y, w, None)
+    cond = _cond(y, w, null=proc.num_classes)
     ref = confidence_decode(lambda t: decode.model_call(proc.model, params, t, cond, y), keys,
                             jnp.full((4, 16), proc.mask_id, jnp.int32),
                             reveal_schedule(16, int(spec.split(":")[1])), mask_id=proc.mask_id,

@@ -10,7 +10,8 @@ import pytest
 import scipy.stats
 
 from ardiff.processes import discrete
-from ardiff.processes.autoregressive.confidence import confidence_decode, reveal_schedule
+from ardiff.processes.autoregressive.confidence import (confidence_decode, confidence_history,
+                                                    reveal_schedule)
 
 V, L, MASK = 5, 16, 5
 
@@ -80,9 +81,9 @@ def test_revealed_tokens_never_change_and_each_step_reveals_its_count():
   start = np.full((4, L), MASK, np.int32)
   start[:, [0, 7]] = [[1, 2]] * 4  # known tokens (inpainting): never changed
   sizes = reveal_schedule(L - 2, 4)
-  tokens, history = confidence_decode(
+  tokens, history = confidence_history(
       _feedback_logits(base), discrete.example_keys(jax.random.key(3), 4), start, sizes,
-      mask_id=MASK, temperature=1.0, noise=2.0, return_history=True)
+      mask_id=MASK, temperature=1.0, noise=2.0)
   history = np.concatenate([start[None], np.asarray(history)])  # [S + 1, B, L]
   revealed = (history != MASK).sum(axis=2)  # [S + 1, B]
   np.testing.assert_array_equal(revealed, np.broadcast_to(
@@ -104,8 +105,8 @@ def test_noise_randomises_the_reveal_order_and_zero_noise_follows_the_confidence
   keys = discrete.example_keys(jax.random.key(4), 64)
   first = {}
   for noise in (0.0, 5.0):
-    _, history = confidence_decode(fn, keys, start, (4, 12), mask_id=MASK, temperature=0.0,
-                                   noise=noise, return_history=True)
+    _, history = confidence_history(fn, keys, start, (4, 12), mask_id=MASK, temperature=0.0,
+                                    noise=noise)
     first[noise] = {tuple(np.flatnonzero(row != MASK)) for row in np.asarray(history[0])}
   logp = jax.nn.log_softmax(base[0], axis=-1).max(axis=-1)
   assert first[0.0] == {tuple(sorted(np.argsort(-np.asarray(logp), kind="stable")[:4]))}
@@ -137,9 +138,9 @@ def test_sampled_candidates_are_revealed_by_the_models_own_probability():
   step's keys, as every sampler draws)."""
   base = _table(6, batch=8)
   keys = discrete.example_keys(jax.random.key(7), 8)
-  tokens, history = confidence_decode(lambda t: jnp.asarray(base), keys,
-                                      np.full((8, L), MASK, np.int32), (5, 11), mask_id=MASK,
-                                      temperature=0.5, return_history=True)
+  tokens, history = confidence_history(lambda t: jnp.asarray(base), keys,
+                                       np.full((8, L), MASK, np.int32), (5, 11), mask_id=MASK,
+                                       temperature=0.5)
   z = np.asarray(discrete.draw(discrete.step_keys(keys, 0), jnp.asarray(base), 0.5))
   logp = np.asarray(jax.nn.log_softmax(jnp.asarray(base), axis=-1))
   conf = np.take_along_axis(logp, z[..., None], axis=-1)[..., 0]

@@ -23,6 +23,7 @@ from ardiff.models.transformer import Transformer
 from ardiff.processes import discrete
 from ardiff.processes.autoregressive import upscale
 from ardiff.processes.guidance import Guidance
+from ardiff.processes.token_samplers import upscale as upscale_sampler
 
 D, LEVELS, DIVS = 3, 5, (2, 1)
 S = len(DIVS)
@@ -158,9 +159,11 @@ def test_held_out_chain_rule_along_given_orders():
     np.testing.assert_allclose(got, want, rtol=2e-5)
 
 
-def sample(k: int, n: int, seed: int, **kwargs):
+def sample(k: int, n: int, seed: int, history: bool = False):
+  """Values [n, D] from the toy model (with history: and the input ids after every step)."""
   keys = discrete.example_keys(jax.random.key(seed), n)
-  return jax.jit(lambda kk: upscale.upscale_decode(toy_logits, kk, D, LAYOUT, k, **kwargs))(keys)
+  decoder = upscale_sampler.upscale_history if history else upscale_sampler.upscale_decode
+  return jax.jit(lambda kk: decoder(toy_logits, kk, D, LAYOUT, k))(keys)
 
 
 def counts(x) -> np.ndarray:
@@ -217,7 +220,7 @@ def test_stages_are_consistent_and_steps_reveal_their_counts():
   for k in (1, 2, 3):
     steps = math.ceil(D / k)
     sizes = [k] * (D // k) + ([D % k] if D % k else [])
-    x, history = sample(k, n, 10 + k, return_history=True)
+    x, history = sample(k, n, 10 + k, history=True)
     x, history = np.asarray(x), np.asarray(history)
     assert history.shape == (S * steps, n, D)
     np.testing.assert_array_equal(history[-1], OFFSETS[1] + x)  # the final ids are the values

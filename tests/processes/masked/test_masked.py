@@ -16,9 +16,9 @@ from tests.processes.autoregressive.test_autoregressive import _log_softmax64 as
 from tests.processes.autoregressive.test_autoregressive import _tiny as tiny_ar_model
 
 from ardiff.processes import discrete
-from ardiff.processes.masked.process import (MaskedDiffusion, ancestral_sample,
-                                             masked_diffusion_loss)
+from ardiff.processes.masked.process import MaskedDiffusion, masked_diffusion_loss
 from ardiff.processes.masked.schedules import MaskingSchedule
+from ardiff.processes.token_samplers.masked import ancestral_history
 
 V, L, C = 3, 3, 2
 assert (V, L, C) == (AR_V, AR_L, AR_C)  # the tiny model comes from test_autoregressive
@@ -163,10 +163,10 @@ def test_ancestral_steps_unmask_the_schedules_fraction_and_never_change_a_pixel(
   callback with 64 positions; revealed pixels never change; the last step unmasks the rest."""
   steps, b, length = 5, 256, 64
   logits = jax.random.normal(jax.random.key(1), (b, length, V))
-  tokens, history = ancestral_sample(
+  tokens, history = ancestral_history(
       lambda t: logits, discrete.example_keys(jax.random.key(2), b),
       jnp.full((b, length), V, jnp.int32), steps, mask_id=V,
-      schedule=MaskingSchedule(schedule, power=3.0), temperature=1.0, return_history=True)
+      schedule=MaskingSchedule(schedule, power=3.0), temperature=1.0)
   history = np.asarray(history)
   alpha, _ = ALPHA[schedule]
   for k in range(steps):
@@ -254,10 +254,9 @@ def test_corrector_redraws_the_resample_fraction_given_the_others():
     value = jnp.where(any_revealed, 1, 0)
     return 30.0 * jax.nn.one_hot(jnp.broadcast_to(value[:, None], tokens.shape), V)
 
-  _, history = ancestral_sample(logits_fn, discrete.example_keys(jax.random.key(5), b),
+  _, history = ancestral_history(logits_fn, discrete.example_keys(jax.random.key(5), b),
                                 jnp.full((b, length), V, jnp.int32), 4, mask_id=V,
-                                schedule=MaskingSchedule("linear"), resample=rate,
-                                return_history=True)
+                                schedule=MaskingSchedule("linear"), resample=rate)
   first = np.asarray(history[0])
   revealed = first != V
   frac = (first[revealed] == 1).mean()
