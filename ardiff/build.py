@@ -3,8 +3,8 @@
     process = build("raster", model_cfg, dataset, dtype="float32")
 
 Each builder has a code version: bump it when a change to the network's maths makes an
-already-trained model wrong, and the model cache (`ardiff.runs.model_dir`) retrains instead of
-silently loading the old parameters. This module is the only reader of the compute-dtype
+already-trained model wrong, and the model cache (`ardiff.model_cache.model_dir`) retrains
+instead of silently loading the old parameters. This module is the only reader of the compute-dtype
 switch (`config.dtype`).
 
 Adding a process: write its folder under `ardiff/processes/`, then one builder here.
@@ -149,8 +149,8 @@ def upscale(cfg, dataset: Dataset, dtype, upscale=None):
     "raster", "raster:temperature=0.8"]))
 def raster_bidirectional(cfg, dataset: Dataset, dtype):
   """Raster order with a bidirectional transformer + mask token, one step per example
-  (`ardiff.processes.autoregressive.fixed_order`)."""
-  from ardiff.processes.autoregressive.fixed_order import RasterBidirectional
+  (`ardiff.processes.autoregressive.bidirectional_raster`)."""
+  from ardiff.processes.autoregressive.bidirectional_raster import RasterBidirectional
 
   return RasterBidirectional(_transformer(cfg, dataset, dtype, False), p_uncond=cfg.p_uncond,
                              data_shape=dataset.shape)

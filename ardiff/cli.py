@@ -56,7 +56,7 @@ def _split_overrides(extra: list[str]) -> list[str]:
 
 def cmd_run(args, extra) -> int:
   from ardiff.distributed import maybe_initialize
-  from ardiff.runs import is_chief
+  from ardiff.experiment_helpers import is_chief
   from ardiff.workdir import workdir_lock
 
   maybe_initialize()

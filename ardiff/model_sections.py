@@ -2,7 +2,7 @@
 their validation, owned by the builders that read them (`ardiff.build`).
 
 Experiments assemble their configs from these and `ardiff.presets`; models are cached by a hash
-of the sections that define them (`ardiff.runs`). Every bad value raises `ConfigError` naming
+of the sections that define them (`ardiff.model_cache`). Every bad value raises `ConfigError` naming
 the key.
 """
 

@@ -1,7 +1,7 @@
 """`ardiff sample`: draw samples from a trained model without rerunning its experiment.
 
 Finds the model (a directory with model.json, or the one model of a work dir), rebuilds its
-process (`ardiff.runs.load_model`), samples through the common contract, and writes FILE.npz
+process (`ardiff.model_cache.load_model`), samples through the common contract, and writes FILE.npz
 (samples, labels, spec) and FILE.png beside it: an image grid, or a scatter plot for 2-D points.
 Every bad input (no model, several models, a spec the process does not have, a label out of
 range, an output path that exists as a directory) is a ConfigError: one line, exit 2.
@@ -19,7 +19,7 @@ from ardiff.configs import ConfigError
 
 def _pick_model(path: str) -> str:
   from ardiff import storage
-  from ardiff.runs import find_models
+  from ardiff.model_cache import find_models
 
   if not storage.exists(path):
     raise ConfigError(f"{path!r} does not exist (give a model directory or a work dir)")
@@ -38,7 +38,7 @@ def sample_command(args) -> int:
 
   from ardiff.processes.guidance import make_guidance
   from ardiff.processes.spec import parse_spec
-  from ardiff.runs import load_model
+  from ardiff.model_cache import load_model
 
   if args.num < 1:
     raise ConfigError(f"--num must be >= 1, got {args.num}")

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import runs, sample_cache
+from ardiff import experiment_helpers, model_cache, sample_cache
 from ardiff.configs import require, sized
 from ardiff.metrics import held_out
 from ardiff.metrics.sample_quality import SampleQuality
@@ -259,7 +259,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     process = build.build(family.kind, _model_section(c, family), spec, c.dtype,
                           **_extra(c, family))
     for prefix, specs in (("sample.runs", c.sample.runs), ("compute_specs", c.compute_specs)):
-      runs.check_specs(process, specs[family.name], f"{prefix}.{family.name}")
+      experiment_helpers.check_specs(process, specs[family.name], f"{prefix}.{family.name}")
   TrainConfig.from_config(c.train)  # budget and validation keys, named on error
 
 
@@ -322,7 +322,7 @@ def _train_all(c, workdir, data, budget, processes):
       train_cfg = ml_collections.ConfigDict(dict(c.train.to_dict(), seed=int(seed),
                                                  flops=float(budget), learning_rate=float(lr)))
       name = f"{data.name}-{family.kind}-s{seed}"
-      out[family.name].append(runs.fit_model(
+      out[family.name].append(model_cache.fit_model(
           family.kind, c, workdir, data, _model_section(c, family), train_cfg, name=name,
           process=processes[family.name], **_extra(c, family)))
   return out
@@ -336,7 +336,7 @@ def _budget(c, data, processes) -> tuple[float, dict]:
     if family.name not in processes:
       continue
     per_step[family.name] = train_step_flops(processes[family.name],
-                                             runs.model_inputs(processes[family.name], data),
+                                             model_cache.model_inputs(processes[family.name], data),
                                              data.y_train, train_cfg)
   if c.budget_tflop:
     return float(c.budget_tflop) * 1e12, per_step
@@ -348,7 +348,7 @@ def _test_bits(family: Family, model, data, key, num: int = 0) -> float:
   process's `nll_bound` (exact for raster AR, the ARDM and upscale bounds along one random order
   per image, the diffusion bound from 32 sampled timesteps per image)."""
   x = data.x_test[:num or None]
-  inputs = runs.process_inputs(model.process, x, data)
+  inputs = model_cache.process_inputs(model.process, x, data)
   return held_out.test_bpd(model.process, model.params, inputs,
                            np.full((len(x),), data.num_classes, np.int32), key, batch_size=256,
                            **({"num_t_samples": 32} if family.gaussian else {}))
@@ -378,8 +378,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     spec = parse_spec(text)
     return sample_cache.cached_samples(
         model.directory, params, f"{text}|batch={c.sample_batch}", key, labels,
-        lambda: runs.in_batches(lambda k, y: model.process.sample(params, k, y, spec), key,
-                                labels, c.sample_batch), enabled=c.cache_samples)
+        lambda: experiment_helpers.in_batches(
+            lambda k, y: model.process.sample(params, k, y, spec), key, labels, c.sample_batch),
+        enabled=c.cache_samples)
 
   rows, series, grids, training = [], {}, {}, []
   gains = _training_curves(c, workdir, models, per_step)

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import runs
+from ardiff import experiment_helpers, model_cache
 from ardiff.configs import require, sized
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality, pixel_entropy, sharpness
@@ -59,9 +59,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "must be > 0: the null label ('from nothing') is only trained through label dropout")
   require(c.sample.num_samples >= 2, "sample.num_samples", "must be >= 2")
   require(c.sample.per_class >= 1, "sample.per_class", "must be >= 1")
-  runs.check_specs(build.build("oneshot", c.oneshot, data), [c.sample.oneshot], "sample.oneshot")
-  runs.check_specs(build.build("raster", c.ar, data, c.dtype), [c.sample.raster], "sample.raster",
-                   guidance=Guidance(c.sample.guidance))
+  experiment_helpers.check_specs(build.build("oneshot", c.oneshot, data), [c.sample.oneshot],
+                                 "sample.oneshot")
+  experiment_helpers.check_specs(build.build("raster", c.ar, data, c.dtype), [c.sample.raster],
+                                 "sample.raster", guidance=Guidance(c.sample.guidance))
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -96,7 +97,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            "sharpness": sharpness(levels_to_unit(data.x_test, levels)),
            "pixel_entropy": pixel_entropy(data.x_test, levels)}]
 
-  oneshot, os_params = runs.train_model(
+  oneshot, os_params = model_cache.train_model(
       "oneshot", c, workdir, data, c.oneshot, c.oneshot_train)
   nfe_oneshot = oneshot.nfe(c.sample.oneshot)
   pred_null = np.asarray(oneshot.predict(os_params, null))  # [-1, 1], before rounding
@@ -110,7 +111,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   row["rmse_to_closed_form_mean"] = float(np.sqrt(np.mean((pred_cond - class_means[labels]) ** 2)))
   rows.append(row)
 
-  raster, raster_params = runs.train_model("raster", c, workdir, data, c.ar, c.train)
+  raster, raster_params = model_cache.train_model("raster", c, workdir, data, c.ar, c.train)
   guidance = Guidance(c.sample.guidance)
   sample_ar = lambda y: np.asarray(raster.sample(  # noqa: E731
       raster_params, key, np.asarray(y, np.int32), c.sample.raster, guidance=guidance))

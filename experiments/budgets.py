@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import runs
+from ardiff import model_cache
 from ardiff.configs import require, sized
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
@@ -51,7 +51,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   L, n = data.num_tokens, c.num_samples
   require(all(s <= L for s in c.steps), "steps", f"each must be <= the {L} pixels")
   quality = SampleQuality.for_experiment(c, workdir, data)
-  ardm, params = runs.train_model("ardm", c, workdir, data, c.ar, c.train)
+  ardm, params = model_cache.train_model("ardm", c, workdir, data, c.ar, c.train)
   key = jax.random.key(c.seed)
   fit, losses = budget_losses(ardm, params, data, jax.random.fold_in(key, 7))
   to_bpd = 1.0 / (L * np.log(2.0))

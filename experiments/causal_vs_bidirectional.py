@@ -7,7 +7,7 @@ Two transformers of the same width and depth (the `ar` section) model the same r
 rule p(x) = prod_t p(x_t | x_<t):
   causal         raster AR: one forward pass scores all L conditionals (L supervised
                  predictions per example);
-  bidirectional  `raster_bidirectional` (ardiff.processes.autoregressive.fixed_order): x_<t
+  bidirectional  `raster_bidirectional` (ardiff.processes.autoregressive.bidirectional_raster): x_<t
                  revealed, the rest masked, one random t per example (one prediction per
                  example); its loss L * -log p(x_t | x_<t) is unbiased for the NLL.
 Both cost about the same FLOPs per example. FLOPs per train step: XLA's cost analysis of the
@@ -37,7 +37,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import build, runs, storage
+from ardiff import build, experiment_helpers, model_cache, storage
 from ardiff.bench.timer import MIN_REPEATS, interleaved
 from ardiff.bench.train import train_case
 from ardiff.configs import require, sized
@@ -45,7 +45,7 @@ from ardiff.data.levels import to_tokens
 from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
                             validate_image_config)
 from ardiff.processes.autoregressive import objectives
-from ardiff.processes.autoregressive.fixed_order import exact_test_bpd
+from ardiff.processes.autoregressive.bidirectional_raster import exact_test_bpd
 from ardiff.report import plots, write_results
 from ardiff.train import read_metrics
 
@@ -102,12 +102,12 @@ def _train(kind, process, c, workdir, data, steps, evaluate):
 
   eval_every = -(-int(steps) // c.curve_points)  # ceil: the last evaluation at the end
   start = time.perf_counter()
-  directory = runs.fit_model(kind, c, workdir, data, c.ar, train_cfg, process=process,
-                             name=f"{data.name}-{kind}-curve", key_after_train=(curve,),
-                             keep_steps=True,
-                             train_kwargs=dict(eval_fn=eval_fn, eval_every=eval_every)).directory
+  directory = model_cache.fit_model(
+      kind, c, workdir, data, c.ar, train_cfg, process=process, name=f"{data.name}-{kind}-curve",
+      key_after_train=(curve,), keep_steps=True,
+      train_kwargs=dict(eval_fn=eval_fn, eval_every=eval_every)).directory
   timing_path = os.path.join(directory, "timing.json")
-  if (eval_seconds[0] > 0 and runs.is_chief()
+  if (eval_seconds[0] > 0 and experiment_helpers.is_chief()
       and not storage.exists(timing_path)):  # trained here, not restored
     storage.write_atomic(timing_path, json.dumps(
         {"train_seconds": time.perf_counter() - start - eval_seconds[0],

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import build, runs
+from ardiff import build, experiment_helpers, model_cache
 from ardiff.configs import require, sized
 from ardiff.configs.overrides import load_experiment
 from ardiff.data.spiral import spiral_dataset
@@ -82,7 +82,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   process = build.build("gaussian", s.model, _spiral_data(s, num_test=1), s.dtype,
                         diffusion=s.diffusion)
   for sampler in SAMPLERS:
-    runs.check_specs(process, [f"{sampler}:{n}" for n in c.sample.spiral_nfe], "sample.spiral_nfe")
+    experiment_helpers.check_specs(process, [f"{sampler}:{n}" for n in c.sample.spiral_nfe],
+                                   "sample.spiral_nfe")
 
 
 def _spiral_data(s, num_test=None):
@@ -117,9 +118,9 @@ def _rows(dataset, metric, dists, to_data):
 def run_spiral(c, workdir):
   s = c.spiral
   data = _spiral_data(s)
-  process, params = runs.train_model("gaussian", s, workdir, data, s.model, s.train,
-                                     key_sections=(s.data, s.model, s.diffusion),
-                                     name="spiral-diffusion", diffusion=s.diffusion)
+  process, params = model_cache.train_model("gaussian", s, workdir, data, s.model, s.train,
+                                            key_sections=(s.data, s.model, s.diffusion),
+                                            name="spiral-diffusion", diffusion=s.diffusion)
   n = c.sample.spiral_samples
   null = np.full((n,), process.null_label, np.int32)
   test = data.x_test
@@ -164,8 +165,8 @@ def run_digits(c, workdir):
   data = config_dataset(c)
   levels = data.num_levels
   quality = SampleQuality.for_experiment(c, workdir, data)
-  process, params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
-                                     name=f"{data.name}-diffusion", diffusion=c.diffusion)
+  process, params = model_cache.train_model("gaussian", c, workdir, data, c.unet, c.train,
+                                            name=f"{data.name}-diffusion", diffusion=c.diffusion)
   n = c.sample.digits_samples
   null = np.full((n,), data.num_classes, np.int32)
 

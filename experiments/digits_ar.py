@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ardiff import runs
+from ardiff import experiment_helpers, model_cache
 from ardiff.configs import require, sized
 from ardiff.data.levels import to_tokens
 from ardiff.metrics.sample_quality import SampleQuality
@@ -58,8 +58,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   require(all(s <= data.num_tokens for s in c.sample.budget_steps), "sample.budget_steps",
           f"steps must be <= the number of pixels ({data.num_tokens})")
   for kind in TITLES:
-    runs.check_specs(build.build(kind, c.ar, data, c.dtype), c.sample.runs[kind],
-                     f"sample.runs.{kind}", guidance=Guidance(c.sample.guidance))
+    experiment_helpers.check_specs(build.build(kind, c.ar, data, c.dtype), c.sample.runs[kind],
+                                   f"sample.runs.{kind}", guidance=Guidance(c.sample.guidance))
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -78,7 +78,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            "accuracy": quality.test_accuracy()}]
   models, per_class = {}, []
   for kind in TITLES:
-    process, params = runs.train_model(kind, c, workdir, data, c.ar, c.train)
+    process, params = model_cache.train_model(kind, c, workdir, data, c.ar, c.train)
     models[kind] = (process, params)
     if kind == "raster":
       test_bpd = raster_test_bpd(process, params, x_test, y_test)
@@ -87,8 +87,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     for spec in map(parse_spec, c.sample.runs[kind]):
       row = {"model": f"{TITLES[kind]}, {spec}", "NFE": process.nfe(spec), "test_bpd": test_bpd}
       process.sample(params, key, null, spec)  # compile outside the timed block
-      with runs.timed(row):
-        uncond = np.asarray(runs.block(process.sample(params, key, null, spec)))
+      with experiment_helpers.timed(row):
+        uncond = np.asarray(experiment_helpers.block(process.sample(params, key, null, spec)))
       cond = np.asarray(process.sample(params, key, labels, spec, guidance=guidance))
       row.update(fd=quality.frechet(uncond), accuracy=quality.accuracy(cond, labels))
       rows.append(row)

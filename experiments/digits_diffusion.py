@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import build, runs
+from ardiff import build, experiment_helpers, model_cache
 from ardiff.configs import require, sized
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.completion import completion_masks, completion_scores
@@ -72,9 +72,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   dspec = validate_image_config(c)
   T = c.diffusion.num_timesteps
   process = _process(c, dspec)
-  runs.check_specs(process, c.sample.runs, "sample.runs")
-  runs.check_specs(process, [c.sample.guidance_sampler], "sample.guidance_sampler",
-                   guidance=Guidance(1.0))
+  experiment_helpers.check_specs(process, c.sample.runs, "sample.runs")
+  experiment_helpers.check_specs(process, [c.sample.guidance_sampler], "sample.guidance_sampler",
+                                 guidance=Guidance(1.0))
   require(0 <= c.sample.negative_class < dspec.num_classes, "sample.negative_class",
           f"must be a class id in 0..{dspec.num_classes - 1}, got {c.sample.negative_class}")
   require(1 <= c.sample.completion_steps <= T, "sample.completion_steps",
@@ -103,18 +103,18 @@ def _process(c, data):
 def _noisy_classifier(c, workdir, data, process):
   """The noise-aware classifier for classifier guidance: trained with the project's loop on
   x_t = sqrt(ab) x0 + sqrt(1 - ab) eps at t ~ U{1..T} of the process's schedule, cached in the
-  model cache (keyed by its section, the dataset, the schedule and `runs.train_key` of its train
-  section, so that a longer run extends it); (classifier, EMA params)."""
+  model cache (keyed by its section, the dataset, the schedule and `model_cache.train_key` of
+  its train section, so that a longer run extends it); (classifier, EMA params)."""
   nc = c.noisy_classifier
   net = NoisyClassifierNet(data.num_classes, widths=tuple(nc.widths),
                            feature_dim=nc.feature_dim, time_dim=nc.time_dim)
   classifier = NoisyClassifier.for_process(process, net)
   schedule = {"schedule": process.schedule_name, "num_timesteps": process.num_timesteps}
   net_section = {k: v for k, v in nc.items() if k != "train"}
-  model = runs.fit_cached(classifier, c, workdir, data, nc.train,
-                          name=f"{data.name}-noisy-classifier",
-                          key=(data.name, net_section, schedule),
-                          inputs=runs.model_inputs(process, data))
+  model = model_cache.fit_cached(classifier, c, workdir, data, nc.train,
+                                 name=f"{data.name}-noisy-classifier",
+                                 key=(data.name, net_section, schedule),
+                                 inputs=model_cache.model_inputs(process, data))
   return classifier, model.params
 
 
@@ -123,8 +123,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   data = config_dataset(c)
   levels = data.num_levels
   quality = SampleQuality.for_experiment(c, workdir, data)
-  process, params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
-                                     name=f"{data.name}-diffusion", diffusion=c.diffusion)
+  process, params = model_cache.train_model("gaussian", c, workdir, data, c.unet, c.train,
+                                            name=f"{data.name}-diffusion", diffusion=c.diffusion)
   n, T, shape = c.sample.num_samples, c.diffusion.num_timesteps, data.shape
   key = jax.random.key(c.seed)
   null = np.full((n,), data.num_classes, np.int32)
@@ -142,8 +142,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   for spec in map(parse_spec, c.sample.runs):
     row = {"setting": spec.label, "NFE": process.nfe(spec)}
     process.sample(params, key, null, spec)  # compile outside the timed block
-    with runs.timed(row):
-      x = np.asarray(runs.block(process.sample(params, key, null, spec)))
+    with experiment_helpers.timed(row):
+      x = np.asarray(experiment_helpers.block(process.sample(params, key, null, spec)))
     row["fd"] = quality.frechet(x)
     xc = np.asarray(process.sample(params, key, labels, spec))
     row["accuracy"] = quality.accuracy(xc, labels)
@@ -165,8 +165,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     curve, blocks = [], []
     for w in scales:
       row = header(w)
-      with runs.timed(row):
-        x = np.asarray(runs.block(sample(w)))
+      with experiment_helpers.timed(row):
+        x = np.asarray(experiment_helpers.block(sample(w)))
       rows.append(dict(row, fd=quality.frechet(x), accuracy=quality.accuracy(x, labels)))
       curve.append((w, rows[-1]["accuracy"], rows[-1]["fd"]))
       blocks.append(by_class(x, labels, data.num_classes, per_class))

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import runs
+from ardiff import model_cache
 from ardiff.configs import require, require_choice, sized
 from ardiff.data.levels import to_tokens
 from ardiff.data.synthetic import (independent_pixels, marginal_cross_entropy_bits,
@@ -169,7 +169,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     quality = SampleQuality.for_experiment(c, workdir, real)
   curves, grids, grid_labels = {}, [], []
   for name, data in (("independent", shuffled), ("real", real)):
-    process, params = runs.train_model("ardm", c, workdir, data, c.ar, c.train)
+    process, params = model_cache.train_model("ardm", c, workdir, data, c.ar, c.train)
     labels = (np.full(len(data.x_test), data.num_classes, np.int32) if c.condition == "null"
               else data.y_test)
     losses = step_losses(process, params, data, labels, jax.random.fold_in(key, 1),

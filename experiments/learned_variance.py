@@ -21,13 +21,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import runs
+from ardiff import model_cache
 from ardiff.configs import require, sized
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.frechet import frechet_distance_from_stats, gaussian_stats
 from ardiff.metrics.sample_quality import SampleQuality
 from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
-from ardiff.processes import discrete
+from ardiff.processes import randomness
 from ardiff.processes.gaussian import samplers
 from ardiff.processes.gaussian.likelihood import bpd as diffusion_bpd
 from ardiff.processes.gaussian.samplers.base import per_example_normal
@@ -86,8 +86,8 @@ def _sampler(model_fn, schedule, shape, num_steps):
   the model's fraction on the uniform grid from sigma_max = 80."""
 
   def draw(params, key, labels):
-    keys = discrete.example_keys(key, labels.shape[0])
-    x_init = per_example_normal(discrete.setup_keys(keys), jnp.zeros((labels.shape[0], *shape)))
+    keys = randomness.example_keys(key, labels.shape[0])
+    x_init = per_example_normal(randomness.setup_keys(keys), jnp.zeros((labels.shape[0], *shape)))
     return samplers.sample(model_fn, params, schedule, x_init, keys, labels,
                            sampler="ddpm_learned", num_steps=num_steps)
 
@@ -143,9 +143,10 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   data = config_dataset(c)
   levels, T, n = data.num_levels, c.diffusion.num_timesteps, c.sample.num_samples
   quality = SampleQuality.for_experiment(c, workdir, data)
-  fixed, fixed_params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
-                                         name=f"{data.name}-diffusion", diffusion=c.diffusion)
-  learned, learned_params = runs.train_model(
+  fixed, fixed_params = model_cache.train_model(
+      "gaussian", c, workdir, data, c.unet, c.train, name=f"{data.name}-diffusion",
+      diffusion=c.diffusion)
+  learned, learned_params = model_cache.train_model(
       "gaussian_learned_var", c, workdir, data, c.unet, c.train,
       name=f"{data.name}-learned-var", diffusion=c.diffusion,
       learned_variance=c.learned_variance)

@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
 
-from ardiff import build, runs
+from ardiff import build, model_cache
 from ardiff.configs import require, sized
 from ardiff.data.levels import to_tokens
 from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
@@ -84,9 +84,10 @@ def _train(name, process, c, workdir, data, steps, extra_key, kind=None):
   model_key = {k: v for k, v in c.ar.items() if k not in build.COMPUTE_ONLY_FIELDS}
   # A registered process gets a model card, so that `ardiff sample` can load it.
   card = None if kind is None else dict(kind=kind, model_cfg=c.ar, build_extra={})
-  model = runs.fit_cached(process, c, workdir, data, train_cfg, name=f"{data.name}-{name}",
-                          key=(data.name, model_key, extra_key), inputs=to_tokens(data.x_train),
-                          keep_steps=True, card=card)
+  model = model_cache.fit_cached(process, c, workdir, data, train_cfg,
+                                 name=f"{data.name}-{name}",
+                                 key=(data.name, model_key, extra_key),
+                                 inputs=to_tokens(data.x_train), keep_steps=True, card=card)
   return model.params, model.info
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import build, runs
+from ardiff import build, experiment_helpers, model_cache
 from ardiff.configs import require, require_choice, require_positive, sized
 from ardiff.data.arrays import load_npz_dataset
 from ardiff.data.checks import check_batch
@@ -94,10 +94,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
             f"{c.data.num_train} training points are fewer than train.batch_size "
             f"{c.train.batch_size}")
   process = _process(c, data)
-  runs.check_specs(process, c.sample.runs, "sample.runs")
-  runs.check_specs(process, c.sample.same_nfe, "sample.same_nfe")
-  runs.check_specs(process, [c.sample.guidance_sampler], "sample.guidance_sampler",
-                   guidance=Guidance(1.0))
+  experiment_helpers.check_specs(process, c.sample.runs, "sample.runs")
+  experiment_helpers.check_specs(process, c.sample.same_nfe, "sample.same_nfe")
+  experiment_helpers.check_specs(process, [c.sample.guidance_sampler], "sample.guidance_sampler",
+                                 guidance=Guidance(1.0))
   num_classes = process.num_classes
   if num_classes >= 2:  # unlabelled data skips the guidance figure
     require(len(c.sample.negative) == 2 and all(0 <= a < num_classes for a in c.sample.negative),
@@ -125,10 +125,10 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(c)
   data = _data(c)
   # Keyed as before the model cache took builder versions, so trained spirals stay valid.
-  process, params = runs.train_model("gaussian", c, workdir, data, c.model, c.train,
-                                     key_sections=(c.data, c.model, c.diffusion)
-                                     + ((data.name,) if c.data.path else ()),
-                                     name="spiral-diffusion", diffusion=c.diffusion)
+  process, params = model_cache.train_model("gaussian", c, workdir, data, c.model, c.train,
+                                            key_sections=(c.data, c.model, c.diffusion)
+                                            + ((data.name,) if c.data.path else ()),
+                                            name="spiral-diffusion", diffusion=c.diffusion)
 
   key = jax.random.key(c.seed + 1)
   n, T = c.sample.num_samples, c.diffusion.num_timesteps
@@ -140,8 +140,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   for spec in map(parse_spec, c.sample.runs):
     row = {"setting": spec.label, "NFE": process.nfe(spec)}
     process.sample(params, key, null, spec)  # compile outside the timed block
-    with runs.timed(row):
-      x = np.asarray(runs.block(process.sample(params, key, null, spec)))
+    with experiment_helpers.timed(row):
+      x = np.asarray(experiment_helpers.block(process.sample(params, key, null, spec)))
     row.update(point_metrics(x, test))
     rows.append(row)
     panels.append((f"{spec.label}\nSW1 {row['sliced_w1']:.3f}  spread {row['spread']:.2f}", x, None))

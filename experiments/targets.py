@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ardiff import build, runs
+from ardiff import build, experiment_helpers, model_cache
 from ardiff.configs import require, require_choice, sized
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.sample_quality import SampleQuality
@@ -62,8 +62,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     require_choice(t, "targets", TARGETS)
   require(len(set(c.targets)) == len(c.targets), "targets", f"has duplicates: {list(c.targets)}")
   require(len(c.runs) >= 1, "runs", "needs at least one sampling spec")
-  runs.check_specs(build.build("gaussian", c.unet, spec, c.dtype,
-                               diffusion=c.diffusion), c.runs, "runs")
+  experiment_helpers.check_specs(build.build("gaussian", c.unet, spec, c.dtype,
+                                             diffusion=c.diffusion), c.runs, "runs")
   require(c.num_samples >= 2, "num_samples", "must be >= 2")
   require(all(1 <= t <= c.diffusion.num_timesteps for t in c.error_ts), "error_ts",
           f"each must be in 1..diffusion.num_timesteps={c.diffusion.num_timesteps}")
@@ -108,8 +108,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   for target in c.targets:
     cfg = ml_collections.ConfigDict(c.diffusion.to_dict())
     cfg.target = target
-    process, params = runs.train_model("gaussian", c, workdir, data, c.unet, c.train,
-                                       name=f"{data.name}-diffusion", diffusion=cfg)
+    process, params = model_cache.train_model("gaussian", c, workdir, data, c.unet, c.train,
+                                              name=f"{data.name}-diffusion", diffusion=cfg)
     errors = implied_errors(process, params, x_test, error_ts, jax.random.fold_in(key, 1))
     error_rows += [{"target": target, **e} for e in errors]
     error_series.append((target, error_ts, [e["x0_rmse"] for e in errors]))

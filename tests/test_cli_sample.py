@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ardiff import runs
+from ardiff import model_cache
 from ardiff.cli import main
 from ardiff.data.spiral import spiral_dataset
 from ardiff.presets import diffusion_section, train_section
@@ -22,9 +22,9 @@ def workdir(tmp_path_factory):
   config = ml_collections.ConfigDict({"dtype": "float32", "model_cache": ""})
   data = spiral_dataset(num_train=256, num_test=16)
   model = ml_collections.ConfigDict({"width": 16, "depth": 1})
-  runs.train_model("gaussian", config, str(root), data, model,
-                   train_section(steps=10, batch_size=32, log_every=5, checkpoint_every=10),
-                   diffusion=diffusion_section(num_timesteps=50))
+  model_cache.train_model("gaussian", config, str(root), data, model,
+                          train_section(steps=10, batch_size=32, log_every=5, checkpoint_every=10),
+                          diffusion=diffusion_section(num_timesteps=50))
   (root / "config.json").write_text(json.dumps({"model_cache": ""}))
   return root
 
@@ -40,7 +40,7 @@ def test_sample_writes_npz_and_png(workdir, tmp_path, capsys):
   assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert "10 NFE" in capsys.readouterr().err  # 5 guided steps: two streams each
   # The model directory itself works too, and the same seed gives the same samples.
-  model_dir = runs.find_models(str(workdir))[0]
+  model_dir = model_cache.find_models(str(workdir))[0]
   again = tmp_path / "t.npz"
   assert main(["sample", model_dir, "--spec=ddim:5", "--num=12", "--label=1", "--guidance=2",
                f"--out={again}"]) == 0
@@ -74,7 +74,7 @@ def test_sample_finds_no_model_or_too_many(tmp_path, workdir, capsys):
   assert "no trained model" in capsys.readouterr().err
   models = tmp_path / "w" / "models"
   models.mkdir(parents=True)
-  src = runs.find_models(str(workdir))[0]
+  src = model_cache.find_models(str(workdir))[0]
   for name in ("a", "b"):
     os.symlink(src, models / name)
   assert main(["sample", str(tmp_path / "w"), "--spec=ddim:5", "--out=a.npz"]) == 2
@@ -104,7 +104,7 @@ def test_sample_refuses_the_null_label_of_a_model_trained_without_dropout(workdi
   import shutil
 
   model = tmp_path / "model"
-  shutil.copytree(runs.find_models(str(workdir))[0], model)
+  shutil.copytree(model_cache.find_models(str(workdir))[0], model)
   card = json.loads((model / "model.json").read_text())
   card["extra"]["diffusion"]["p_uncond"] = 0.0
   (model / "model.json").write_text(json.dumps(card))

@@ -35,7 +35,7 @@ def test_cli_config_flag_is_the_size(capsys):
 def test_size_stays_out_of_model_keys(tmp_path):
   """Every size records itself in `config.size`, top level, outside the sections a model key
   hashes: the same sections give the same model directory whatever the size says."""
-  from ardiff import runs
+  from ardiff import model_cache
   from ardiff.configs import SIZES
 
   path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
@@ -47,7 +47,7 @@ def test_size_stays_out_of_model_keys(tmp_path):
     dirs = set()
     for label in SIZES:
       c.size = label
-      dirs.add(runs.model_dir(c, str(tmp_path), "m", c.ar, runs.train_key(c.train)))
+      dirs.add(model_cache.model_dir(c, str(tmp_path), "m", c.ar, model_cache.train_key(c.train)))
     assert len(dirs) == 1
 
 

@@ -134,7 +134,7 @@ def test_in_batches_splits_labels_and_folds_keys():
   import jax
   import numpy as np
 
-  from ardiff.runs import in_batches
+  from ardiff.experiment_helpers import in_batches
 
   def sample(key, labels):  # deterministic in (key, labels): a key-dependent offset per call
     return np.asarray(labels) * 10 + int(jax.random.randint(key, (), 0, 5))
@@ -150,11 +150,11 @@ def test_in_batches_splits_labels_and_folds_keys():
 
 
 def test_noisy_classifier_key_leaves_out_loop_only_fields(tmp_path, monkeypatch):
-  """digits_diffusion's noise-aware classifier is keyed like every model (`runs.train_key`): a
-  longer run extends the cached one; a change that trains a different model gets its own."""
+  """digits_diffusion's noise-aware classifier is keyed like every model
+  (`model_cache.train_key`): a longer run extends the cached one; a change that trains a different model gets its own."""
   import types
 
-  from ardiff import runs
+  from ardiff import model_cache
   from ardiff.data.digits import load_digits_dataset
 
   path = os.path.join(ROOT, "experiments", "digits_diffusion.py")
@@ -163,7 +163,7 @@ def test_noisy_classifier_key_leaves_out_loop_only_fields(tmp_path, monkeypatch)
   process = types.SimpleNamespace(schedule_name="cosine", num_timesteps=10, num_classes=10,
                                   inputs="continuous")
   dirs = []
-  monkeypatch.setattr(runs, "train_cached", lambda *args, **kw: dirs.append(args[4]) or
+  monkeypatch.setattr(model_cache, "train_cached", lambda *args, **kw: dirs.append(args[4]) or
                       types.SimpleNamespace(ema_params=None))
   for extra in (["noisy_classifier.train.steps=4"], ["noisy_classifier.train.steps=8"],
                 ["noisy_classifier.train.steps=4", "noisy_classifier.train.log_every=1"],

@@ -1,4 +1,4 @@
-"""runs.fit_cached, the one cached-training path, keys models as the hand-written copies it
+"""model_cache.fit_cached, the one cached-training path, keys models as the hand-written copies it
 replaced did (their cached models stay valid), and fit_model goes through it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ardiff import runs
+from ardiff import model_cache
 from ardiff.data.digits import load_digits_dataset
 from ardiff.presets import image_config
 
@@ -26,7 +26,7 @@ def calls(monkeypatch):
                      kwargs=kwargs))
     return types.SimpleNamespace(ema_params={"w": 1})
 
-  monkeypatch.setattr(runs, "train_cached", fake)
+  monkeypatch.setattr(model_cache, "train_cached", fake)
   return seen
 
 
@@ -36,22 +36,23 @@ def test_fit_cached_key_order_card_and_loop_arguments(tmp_path, calls):
   train = ml_collections.ConfigDict(dict(c.train, steps=7))
   key, after = ("digits", {"a": 1}), ({"curve_points": 3},)
   inputs = np.zeros((len(data.y_train), 4))
-  model = runs.fit_cached("proc", c, str(tmp_path), data, train, name="m", key=key,
-                          inputs=inputs, key_after_train=after, keep_steps=True, version=2,
-                          eval_every=5)
+  model = model_cache.fit_cached("proc", c, str(tmp_path), data, train, name="m", key=key,
+                                 inputs=inputs, key_after_train=after, keep_steps=True, version=2,
+                                 eval_every=5)
   # What causal_vs_bidirectional wrote by hand: the parts after the train key, steps kept.
-  expected = runs.model_dir(c, str(tmp_path), "m", *key, runs.train_key(train, keep_steps=True),
-                            *after, version=2)
+  expected = model_cache.model_dir(c, str(tmp_path), "m", *key,
+                                   model_cache.train_key(train, keep_steps=True), *after,
+                                   version=2)
   assert model.directory == expected and calls[-1]["directory"] == expected
   assert calls[-1]["x"] is inputs and calls[-1]["y"] is data.y_train
   assert calls[-1]["kwargs"] == {"eval_every": 5}
   assert model.params == {"w": 1} and model.process == "proc" and model.info == {}
-  assert not os.path.exists(os.path.join(expected, runs.MODEL_CARD))  # no card asked for
+  assert not os.path.exists(os.path.join(expected, model_cache.MODEL_CARD))  # no card asked for
   # Without keep_steps the budget leaves the key: another step count, the same directory.
-  short = runs.fit_cached("proc", c, str(tmp_path), data, train, name="m", key=key,
-                          inputs=inputs)
-  longer = runs.fit_cached("proc", c, str(tmp_path), data, dict(train, steps=70), name="m",
-                           key=key, inputs=inputs)
+  short = model_cache.fit_cached("proc", c, str(tmp_path), data, train, name="m", key=key,
+                                 inputs=inputs)
+  longer = model_cache.fit_cached("proc", c, str(tmp_path), data, dict(train, steps=70), name="m",
+                                  key=key, inputs=inputs)
   assert short.directory == longer.directory != expected
 
 
@@ -60,14 +61,14 @@ def test_fit_model_writes_the_card_and_keys_like_before(tmp_path, calls):
 
   c = image_config("small", ar=True)
   data = load_digits_dataset()
-  model = runs.fit_model("raster", c, str(tmp_path), data, c.ar, c.train,
-                         key_after_train=({"x": 1},), keep_steps=True,
-                         train_kwargs={"eval_every": 3})
+  model = model_cache.fit_model("raster", c, str(tmp_path), data, c.ar, c.train,
+                                key_after_train=({"x": 1},), keep_steps=True,
+                                train_kwargs={"eval_every": 3})
   model_key = {k: v for k, v in c.ar.items() if k not in build.COMPUTE_ONLY_FIELDS}
-  assert model.directory == runs.model_dir(
+  assert model.directory == model_cache.model_dir(
       c, str(tmp_path), "digits-raster", "digits", model_key,
-      runs.train_key(c.train, keep_steps=True), {"x": 1},
+      model_cache.train_key(c.train, keep_steps=True), {"x": 1},
       version=build.code_version("raster", data))
-  card = json.loads(open(os.path.join(model.directory, runs.MODEL_CARD)).read())
+  card = json.loads(open(os.path.join(model.directory, model_cache.MODEL_CARD)).read())
   assert card["kind"] == "raster" and card["model"] == c.ar.to_dict()
   assert calls[-1]["kwargs"]["eval_every"] == 3 and "preview_fn" in calls[-1]["kwargs"]

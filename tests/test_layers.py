@@ -35,8 +35,8 @@ LAYERS = (
     ("model_sections", "build"),
     # what experiments assemble their configs from: scales, the train section, the dataset
     ("presets",),
-    # cached training and loading
-    ("runs",),
+    # cached training and loading; what experiment files share besides it
+    ("model_cache", "experiment_helpers"),
     # programs exported for accelerators from a CPU (train steps and samplers, by builder)
     ("lowering",),
     # entry points

@@ -132,7 +132,7 @@ def test_preview_sampler_draws_unconditional_levels_for_images_only():
 
   from ardiff import build
   from ardiff.data.spiral import spiral_dataset
-  from ardiff.runs import model_inputs, preview_sampler
+  from ardiff.model_cache import model_inputs, preview_sampler
   from tests.processes.test_contract import LEVELS, SHAPE, tiny_images
 
   data = tiny_images()

@@ -3,7 +3,7 @@ validation).
 
 Experiments assemble their configs from these sections and the model sections
 (`ardiff.model_sections`); models are cached by a hash of the sections that define them
-(`ardiff.runs`), so experiments that use the same sections share one trained model. Scales
+(`ardiff.model_cache`), so experiments that use the same sections share one trained model. Scales
 (`image_config`):
   small  digits 8x8, models that train in minutes on a CPU (the README's numbers);
   paper  digits 8x8, the larger models and longer training the figures are quoted at;

@@ -31,7 +31,7 @@ class OneShotRegression:
   Labels are dropped to the null label with probability `p_uncond` during training, so the
   same network answers "from nothing" (null label: the data mean) and "from the class".
   """
-  inputs = "continuous"  # floats in [-1, 1] (`runs.model_inputs`)
+  inputs = "continuous"  # floats in [-1, 1] (`model_cache.model_inputs`)
 
   model: LabelToImageMLP
   shape: tuple[int, ...]

@@ -38,7 +38,7 @@ Nothing lost, nothing silent:
   metrics       `metrics.jsonl` is cut back to the restored step on resume (rows of steps the
                 checkpoint does not hold would otherwise appear twice).
 
-Extending a run: `train.steps` is not part of a model's cache key (`ardiff.runs.train_key`),
+Extending a run: `train.steps` is not part of a model's cache key (`ardiff.model_cache.train_key`),
 so rerunning with more steps resumes from the saved step. The warmup-cosine learning rate
 depends on `steps`: from the resumed step on, the extended run follows the schedule of the new
 budget (its rate jumps up where the old schedule had decayed further), so an extended run is

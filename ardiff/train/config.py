@@ -2,8 +2,8 @@
 
 Two keys are built from a config, and each field says whether it is part of them (its
 `dataclasses.field` metadata, read by `outside_model_key` and `compile_key`):
-  model key    `ardiff.runs.train_key`: the directory a trained model is cached in. A field out
-               of it cannot change the parameters at a given step (logging, checkpointing,
+  model key    `ardiff.model_cache.train_key`: the directory a trained model is cached in. A
+               field out of it cannot change the parameters at a given step (logging, checkpointing,
                previews, steps per call) or is the budget (`steps`: more steps extend a cached
                run from its last checkpoint, fewer return it as it is);
   compile key  `ardiff.train.programs`: the jitted train step. A field out of it only steers
@@ -65,7 +65,7 @@ class TrainConfig:
   eval_every: int = _field(0, compile_key=False, before=0)
   patience: int = _field(0, compile_key=False, before=0)
   snapshots: tuple = _field((), compile_key=False, before=())
-  # A grid of samples in TensorBoard every N steps (0: none; `ardiff.runs.fit_model` draws
+  # A grid of samples in TensorBoard every N steps (0: none; `ardiff.model_cache.fit_model` draws
   # them with the process's preview spec).
   preview_every: int = _field(0, model_key=False, compile_key=False, before=0)
   # Train steps per jitted call (a lax.scan over them; 1: one call per step). Fewer dispatches
@@ -132,7 +132,7 @@ class TrainConfig:
 
 
 def outside_model_key() -> frozenset[str]:
-  """The fields left out of a trained model's cache key (`ardiff.runs.train_key`)."""
+  """The fields left out of a trained model's cache key (`ardiff.model_cache.train_key`)."""
   return frozenset(f.name for f in dataclasses.fields(TrainConfig)
                    if not f.metadata["model_key"])
 

@@ -13,9 +13,9 @@ import pytest
 
 from ardiff import build
 from ardiff.metrics import held_out
-from ardiff.processes.autoregressive import fixed_order, objectives, orders, upscale
+from ardiff.processes.autoregressive import bidirectional_raster, objectives, orders, upscale
 from ardiff.processes.gaussian import likelihood
-from ardiff.runs import model_inputs
+from ardiff.model_cache import model_inputs
 from tests.processes.test_contract import LEVELS, tiny_images
 
 N = 6  # examples scored
@@ -54,8 +54,8 @@ def _reference(kind, process, params, x, y, levels):
     return _per_batch(lambda xb, yb, _: objectives.raster_nll(logits_fn(xb, yb), xb), x, y,
                       KEY, N, length), 4
   if kind == "raster_bidirectional":  # the chain rule, one position per network call
-    return _per_batch(lambda xb, yb, _: fixed_order.exact_nll(logits_fn, xb, yb,
-                                                              process.model.mask_id),
+    return _per_batch(lambda xb, yb, _: bidirectional_raster.exact_nll(logits_fn, xb, yb,
+                                                                       process.model.mask_id),
                       x, y, KEY, N, length), 4
   if kind in ("ardm", "masked"):  # one random order per example (masked: its ELBO is this)
     return _per_batch(lambda xb, yb, k: objectives.order_nll(

@@ -23,7 +23,7 @@ from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
 from ardiff.model_sections import diffusion_section, transformer_section
 from ardiff.models.dit import DiffusionTransformer, DiTBlock, patchify, unpatchify
-from ardiff.runs import model_inputs
+from ardiff.model_cache import model_inputs
 
 CLASSES = 3
 

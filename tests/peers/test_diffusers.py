@@ -43,7 +43,7 @@ import pytest
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
-from ardiff.processes import discrete  # noqa: E402
+from ardiff.processes import randomness  # noqa: E402
 from ardiff.processes.gaussian import samplers  # noqa: E402
 from ardiff.processes.gaussian.samplers.base import ModelContext, per_example_normal  # noqa: E402
 from ardiff.processes.gaussian.schedules import make_schedule  # noqa: E402
@@ -111,7 +111,7 @@ def _peer_eps(params):
 
 def _project_noise(key, step, like):
   """The standard normal draws of this project's sampler at `step` (per-example keys)."""
-  keys = discrete.step_keys(discrete.example_keys(key, like.shape[0]), jnp.int32(step))
+  keys = randomness.step_keys(randomness.example_keys(key, like.shape[0]), jnp.int32(step))
   return np.array(per_example_normal(keys, jnp.asarray(like)), np.float64)
 
 

@@ -27,7 +27,8 @@ from ardiff.processes.guidance import Guidance
 from ardiff.processes.token_samplers import (TOKEN_SAMPLERS, TokenSampler, plan_history,
                                              register_sampler)
 from ardiff.processes.token_samplers import confidence as confidence_sampler
-from ardiff.runs import check_specs, model_inputs
+from ardiff.model_cache import model_inputs
+from ardiff.experiment_helpers import check_specs
 from tests._xla import with_device_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -105,8 +106,8 @@ def test_same_key_same_samples_and_batch_prefix_invariance(case):
   c = np.asarray(process.sample(params, jax.random.key(3), labels[:3], spec))
   np.testing.assert_array_equal(a[:3], c)
   # ... nor on how many came before it: the suffix drawn alone with its own keys.
-  from ardiff.processes import discrete
-  keys = discrete.example_keys(jax.random.key(3), len(labels))
+  from ardiff.processes import randomness
+  keys = randomness.example_keys(jax.random.key(3), len(labels))
   e = np.asarray(process.sample(params, keys[3:], labels[3:], spec))
   np.testing.assert_array_equal(a[3:], e)
   if not getattr(process, "deterministic", False):

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ardiff import checkpoints, cli, runs, workdir as workdir_lib
+from ardiff import checkpoints, cli, model_cache, workdir as workdir_lib
 from ardiff.data.base import batch_indices
 from ardiff.errors import CheckpointDamaged, TrainingDiverged, WorkdirLocked
 from ardiff.train import Interrupted, read_training_info, train
@@ -221,10 +221,10 @@ def test_damaged_best_is_replaced_by_the_current_ema(run, tmp_path, monkeypatch)
 def test_load_model_falls_back_without_moving(run, copy, capsys):
   from ardiff.presets import diffusion_section
 
-  runs.write_model_card(copy, "gaussian", ml_collections.ConfigDict(dict(width=32, depth=2)),
-                        run["data"], "float32", {"diffusion": diffusion_section()})
+  model_cache.write_model_card(copy, "gaussian", ml_collections.ConfigDict(dict(width=32, depth=2)),
+                               run["data"], "float32", {"diffusion": diffusion_section()})
   _truncate(os.path.join(copy, "checkpoints", "4"))
-  _, params, card = runs.load_model(copy)
+  _, params, card = model_cache.load_model(copy)
   assert card["step"] == 2
   _assert_same(params, run["saved"][2]["ema_params"])
   assert "checkpoint step 4" in capsys.readouterr().err
@@ -380,7 +380,8 @@ def test_model_key_leaves_out_loop_only_fields(tmp_path):
 
   def where(**changes):
     section = ml_collections.ConfigDict(dict(base.to_dict(), **changes))
-    return runs.model_dir(config, str(tmp_path), "m", {"width": 8}, runs.train_key(section))
+    return model_cache.model_dir(config, str(tmp_path), "m", {"width": 8},
+                                 model_cache.train_key(section))
 
   same = where()
   assert where(steps=300, log_every=1, checkpoint_every=7, keep_checkpoints=5) == same
@@ -388,11 +389,11 @@ def test_model_key_leaves_out_loop_only_fields(tmp_path):
   assert where(eval_every=5) != same
   assert where(snapshots=[0.5]) != where(snapshots=[0.5], steps=300)  # fractions of steps
   section = ml_collections.ConfigDict(base.to_dict())
-  assert (runs.model_dir(config, str(tmp_path), "m", {"width": 8},
-                         runs.train_key(section, keep_steps=True)) != same)
+  assert (model_cache.model_dir(config, str(tmp_path), "m", {"width": 8},
+                                model_cache.train_key(section, keep_steps=True)) != same)
   # A model cached under the old key (the whole train section) is found and used in place.
-  old = os.path.join(tmp_path, "models",
-                     f"m-{runs.config_hash({'width': 8}, runs.train_key(base).legacy)}")
+  legacy = model_cache.train_key(base).legacy
+  old = os.path.join(tmp_path, "models", f"m-{model_cache.config_hash({'width': 8}, legacy)}")
   os.makedirs(old)
   assert where() == old and where(steps=300) != old
 

@@ -200,7 +200,7 @@ def test_ema_warmup_is_capped_by_the_decay():
 
 def test_ema_warmup_gets_a_new_model_key_and_old_models_keep_theirs():
   from ardiff.presets import train_section
-  from ardiff.runs import train_key
+  from ardiff.model_cache import train_key
 
   assert TrainConfig().ema_warmup
   old = train_key(train_section(ema_warmup=False))

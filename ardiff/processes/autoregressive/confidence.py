@@ -17,7 +17,7 @@ model's largest probability, so the whole sample is a deterministic function of 
 
 The decoder takes a logits callback (tokens [B, L] -> logits [B, L, V]), so it runs on any
 bidirectional predictor with a mask token (ARDM's transformer, masked diffusion's) and is
-tested on toy callbacks. Randomness is per example (`ardiff.processes.discrete`).
+tested on toy callbacks. Randomness is per example (`ardiff.processes.randomness`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiff.processes import discrete, padded, step_loop
+from ardiff.processes import categorical, padded, randomness, step_loop
 
 SCHEDULES = ("cosine", "uniform")
 
@@ -71,7 +71,7 @@ def _candidates(keys, logits, temperature, greedy: bool):
   logp = jax.nn.log_softmax(logits, axis=-1)
   if greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32), jnp.max(logp, axis=-1)
-  z = discrete.draw(keys, logits, temperature)
+  z = categorical.draw(keys, logits, temperature)
   return z, jnp.take_along_axis(logp, z[..., None], axis=-1)[..., 0]
 
 
@@ -85,12 +85,12 @@ def step_table(sizes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
 def _reveal_step(logits_fn, keys, tokens, s, revealed_after, num_steps, total, *, mask_id,
                  temperature, greedy, noise, noisy):
   """Step s of S: reveal the most confident hidden positions until revealed_after are."""
-  step_keys = discrete.step_keys(keys, s)
+  step_keys = randomness.step_keys(keys, s)
   z, confidence = _candidates(step_keys, logits_fn(tokens), temperature, greedy)
   if noisy:
     scale = noise * (1.0 - (s + 1) / num_steps)
     gumbel = jax.vmap(lambda k: jax.random.gumbel(k, z.shape[1:]))(
-        discrete.step_keys(step_keys, 1))
+        randomness.step_keys(step_keys, 1))
     confidence = confidence + scale * gumbel
   hidden = tokens == mask_id
   # Reveal the top-n hidden positions, n = those this step must leave revealed in total
@@ -146,7 +146,7 @@ def confidence_decode(logits_fn: LogitsFn, keys: jax.Array, tokens: jax.Array,
 
   Args:
     logits_fn: tokens int32 [B, L] (hidden = mask_id) -> logits [B, L, V].
-    keys: per-example keys [B] (`discrete.example_keys`).
+    keys: per-example keys [B] (`randomness.example_keys`).
     tokens: int32 [B, L]; positions not equal to mask_id are known and never change.
     sizes: positions revealed per step, summing to the number of hidden positions per example
       (every example must hide the same number; checked when concrete).

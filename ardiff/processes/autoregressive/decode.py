@@ -17,7 +17,7 @@ unconditional (or negative-conditioned) model, ``w = 1`` plain conditional sampl
 ``cond=None`` runs the conditional stream only. Tokens are drawn from
 ``softmax(logits_guided / temperature)``.
 
-Randomness is per example (`ardiff.processes.discrete`): example b draws position (or step) i
+Randomness is per example (`ardiff.processes.randomness`): example b draws position (or step) i
 with fold_in(keys[b], i), keys[b] = split(key, B)[b] unless per-example keys are given. So the
 KV-cache and no-cache raster samplers produce the same tokens under the same key, and a sample
 does not depend on how the batch is split over devices.
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ardiff.models.transformer import Transformer, init_cache
-from ardiff.processes import discrete
+from ardiff.processes import categorical, randomness
 from ardiff.processes import guidance as guide
 from ardiff.processes.autoregressive import confidence
 
@@ -68,7 +68,7 @@ def _check_num_steps(model: Transformer, num_steps: int | None) -> int:
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "use_cache"))
 def _raster(model, params, key, y, temperature, cond, num_steps, use_cache):
   b = y.shape[0]
-  keys = discrete.example_keys(key, b)
+  keys = randomness.example_keys(key, b)
 
   def step(carry, pos):
     tokens, cache = carry
@@ -79,7 +79,7 @@ def _raster(model, params, key, y, temperature, cond, num_steps, use_cache):
     else:
       logits = model_call(model, params, tokens, cond, y)
       logits = jax.lax.dynamic_index_in_dim(logits, pos, axis=1, keepdims=False)
-    z = discrete.draw(discrete.step_keys(keys, pos), logits, temperature)
+    z = categorical.draw(randomness.step_keys(keys, pos), logits, temperature)
     return (tokens.at[:, pos].set(z), cache), None
 
   streams = b if cond is None else 2 * b
@@ -115,12 +115,12 @@ def _parallel(model, params, key, y, reveal_step, num_steps, temperature, cond, 
               known_tokens):
   """Steps s = 0 .. num_steps - 1 reveal the positions with reveal_step == s. The step count
   is a traced int32 and the plan is [B, L] whatever S, so every S shares this program."""
-  keys = discrete.example_keys(key, y.shape[0])
+  keys = randomness.example_keys(key, y.shape[0])
   tokens = jnp.where(known_mask, known_tokens, model.mask_id).astype(jnp.int32)
 
   def step(s, tokens):
-    z = discrete.draw(discrete.step_keys(keys, s), model_call(model, params, tokens, cond, y),
-                      temperature)
+    z = categorical.draw(randomness.step_keys(keys, s), model_call(model, params, tokens, cond, y),
+                         temperature)
     return jnp.where((reveal_step == s) & ~known_mask, z, tokens)
 
   return jax.lax.fori_loop(0, num_steps, step, tokens)

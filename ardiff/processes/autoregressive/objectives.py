@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ardiff.processes.autoregressive.orders import random_orders
-from ardiff.processes.discrete import token_nll
+from ardiff.processes.categorical import token_nll
 
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 

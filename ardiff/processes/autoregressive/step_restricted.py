@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiff.processes import discrete
+from ardiff.processes import categorical
 from ardiff.processes.autoregressive import objectives, orders
 from ardiff.processes.autoregressive.order_agnostic import OrderAgnosticAR
 
@@ -75,7 +75,7 @@ def step_cost_given(logits_fn: objectives.LogitsFn, x: jax.Array, y: jax.Array,
 
   revealed: bool [B, L] with t = revealed.sum(-1) < L; step_size: k, a scalar or int [B].
   """
-  nll = discrete.token_nll(logits_fn(jnp.where(revealed, x, mask_id), y), x)
+  nll = categorical.token_nll(logits_fn(jnp.where(revealed, x, mask_id), y), x)
   hidden = ~revealed
   return (jnp.asarray(step_size, jnp.float32) / hidden.sum(axis=-1)
           * jnp.where(hidden, nll, 0.0).sum(axis=-1))

@@ -21,7 +21,7 @@ import numpy as np
 
 from ardiff import parallel
 from ardiff.models.transformer import Transformer
-from ardiff.processes import discrete, guidance as guide
+from ardiff.processes import categorical, guidance as guide, randomness
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.base import Batch, Params
 from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
@@ -32,7 +32,7 @@ class TransformerProcess:
   """Shared construction, input handling, label dropping, loss and sampling plumbing."""
 
   causal: bool
-  inputs = "tokens"  # int levels (`runs.model_inputs`), for every token process
+  inputs = "tokens"  # int levels (`model_cache.model_inputs`), for every token process
   _nll_key: str  # metric name of the per-example NLL (nats)
   _bpd_key: str  # metric name of the same in bits per dimension
   samplers: tuple[str, ...]  # the token samplers (`token_samplers.TOKEN_SAMPLERS`) it takes
@@ -66,7 +66,7 @@ class TransformerProcess:
 
   @property
   def mask_id(self) -> int:
-    return discrete.mask_token(self.vocab_size)
+    return categorical.mask_token(self.vocab_size)
 
   # ---------------------------------------------------------------- training
 
@@ -135,7 +135,7 @@ class TransformerProcess:
       cond = None if guidance is None else guide.guidance_cond(labels, guidance, self.num_classes)
       return sampler.sample(self, params, keys, labels, spec, cond)
 
-    keys = discrete.example_keys(key, labels.shape[0])
+    keys = randomness.example_keys(key, labels.shape[0])
     tokens = parallel.run_sharded(fn, params, keys, labels, mesh)
     dtype = jnp.uint8 if self.vocab_size <= 256 else jnp.int32
     return tokens.reshape(-1, *self.data_shape).astype(dtype)
@@ -150,7 +150,7 @@ class TransformerProcess:
     sampler = TOKEN_SAMPLERS.get(spec.name)
     sampler.steps(self, spec)
     labels = guide.check_labels(labels, self.num_classes, None)
-    keys = discrete.example_keys(key, labels.shape[0])
+    keys = randomness.example_keys(key, labels.shape[0])
     history = jax.jit(lambda p, k, y: sampler.history(self, p, k, y, spec))(params, keys, labels)
     history = np.asarray(history, np.float32)
     return history.reshape(history.shape[:2] + self.data_shape)

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import optax
 
 from ardiff import parallel
-from ardiff.processes import discrete
+from ardiff.processes import randomness
 from ardiff.processes.gaussian import samplers
 from ardiff.processes.gaussian.samplers.base import per_example_normal
 from ardiff.processes.gaussian.schedules import Schedule, make_schedule
@@ -153,13 +153,13 @@ def sample_unit_with_classifier(process, params, classifier: ClassifierFn, class
   w = jnp.asarray(scale, jnp.float32)  # traced: one program for the whole sweep
 
   def fn(both_params, keys, labels):
-    x_init = per_example_normal(discrete.setup_keys(keys),
+    x_init = per_example_normal(randomness.setup_keys(keys),
                                 jnp.zeros((labels.shape[0], *process.data_shape)))
     cond = classifier_cond(labels, w, process.null_label, conditional_model=conditional_model)
     return samplers.sample(model_fn, both_params, process.schedule, x_init, keys, cond,
                            sampler=spec.name, num_steps=spec.steps, **spec.option_dict)
 
-  keys = discrete.example_keys(key, labels.shape[0])
+  keys = randomness.example_keys(key, labels.shape[0])
   return parallel.run_sharded(fn, (params, classifier_params), keys, labels, mesh)
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ardiff.processes import discrete
+from ardiff.processes import randomness
 from ardiff.processes.gaussian.samplers.base import (EpsFn, loop_grid, per_example_normal,
                                                      run_loop, sampler_args, sampling_times)
 from ardiff.processes.gaussian.schedules import Schedule
@@ -44,7 +44,7 @@ def _replace_known(x, s, i, hook_args):
   """Post-step hook: the known pixels become a fresh draw from q(x_s | x_known)."""
   schedule, x_known, mask, keys = hook_args
   ab = schedule.alpha_bar_at(s).astype(x.dtype)
-  noise = per_example_normal(discrete.step_keys(keys, i), x)
+  noise = per_example_normal(randomness.step_keys(keys, i), x)
   return jnp.where(mask, jnp.sqrt(ab) * x_known + jnp.sqrt(1.0 - ab) * noise, x)
 
 
@@ -52,10 +52,10 @@ def _replace_known(x, s, i, hook_args):
 def _inpaint(eps_fn, params, schedule, x_known, mask, key, cond, args, times, num_steps, *,
              sampler, return_trajectory):
   batch = x_known.shape[0]
-  keys = discrete.example_keys(key, batch)
+  keys = randomness.example_keys(key, batch)
   replace_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
   hook_args = (schedule, x_known, mask, replace_keys)
-  x_init = per_example_normal(discrete.setup_keys(keys), x_known)
+  x_init = per_example_normal(randomness.setup_keys(keys), x_known)
   x_init = _replace_known(x_init, times[0], jnp.int32(-1), hook_args)
   out = run_loop(eps_fn, params, schedule, x_init, keys, cond, args, times, sampler=sampler,
                  to_zero=True, num_steps=num_steps, hook=_replace_known, hook_args=hook_args,

@@ -12,7 +12,7 @@ import numpy as np
 
 from ardiff import parallel
 from ardiff.data.levels import unit_to_level_scale, unit_to_levels
-from ardiff.processes import discrete
+from ardiff.processes import randomness
 from ardiff.processes.gaussian import samplers
 from ardiff.processes.gaussian.samplers.base import per_example_normal
 from ardiff.processes.guidance import Guidance, check_labels, guidance_cond, guided
@@ -38,7 +38,7 @@ class GaussianDiffusion:
 
   Frozen (hashable) so its bound methods can be static arguments of compiled sampling loops.
   """
-  inputs = "continuous"  # floats in model space (`runs.model_inputs`)
+  inputs = "continuous"  # floats in model space (`model_cache.model_inputs`)
 
   model: nn.Module
   num_classes: int
@@ -177,14 +177,14 @@ class GaussianDiffusion:
     model_fn = self.model_fn(spec, guidance)
 
     def fn(params, keys, labels):
-      x_init = per_example_normal(discrete.setup_keys(keys),
+      x_init = per_example_normal(randomness.setup_keys(keys),
                                   jnp.zeros((labels.shape[0], *self.data_shape)))
       cond = labels if guidance is None else guidance_cond(labels, guidance, self.null_label)
       return samplers.sample(model_fn, params, self.schedule, x_init, keys, cond,
                              sampler=spec.name, num_steps=spec.steps,
                              return_trajectory=trajectory, **spec.option_dict)
 
-    keys = discrete.example_keys(key, labels.shape[0])
+    keys = randomness.example_keys(key, labels.shape[0])
     if trajectory:
       return fn(params, keys, labels)
     return parallel.run_sharded(fn, params, keys, labels, mesh)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ardiff.models.transformer import Transformer
-from ardiff.processes import discrete
+from ardiff.processes import categorical
 from ardiff.processes.autoregressive.order_agnostic import OrderAgnosticAR
 from ardiff.processes.masked.schedules import MaskingSchedule
 
@@ -46,7 +46,7 @@ def masked_diffusion_loss(logits_fn, x: jax.Array, y: jax.Array, key: jax.Array,
   t = antithetic_times(k_t, b)
   p_masked = schedule.masked(t)
   masked = jax.random.uniform(k_mask, (b, length)) < p_masked[:, None]
-  nll = discrete.token_nll(logits_fn(jnp.where(masked, mask_id, x), y), x)
+  nll = categorical.token_nll(logits_fn(jnp.where(masked, mask_id, x), y), x)
   weight = -schedule.dalpha(t) / p_masked
   return weight * jnp.sum(jnp.where(masked, nll, 0.0), axis=1)
 

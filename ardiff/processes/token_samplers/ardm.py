@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ardiff.processes import discrete
+from ardiff.processes import randomness
 from ardiff.processes.autoregressive import decode, orders
 from ardiff.processes.token_samplers.base import (TokenSampler, plan_history, register_sampler,
                                                   temperature)
@@ -71,7 +71,7 @@ def reveal_steps(process, keys, spec) -> jax.Array:
                             (batch, length))
   # a random order per example, drawn from that example's own key
   return jax.vmap(lambda k: orders.reveal_steps(orders.random_orders(k, 1, length)[0],
-                                                sizes))(discrete.setup_keys(keys))
+                                                sizes))(randomness.setup_keys(keys))
 
 
 def sample(process, params, keys, labels, spec, cond):

@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ardiff.processes import discrete, step_loop
+from ardiff.processes import categorical, randomness, step_loop
 from ardiff.processes.autoregressive import decode
 from ardiff.processes.token_samplers.base import (TokenSampler, hidden_as_nan, register_sampler,
                                                   temperature)
@@ -42,12 +42,12 @@ def ancestral_loop(logits_fn, keys: jax.Array, tokens: jax.Array, steps, *, mask
 
   def uniforms(step_keys, salt):  # [B, L], example b from fold_in(step_keys[b], salt)
     return jax.vmap(lambda k: jax.random.uniform(k, tokens.shape[1:]))(
-        discrete.step_keys(step_keys, salt))
+        randomness.step_keys(step_keys, salt))
 
   def corrector(tokens, step_keys):
     again = generated & (tokens != mask_id) & (uniforms(step_keys, 2) < resample)
     masked = jnp.where(again, mask_id, tokens)
-    z = discrete.draw(discrete.step_keys(step_keys, 3), logits_fn(masked), temperature)
+    z = categorical.draw(randomness.step_keys(step_keys, 3), logits_fn(masked), temperature)
     return jnp.where(again, z, tokens)
 
   def step(k, tokens):
@@ -55,8 +55,8 @@ def ancestral_loop(logits_fn, keys: jax.Array, tokens: jax.Array, steps, *, mask
     s = 1.0 - (k + 1).astype(jnp.float32) / steps
     m_t, m_s = schedule.masked(t), schedule.masked(s)  # (alpha_s - alpha_t) / (1 - alpha_t)
     p_unmask = jnp.where(k == steps - 1, 1.0, (m_t - m_s) / m_t)
-    step_keys = discrete.step_keys(keys, k)
-    z = discrete.draw(step_keys, logits_fn(tokens), temperature)
+    step_keys = randomness.step_keys(keys, k)
+    z = categorical.draw(step_keys, logits_fn(tokens), temperature)
     reveal = (tokens == mask_id) & (uniforms(step_keys, 1) < p_unmask)
     tokens = jnp.where(reveal, z, tokens)
     if corrected:

@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from ardiff.processes import discrete, step_loop
+from ardiff.processes import categorical, randomness, step_loop
 from ardiff.processes.autoregressive import decode, orders
 from ardiff.processes.token_samplers.base import (TokenSampler, hidden_as_nan, register_sampler,
                                                   temperature)
@@ -32,7 +32,7 @@ def stage_steps(keys: jax.Array, length: int, k: int, num_stages: int) -> jax.Ar
                                                                length)[0], sizes)
                       for s in range(num_stages)])
 
-  return jax.vmap(one)(discrete.setup_keys(keys))
+  return jax.vmap(one)(randomness.setup_keys(keys))
 
 
 def upscale_loop(logits_fn: Callable[[jax.Array], jax.Array], keys: jax.Array, length: int,
@@ -61,7 +61,7 @@ def upscale_loop(logits_fn: Callable[[jax.Array], jax.Array], keys: jax.Array, l
     reveal = jnp.take(local_steps, s, axis=1) == i - s * per_stage
     logits = logits_fn(layout.tokens(low, stage)).astype(jnp.float32)
     logits = jnp.where(layout.allowed(low, s), logits, -jnp.inf)
-    v = discrete.draw(discrete.step_keys(keys, i), logits, temperature)
+    v = categorical.draw(randomness.step_keys(keys, i), logits, temperature)
     d = divisors[s]
     low = jnp.where(reveal, v // d * d, low)
     stage = jnp.where(reveal, s, stage)

@@ -742,14 +742,14 @@ def test_ardm_specs_follow_their_plans():
 def test_confidence_spec_runs_the_confidence_decoder_on_the_model():
   """`confidence:S` on an ARDM model equals `confidence_decode` with the model as the logits
   callback (guided: the combined streams); its options are checked by name."""
-  from ardiff.processes import discrete
+  from ardiff.processes import randomness
   from ardiff.processes.autoregressive.confidence import confidence_decode, reveal_schedule
 
   proc = _process(OrderAgnosticAR, length=16, width=16, depth=1, heads=2)
   params = rough_params(proc.model, 3, scale=0.7)
   y = jnp.array([0, 1, 2, 10])
   key = jax.random.key(4)
-  keys = discrete.example_keys(key, 4)
+  keys = randomness.example_keys(key, 4)
   for spec, w, temperature in [("confidence:5", None, 1.0),
                                ("confidence:3:temperature=0", 2.0, 0.0)]:
     cond = _cond(y, w, null=proc.num_classes)

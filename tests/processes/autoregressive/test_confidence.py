@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ardiff.processes import discrete
+from ardiff.processes import categorical, randomness
 from ardiff.processes.autoregressive.confidence import (confidence_decode, confidence_history,
                                                     reveal_schedule)
 
@@ -69,7 +69,7 @@ def test_greedy_decoding_equals_the_brute_force_decoder_and_ignores_the_key(sche
   sizes = reveal_schedule(L, steps, schedule)
   start = np.full((3, L), MASK, np.int32)
   fn = _feedback_logits(base)
-  out = [np.asarray(confidence_decode(fn, discrete.example_keys(jax.random.key(k), 3), start,
+  out = [np.asarray(confidence_decode(fn, randomness.example_keys(jax.random.key(k), 3), start,
                                       sizes, mask_id=MASK, temperature=0.0))
          for k in (0, 1)]
   np.testing.assert_array_equal(out[0], out[1])  # greedy: no randomness left
@@ -82,7 +82,7 @@ def test_revealed_tokens_never_change_and_each_step_reveals_its_count():
   start[:, [0, 7]] = [[1, 2]] * 4  # known tokens (inpainting): never changed
   sizes = reveal_schedule(L - 2, 4)
   tokens, history = confidence_history(
-      _feedback_logits(base), discrete.example_keys(jax.random.key(3), 4), start, sizes,
+      _feedback_logits(base), randomness.example_keys(jax.random.key(3), 4), start, sizes,
       mask_id=MASK, temperature=1.0, noise=2.0)
   history = np.concatenate([start[None], np.asarray(history)])  # [S + 1, B, L]
   revealed = (history != MASK).sum(axis=2)  # [S + 1, B]
@@ -94,7 +94,7 @@ def test_revealed_tokens_never_change_and_each_step_reveals_its_count():
   np.testing.assert_array_equal(np.asarray(tokens)[:, [0, 7]], [[1, 2]] * 4)
   assert np.asarray(tokens).max() < V
   with pytest.raises(ValueError, match="sizes sum to 16 but the examples hide \\[14\\]"):
-    confidence_decode(_feedback_logits(base), discrete.example_keys(jax.random.key(3), 4),
+    confidence_decode(_feedback_logits(base), randomness.example_keys(jax.random.key(3), 4),
                       start, reveal_schedule(L, 4), mask_id=MASK)
 
 
@@ -102,7 +102,7 @@ def test_noise_randomises_the_reveal_order_and_zero_noise_follows_the_confidence
   base = np.broadcast_to(_table(2, batch=1), (64, L, V))  # one model output, 64 examples
   fn = lambda tokens: jnp.asarray(base)  # noqa: E731 - logits independent of the tokens
   start = np.full((64, L), MASK, np.int32)
-  keys = discrete.example_keys(jax.random.key(4), 64)
+  keys = randomness.example_keys(jax.random.key(4), 64)
   first = {}
   for noise in (0.0, 5.0):
     _, history = confidence_history(fn, keys, start, (4, 12), mask_id=MASK, temperature=0.0,
@@ -119,7 +119,7 @@ def test_candidates_follow_the_tempered_categorical():
   n = 4000
   fn = lambda tokens: jnp.broadcast_to(jnp.asarray(logits), (tokens.shape[0], 1, V))  # noqa: E731
   for temperature in (1.0, 0.5):
-    out = np.asarray(confidence_decode(fn, discrete.example_keys(jax.random.key(5), n),
+    out = np.asarray(confidence_decode(fn, randomness.example_keys(jax.random.key(5), n),
                                        np.full((n, 1), MASK, np.int32), (1,), mask_id=MASK,
                                        temperature=temperature))[:, 0]
     z = logits.astype(np.float64) / temperature
@@ -134,14 +134,14 @@ def test_candidates_follow_the_tempered_categorical():
 
 def test_sampled_candidates_are_revealed_by_the_models_own_probability():
   """temperature 0.5, no noise, logits independent of the tokens: step 0 reveals the n drawn
-  candidates with the highest untempered log-probability (the draws: `discrete.draw` with the
+  candidates with the highest untempered log-probability (the draws: `categorical.draw` with the
   step's keys, as every sampler draws)."""
   base = _table(6, batch=8)
-  keys = discrete.example_keys(jax.random.key(7), 8)
+  keys = randomness.example_keys(jax.random.key(7), 8)
   tokens, history = confidence_history(lambda t: jnp.asarray(base), keys,
                                        np.full((8, L), MASK, np.int32), (5, 11), mask_id=MASK,
                                        temperature=0.5)
-  z = np.asarray(discrete.draw(discrete.step_keys(keys, 0), jnp.asarray(base), 0.5))
+  z = np.asarray(categorical.draw(randomness.step_keys(keys, 0), jnp.asarray(base), 0.5))
   logp = np.asarray(jax.nn.log_softmax(jnp.asarray(base), axis=-1))
   conf = np.take_along_axis(logp, z[..., None], axis=-1)[..., 0]
   for b in range(8):

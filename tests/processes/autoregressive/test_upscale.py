@@ -20,7 +20,7 @@ from ardiff import build
 from ardiff.configs.validation import ConfigError
 from ardiff.metrics import held_out
 from ardiff.models.transformer import Transformer
-from ardiff.processes import discrete
+from ardiff.processes import randomness
 from ardiff.processes.autoregressive import upscale
 from ardiff.processes.guidance import Guidance
 from ardiff.processes.token_samplers import upscale as upscale_sampler
@@ -161,7 +161,7 @@ def test_held_out_chain_rule_along_given_orders():
 
 def sample(k: int, n: int, seed: int, history: bool = False):
   """Values [n, D] from the toy model (with history: and the input ids after every step)."""
-  keys = discrete.example_keys(jax.random.key(seed), n)
+  keys = randomness.example_keys(jax.random.key(seed), n)
   decoder = upscale_sampler.upscale_history if history else upscale_sampler.upscale_decode
   return jax.jit(lambda kk: decoder(toy_logits, kk, D, LAYOUT, k))(keys)
 

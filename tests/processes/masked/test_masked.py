@@ -15,7 +15,7 @@ from tests.processes.autoregressive.test_autoregressive import C as AR_C, L as A
 from tests.processes.autoregressive.test_autoregressive import _log_softmax64 as log_softmax64
 from tests.processes.autoregressive.test_autoregressive import _tiny as tiny_ar_model
 
-from ardiff.processes import discrete
+from ardiff.processes import randomness
 from ardiff.processes.masked.process import MaskedDiffusion, masked_diffusion_loss
 from ardiff.processes.masked.schedules import MaskingSchedule
 from ardiff.processes.token_samplers.masked import ancestral_history
@@ -164,7 +164,7 @@ def test_ancestral_steps_unmask_the_schedules_fraction_and_never_change_a_pixel(
   steps, b, length = 5, 256, 64
   logits = jax.random.normal(jax.random.key(1), (b, length, V))
   tokens, history = ancestral_history(
-      lambda t: logits, discrete.example_keys(jax.random.key(2), b),
+      lambda t: logits, randomness.example_keys(jax.random.key(2), b),
       jnp.full((b, length), V, jnp.int32), steps, mask_id=V,
       schedule=MaskingSchedule(schedule, power=3.0), temperature=1.0)
   history = np.asarray(history)
@@ -254,7 +254,7 @@ def test_corrector_redraws_the_resample_fraction_given_the_others():
     value = jnp.where(any_revealed, 1, 0)
     return 30.0 * jax.nn.one_hot(jnp.broadcast_to(value[:, None], tokens.shape), V)
 
-  _, history = ancestral_history(logits_fn, discrete.example_keys(jax.random.key(5), b),
+  _, history = ancestral_history(logits_fn, randomness.example_keys(jax.random.key(5), b),
                                 jnp.full((b, length), V, jnp.int32), 4, mask_id=V,
                                 schedule=MaskingSchedule("linear"), resample=rate)
   first = np.asarray(history[0])

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiff.processes import discrete, padded
+from ardiff.processes import padded, randomness
 from ardiff.processes.gaussian.samplers.spacing import SPACINGS, time_grid
 from ardiff.processes.gaussian.schedules import Schedule
 from ardiff.registry import Registry
@@ -206,7 +206,7 @@ def _step_fn(model_fn, sampler, final, hook):
   def one_step(params, schedule, cond, args, hook_args, num_steps, x, state, t, s, i, keys):
     ctx = ModelContext(model_fn, params, cond, schedule, x.shape[0], final=final,
                        num_steps=num_steps)
-    x, state = solver.step(ctx, state, x, t, s, discrete.step_keys(keys, i), args)
+    x, state = solver.step(ctx, state, x, t, s, randomness.step_keys(keys, i), args)
     expected = solver.final_evals if final else solver.evals_per_step
     if ctx.calls != expected:  # counted while tracing: once per compiled loop, whatever n
       raise AssertionError(f"solver {sampler!r} declares {expected} model call(s) per "
@@ -265,7 +265,7 @@ def run_loop(model_fn: EpsFn, params, schedule: Schedule, x_init, keys, cond, ar
 @functools.partial(jax.jit, static_argnames=("model_fn", "sampler", "return_trajectory"))
 def _sample(model_fn, params, schedule, x_init, key, cond, args, times, num_steps, *, sampler,
             return_trajectory):
-  keys = discrete.example_keys(key, x_init.shape[0])
+  keys = randomness.example_keys(key, x_init.shape[0])
   return run_loop(model_fn, params, schedule, x_init, keys, cond, args, times,
                   sampler=sampler, to_zero=True, num_steps=num_steps,
                   return_trajectory=return_trajectory)
@@ -332,7 +332,7 @@ def sample_python_loop(model_fn, params, schedule, x_init, key, cond=None, *, sa
   args = sampler_args(sampler, **options)
   times = jnp.asarray(_times(schedule, sampler, num_steps, options, times),
                       schedule.log_snrs.dtype)
-  keys = discrete.example_keys(key, x_init.shape[0])
+  keys = randomness.example_keys(key, x_init.shape[0])
   n = times.shape[0] - 1
   x, state = x_init, SAMPLERS.get(sampler).init(x_init)
   for i in range(n):

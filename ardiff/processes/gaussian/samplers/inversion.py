@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from ardiff.processes import discrete
+from ardiff.processes import randomness
 from ardiff.processes.gaussian.samplers.base import (SAMPLERS, EpsFn, loop_grid, run_loop,
                                                      sampler_args, sampling_times)
 from ardiff.processes.gaussian.schedules import Schedule
@@ -25,7 +25,7 @@ from ardiff.processes.gaussian.schedules import Schedule
 @functools.partial(jax.jit, static_argnames=("model_fn", "sampler", "return_trajectory"))
 def _invert(model_fn, params, schedule, x0, cond, args, times, num_steps, *, sampler,
             return_trajectory):
-  keys = discrete.example_keys(jax.random.key(0), x0.shape[0])  # unused: deterministic
+  keys = randomness.example_keys(jax.random.key(0), x0.shape[0])  # unused: deterministic
   return run_loop(model_fn, params, schedule, x0, keys, cond, args, times, sampler=sampler,
                   to_zero=False, num_steps=num_steps, return_trajectory=return_trajectory)
 

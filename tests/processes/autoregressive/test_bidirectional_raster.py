@@ -1,4 +1,4 @@
-"""Raster order with a bidirectional predictor (`fixed_order`), against brute force.
+"""Raster order with a bidirectional predictor (`bidirectional_raster`), against brute force.
 
 References enumerate every sequence of a 3-position, 3-value model (27 sequences) and build
 the raster chain rule from raw model calls on hand-masked inputs, in float64.
@@ -16,8 +16,8 @@ import scipy.stats
 from tests.models.test_transformer import rough_params
 
 from ardiff.models.transformer import Transformer
-from ardiff.processes.autoregressive import fixed_order
-from ardiff.processes.autoregressive.fixed_order import RasterBidirectional
+from ardiff.processes.autoregressive import bidirectional_raster
+from ardiff.processes.autoregressive.bidirectional_raster import RasterBidirectional
 
 V, L, C = 3, 3, 2  # values, positions, classes
 SEQS = np.asarray(list(itertools.product(range(V), repeat=L)), np.int32)  # [27, 3]
@@ -60,7 +60,7 @@ def test_exact_nll_is_the_brute_force_raster_chain_and_normalised():
   _, params, fn = _tiny(seed=1)
   for label in (0, C):  # a class and the null label
     want = -_chain_terms64(fn, label).sum(axis=1)
-    got = np.asarray(jax.jit(lambda x, y: fixed_order.exact_nll(fn, x, y, V))(
+    got = np.asarray(jax.jit(lambda x, y: bidirectional_raster.exact_nll(fn, x, y, V))(
         jnp.asarray(SEQS), _labels(label)), np.float64)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # The raster conditionals of any bidirectional network form a normalised law over the 27.
@@ -70,15 +70,15 @@ def test_exact_nll_is_the_brute_force_raster_chain_and_normalised():
   x = jnp.asarray(SEQS)
   for t in range(L - 1):
     other = x.at[:, t + 1:].set((x[:, t + 1:] + 1) % V)
-    np.testing.assert_array_equal(fixed_order.step_nll(fn, x, _labels(0), t, V),
-                                  fixed_order.step_nll(fn, other, _labels(0), t, V))
+    np.testing.assert_array_equal(bidirectional_raster.step_nll(fn, x, _labels(0), t, V),
+                                  bidirectional_raster.step_nll(fn, other, _labels(0), t, V))
   # The process method is the same function of the parameters.
   process = RasterBidirectional(Transformer(vocab_size=V, seq_len=L, num_classes=C, width=16,
                                             depth=2, heads=2, causal=False), p_uncond=0.0)
   np.testing.assert_allclose(np.asarray(process.exact_nll(params, SEQS, _labels(0))),
                              -_chain_terms64(fn, 0).sum(axis=1), rtol=1e-5, atol=1e-5)
   # In bits per pixel, in batches (7 does not divide 27), equal to the whole-set mean.
-  bpd = fixed_order.exact_test_bpd(process, params, SEQS, np.zeros(len(SEQS), np.int32), 7)
+  bpd = bidirectional_raster.exact_test_bpd(process, params, SEQS, np.zeros(len(SEQS), np.int32), 7)
   np.testing.assert_allclose(bpd, -_chain_terms64(fn, 0).sum(1).mean() / (L * math.log(2)),
                              rtol=1e-5)
 
@@ -88,16 +88,17 @@ def test_one_step_loss_is_unbiased_with_t_uniform():
   terms = -_chain_terms64(fn, 1)  # [27, L]: -log p(x_t | x_<t) by brute force
   exact = terms.sum(axis=1)
   # Enumerating t: E_t[L * step_nll(t)] = sum_t step_nll(t) = the exact NLL.
-  per_t = np.stack([np.asarray(fixed_order.step_nll(fn, jnp.asarray(SEQS), _labels(1), t, V),
-                               np.float64) for t in range(L)], axis=1)
+  per_t = np.stack([np.asarray(bidirectional_raster.step_nll(fn, jnp.asarray(SEQS), _labels(1),
+                                                             t, V), np.float64)
+                    for t in range(L)], axis=1)
   np.testing.assert_allclose(per_t, terms, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose((L * per_t).mean(axis=1), exact, rtol=1e-5)
   # Monte Carlo: each row draws its own t. Identify t from the value (L distinct values per
   # sequence), check t ~ U{0..L-1} by chi-square, and the mean within 5 standard errors.
   reps = 1500
   x = jnp.asarray(np.tile(SEQS, (reps, 1)))
-  loss = np.asarray(jax.jit(lambda k: fixed_order.one_step_loss(fn, x, _labels(1, len(x)), k,
-                                                                V))(jax.random.key(5)),
+  loss = np.asarray(jax.jit(lambda k: bidirectional_raster.one_step_loss(
+      fn, x, _labels(1, len(x)), k, V))(jax.random.key(5)),
                     np.float64).reshape(reps, len(SEQS))
   candidates = L * terms  # [27, L]
   gaps = np.abs(candidates[:, :, None] - candidates[:, None, :]) + np.eye(L) * 1e9

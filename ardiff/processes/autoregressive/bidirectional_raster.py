@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from ardiff.metrics import held_out
-from ardiff.processes import discrete
+from ardiff.processes import categorical
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.transformer_process import TransformerProcess
 
@@ -54,7 +54,7 @@ def step_nll(logits_fn: objectives.LogitsFn, x: jax.Array, y: jax.Array, t: jax.
   t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))
   logits = logits_fn(prefix_inputs(x, t, mask_id), y)  # [B, L, V]
   at_t = jnp.take_along_axis(logits, t[:, None, None], axis=1)[:, 0]  # [B, V]
-  return discrete.token_nll(at_t, x[jnp.arange(b), t])
+  return categorical.token_nll(at_t, x[jnp.arange(b), t])
 
 
 def one_step_loss(logits_fn: objectives.LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array,
