@@ -1,11 +1,10 @@
 """One sample being generated, step by step, by several removal processes side by side: the
 project's central story as a picture.
 
-Token processes (`TransformerProcess.sample_history`) reveal whole pixels; their history is
-already frames (levels as floats, NaN where a pixel is not revealed yet, drawn in `HIDDEN`,
-orange). Gaussian diffusion changes every pixel at every step: its
-row shows the noisy state x_t after each step (`GaussianDiffusion.sample_unit(...,
-return_trajectory=True)`), on the same grey scale.
+Every process's `sample_history` is already a row of frames: the state after each step in data
+space (levels as floats). Token processes reveal whole pixels (NaN where a pixel is not revealed
+yet, drawn in `HIDDEN`, orange); Gaussian diffusion changes every pixel at every step (its
+noisy state x_t, on the same grey scale).
 """
 
 from __future__ import annotations
@@ -19,15 +18,6 @@ from matplotlib.patches import Patch
 from ardiff.report.plots import save_figure
 
 HIDDEN = "#f28e2b"
-
-
-def unit_frames(trajectory: np.ndarray, num_levels: int) -> np.ndarray:
-  """A diffusion trajectory in model space ([-1, 1]) [S, H, W(, 1)] -> frames on the level
-  scale [S, H, W], clipped to [0, L - 1]."""
-  x = np.asarray(trajectory, np.float32)
-  if x.ndim == 4:
-    x = x[..., 0]
-  return np.clip((x + 1.0) / 2.0 * (num_levels - 1), 0.0, num_levels - 1)
 
 
 def _squeeze_channel(frames: np.ndarray) -> np.ndarray:
