@@ -356,6 +356,11 @@ MUTANTS = (
     _m("fit-cached-drops-the-kept-budget-from-the-key", "runs", "ardiff/model_cache.py",
        "train_key(train_cfg, keep_steps=keep_steps)", "train_key(train_cfg)",
        "tests/test_fit_cached.py"),
+    _m("token-sampler-taken-on-any-overlap", "AR decoding",
+       "ardiff/processes/token_samplers/base.py",
+       "if set(TOKEN_SAMPLERS.get(name).requires) <= set(provides))",
+       "if set(TOKEN_SAMPLERS.get(name).requires) & set(provides))",
+       "tests/processes/test_contract.py", "-k", "ardm and not device_count"),
 )
 
 

@@ -265,7 +265,7 @@ def _at_once_history(process, params, keys, labels, spec):
 
 
 AT_ONCE = TokenSampler({"temperature": 1.0}, lambda process, spec: 1, _at_once_sample,
-                       _at_once_history)
+                       _at_once_history, requires=("any_subset",))
 
 
 @pytest.fixture
@@ -276,10 +276,11 @@ def at_once():
 
 
 def test_a_new_token_sampler_is_one_file_and_one_line(at_once):
-  """`at_once` registered, and an ARDM process listing it, go through the whole contract."""
+  """`at_once` registered goes through the whole contract on every process that provides what
+  it requires (ARDM and masked diffusion), with no edit to either."""
   process, params, _ = make("ardm")
-  process.samplers = (*process.samplers, "at_once")  # the process accepts it
   assert "at_once" in registry_specs("ardm", process)
+  assert "at_once" in make("masked")[0].samplers
   labels = np.array([0, 1, 2, CLASSES, 1], np.int32)
   x = np.asarray(process.sample(params, jax.random.key(1), labels, "at_once"))
   assert x.shape == (5, *SHAPE) and x.dtype == np.uint8 and x.max() < LEVELS
@@ -290,6 +291,6 @@ def test_a_new_token_sampler_is_one_file_and_one_line(at_once):
   check_history("ardm", process, params, "at_once:temperature=0.5")
   with pytest.raises(ValueError, match="has no option"):
     process.nfe("at_once:k=2")
-  # Processes that do not list it refuse it, naming what they take.
-  with pytest.raises(ValueError, match="unknown sampler 'at_once'.*known: ardm, confidence"):
-    make("ardm")[0].nfe("at_once")
+  # Processes that do not provide what it requires refuse it, naming what they take.
+  with pytest.raises(ValueError, match="unknown sampler 'at_once'.*known: raster"):
+    make("raster")[0].nfe("at_once")

@@ -80,7 +80,7 @@ class RasterBidirectional(TransformerProcess):
 
   causal = False
   _nll_key, _bpd_key = "nll", "bpd"  # one-sample unbiased estimates of the exact NLL
-  samplers = ("raster",)
+  provides = ("next_pixel",)  # trained on raster prefixes only
 
   def _nll(self, logits_fn, x, y, key):
     return one_step_loss(logits_fn, x, y, key, self.model.mask_id)

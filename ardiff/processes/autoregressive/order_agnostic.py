@@ -18,7 +18,7 @@ class OrderAgnosticAR(TransformerProcess):
 
   causal = False
   _nll_key, _bpd_key = "bound", "bound_bpd"  # one-sample ARDM estimate of the NLL bound
-  samplers = ("ardm", "confidence")
+  provides = ("any_subset",)
 
   def _nll(self, logits_fn, x, y, key):
     return objectives.ardm_loss(logits_fn, x, y, key, self.model.mask_id)

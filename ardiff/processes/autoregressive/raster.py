@@ -16,7 +16,7 @@ class RasterAR(TransformerProcess):
 
   causal = True
   _nll_key, _bpd_key = "nll", "bpd"  # exact NLL, nats per example and bits per dimension
-  samplers = ("raster",)
+  provides = ("next_pixel",)
 
   def _nll(self, logits_fn, x, y, key):
     return objectives.raster_nll(logits_fn(x, y), x)

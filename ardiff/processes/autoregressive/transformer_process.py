@@ -1,6 +1,7 @@
 """What raster AR and order-agnostic AR share: an injected transformer, input handling, label
 dropping, the loss around a per-example NLL, and the sampling contract's plumbing: the samplers are
-`ardiff.processes.token_samplers` (a process lists the names it takes in ``samplers``).
+`ardiff.processes.token_samplers` (a process takes every one whose ``requires`` its
+``provides`` covers).
 
 A batch is ``{"x": int tokens [B, L] (or [B, ...] with L entries, flattened in raster order),
 "y": int32 labels [B]}``. With ``train=True`` labels are dropped to the null label
@@ -25,7 +26,7 @@ from ardiff.processes import categorical, guidance as guide, randomness
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.base import Batch, Params
 from ardiff.processes.spec import SampleSpec, check_spec, parse_spec
-from ardiff.processes.token_samplers import TOKEN_SAMPLERS
+from ardiff.processes.token_samplers import TOKEN_SAMPLERS, samplers_for
 
 
 class TransformerProcess:
@@ -35,7 +36,7 @@ class TransformerProcess:
   inputs = "tokens"  # int levels (`model_cache.model_inputs`), for every token process
   _nll_key: str  # metric name of the per-example NLL (nats)
   _bpd_key: str  # metric name of the same in bits per dimension
-  samplers: tuple[str, ...]  # the token samplers (`token_samplers.TOKEN_SAMPLERS`) it takes
+  provides: tuple[str, ...]  # what token samplers may rely on (`token_samplers.base`)
 
   def __init__(self, model: Transformer, p_uncond: float = 0.1,
                data_shape: Sequence[int] | None = None):
@@ -108,6 +109,11 @@ class TransformerProcess:
     return nll / self.seq_len, metrics
 
   # ---------------------------------------------------------------- sampling
+
+  @property
+  def samplers(self) -> tuple[str, ...]:
+    """The token samplers it takes: every registered one whose `requires` it `provides`."""
+    return samplers_for(self.provides)
 
   def parse(self, spec: "SampleSpec | str") -> SampleSpec:
     spec = parse_spec(spec)

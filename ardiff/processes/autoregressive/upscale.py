@@ -175,7 +175,7 @@ class UpscaleAR(TransformerProcess):
 
   causal = False
   _nll_key, _bpd_key = "bound", "bound_bpd"
-  samplers = ("upscale",)
+  provides = ("coarse_to_fine",)
 
   def __init__(self, model: Transformer, divisors: Sequence[int] = DEFAULT_DIVISORS,
                p_uncond: float = 0.1, data_shape: Sequence[int] | None = None):

@@ -54,7 +54,7 @@ def masked_diffusion_loss(logits_fn, x: jax.Array, y: jax.Array, key: jax.Array,
 class MaskedDiffusion(OrderAgnosticAR):
   """Masked diffusion with an injected bidirectional `Transformer` and a `MaskingSchedule`."""
 
-  samplers = (*OrderAgnosticAR.samplers, "masked")
+  provides = (*OrderAgnosticAR.provides, "masking_schedule")
 
   def __init__(self, model: Transformer, p_uncond: float = 0.1,
                data_shape: Sequence[int] | None = None,

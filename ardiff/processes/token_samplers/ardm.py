@@ -86,4 +86,5 @@ def history(process, params, keys, labels, spec):
   return plan_history(tokens, reveal_steps(process, keys, spec), len(step_sizes(process, spec)))
 
 
-register_sampler("ardm", TokenSampler(OPTIONS, steps, sample, history))
+register_sampler("ardm", TokenSampler(OPTIONS, steps, sample, history,
+                                       requires=("any_subset",)))

@@ -2,8 +2,8 @@
 turns a spec such as ``ardm:k=4`` into samples, a step count and a step history.
 
 A sampler is a `TokenSampler` registered under its spec name (one file per sampler in this
-package, one import line in `__init__.py`); a process lists the names it accepts in
-``samplers``. Every function takes the process first (its model, seq_len L, mask_id, ...):
+package, one import line in `__init__.py`); a process takes every sampler whose ``requires``
+its ``provides`` covers. Every function takes the process first (its model, seq_len L, mask_id, ...):
 
     steps(process, spec) -> S        the number of steps (and the length of the history); it
                                      checks the spec's options and raises ValueError naming
@@ -18,7 +18,17 @@ package, one import line in `__init__.py`); a process lists the names it accepts
                                      is `sample` with the same keys (unguided); traced.
 
 ``options`` maps each option to its default; ``needs_steps``: the spec must give a step count
-(``confidence:8``); ``greedy``: temperature 0 (argmax) is allowed.
+(``confidence:8``); ``greedy``: temperature 0 (argmax) is allowed; ``requires``: what the
+process must provide (`TransformerProcess.provides`), all of it:
+
+    "next_pixel"        p(x_i | x_<i) in raster order (raster AR, and the bidirectional
+                        network trained on raster prefixes);
+    "any_subset"        p(x_i | x_S) for any revealed set S (ARDM, masked diffusion);
+    "masking_schedule"  a masking schedule alpha(t) (masked diffusion);
+    "coarse_to_fine"    a pixel's finer level given its coarse bin (upscale ARDM).
+
+A process takes every registered sampler whose requirements it provides, so a new sampler is its
+file and its import line, with no edit to any process.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ class TokenSampler(NamedTuple):
   nfe: Callable[..., int] | None = None  # None: one network call per step
   needs_steps: bool = False
   greedy: bool = False
+  requires: tuple[str, ...] = ()  # what a process must provide to be sampled by it
 
 
 TOKEN_SAMPLERS: Registry[TokenSampler] = Registry("token sampler")
@@ -47,6 +58,12 @@ TOKEN_SAMPLERS: Registry[TokenSampler] = Registry("token sampler")
 def register_sampler(name: str, sampler: TokenSampler) -> TokenSampler:
   """Register `sampler` under the spec name `name` (a sampler file's last line)."""
   return TOKEN_SAMPLERS.register(name)(sampler)
+
+
+def samplers_for(provides: tuple[str, ...]) -> tuple[str, ...]:
+  """The registered samplers (in registration order) whose requirements `provides` covers."""
+  return tuple(name for name in TOKEN_SAMPLERS.names()
+               if set(TOKEN_SAMPLERS.get(name).requires) <= set(provides))
 
 
 def hidden_as_nan(values: jax.Array, hidden: jax.Array) -> jax.Array:

@@ -49,4 +49,4 @@ def history(process, params, keys, labels, spec):
 
 register_sampler("confidence", TokenSampler(
     {"schedule": "cosine", "temperature": 1.0, "noise": 0.0}, steps, sample, history,
-    needs_steps=True, greedy=True))
+    needs_steps=True, greedy=True, requires=("any_subset",)))

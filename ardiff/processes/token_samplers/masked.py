@@ -124,4 +124,5 @@ def history(process, params, keys, labels, spec):
 
 
 register_sampler("masked", TokenSampler({"temperature": 1.0, "resample": 0.0}, steps, sample,
-                                        history, nfe=nfe, needs_steps=True))
+                                        history, nfe=nfe, needs_steps=True,
+                                        requires=("any_subset", "masking_schedule")))

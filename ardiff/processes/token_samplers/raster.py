@@ -33,4 +33,5 @@ def history(process, params, keys, labels, spec):
   return plan_history(tokens, jnp.arange(process.seq_len), process.seq_len)
 
 
-register_sampler("raster", TokenSampler({"temperature": 1.0}, steps, sample, history))
+register_sampler("raster", TokenSampler({"temperature": 1.0}, steps, sample, history,
+                                         requires=("next_pixel",)))

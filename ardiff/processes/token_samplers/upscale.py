@@ -119,4 +119,5 @@ def history(process, params, keys, labels, spec):
   return hidden_as_nan(layout.representative(ids), ids == layout.mask_id)
 
 
-register_sampler("upscale", TokenSampler({"k": 1, "temperature": 1.0}, steps, sample, history))
+register_sampler("upscale", TokenSampler({"k": 1, "temperature": 1.0}, steps, sample, history,
+                                          requires=("coarse_to_fine",)))
