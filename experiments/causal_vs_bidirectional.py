@@ -42,10 +42,10 @@ from ardiff.bench.timer import MIN_REPEATS, interleaved
 from ardiff.bench.train import train_case
 from ardiff.configs import require, sized
 from ardiff.data.levels import to_tokens
+from ardiff.metrics import held_out
 from ardiff.presets import (SCALES, config_dataset, image_config, train_section,
                             validate_image_config)
 from ardiff.processes.autoregressive import objectives
-from ardiff.processes.autoregressive.bidirectional_raster import exact_test_bpd
 from ardiff.report import plots, write_results
 from ardiff.train import read_metrics
 
@@ -144,7 +144,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     return float(objectives.nats_to_bpd(np.asarray(raster_fn(params, x_test, y_test)).mean(), L))
 
   def evaluate_bidirectional(params):
-    return exact_test_bpd(processes["bidirectional"], params, x_test, y_test, batch_size=512)
+    return held_out.test_bpd(processes["bidirectional"], params, x_test, y_test,
+                             jax.random.key(0), batch_size=512)
 
   evaluate = {"causal": evaluate_causal, "bidirectional": evaluate_bidirectional}
   multiples = {"causal": c.causal_multiples, "bidirectional": c.bidirectional_multiples}

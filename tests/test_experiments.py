@@ -177,17 +177,19 @@ def test_noisy_classifier_key_leaves_out_loop_only_fields(tmp_path, monkeypatch)
 def test_ar_vs_diffusion_budget_in_flops_or_reference_steps(monkeypatch):
   """`budget_tflop` > 0 is the budget itself; 0 derives it from `budget_steps` of the
   reference family's train step as XLA costs it."""
+  from ardiff.comparison import budget as comparison_budget
+
   path = os.path.join(ROOT, "experiments", "ar_vs_diffusion.py")
   module, config = get_experiment_config(path, [])
   assert config.budget_tflop == 1.385012928  # the small scale's stated budget
   costs = {"raster": 9e8, "ardm": 1e9}
-  monkeypatch.setattr(module, "train_step_flops", lambda process, *a: costs[process])
-  monkeypatch.setattr(module.runs, "model_inputs", lambda kind, data: None)
+  monkeypatch.setattr(comparison_budget, "train_step_flops", lambda process, *a: costs[process])
+  monkeypatch.setattr(comparison_budget.model_cache, "model_inputs", lambda kind, data: None)
   data = type("D", (), {"y_train": None})()
   processes = {"raster": "raster", "ardm": "ardm"}
-  budget, per_step = module._budget(config, data, processes)
+  budget, per_step = comparison_budget.flop_budget(config, data, processes)
   assert budget == 1.385012928e12 and per_step == costs
   config.budget_tflop = 0.0
-  assert module._budget(config, data, processes)[0] == 1500 * 9e8
+  assert comparison_budget.flop_budget(config, data, processes)[0] == 1500 * 9e8
   _, quick = get_experiment_config(path, [], size="quick")
   assert quick.budget_tflop == 1.385012928 / 4 and quick.budget_steps == 375

@@ -37,6 +37,8 @@ LAYERS = (
     ("presets",),
     # cached training and loading; what experiment files share besides it
     ("model_cache", "experiment_helpers"),
+    # the matched-compute comparison of model families: budget, training, scores, tables
+    ("comparison",),
     # programs exported for accelerators from a CPU (train steps and samplers, by builder)
     ("lowering",),
     # entry points

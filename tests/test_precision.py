@@ -241,7 +241,7 @@ def test_bfloat16_trains_digits_to_the_same_likelihood_as_float32():
   Measured (width 32, depth 2, 400 steps of batch 64, EMA params): test NLL 1.8476 bits per
   pixel float32 vs 1.8489 bfloat16 (relative 7e-4); uniform over 17 levels is log2(17) = 4.09.
   """
-  from ardiff.processes.autoregressive.evaluate import raster_test_bpd
+  from ardiff.metrics import held_out
   from ardiff.data import load_dataset
   from ardiff.data.levels import to_tokens as tokens
   from ardiff.models.transformer import Transformer
@@ -257,7 +257,8 @@ def test_bfloat16_trains_digits_to_the_same_likelihood_as_float32():
     state, losses = _train(process, tokens(data.x_train), data.y_train, cfg)
     assert _float_dtypes((state.params, state.opt_state)) == {"float32"}
     assert np.all(np.isfinite(losses))
-    bpd[name] = raster_test_bpd(process, state.ema_params, tokens(data.x_test), data.y_test)
+    bpd[name] = held_out.test_bpd(process, state.ema_params, tokens(data.x_test), data.y_test,
+                                 jax.random.key(0))
   print("test bits per pixel:", bpd)
   assert bpd["float32"] < 0.5 * np.log2(17)  # learned (uniform: 4.09 bits)
   assert abs(bpd["bfloat16"] - bpd["float32"]) < 0.02 * bpd["float32"]

@@ -361,6 +361,19 @@ MUTANTS = (
        "if set(TOKEN_SAMPLERS.get(name).requires) <= set(provides))",
        "if set(TOKEN_SAMPLERS.get(name).requires) & set(provides))",
        "tests/processes/test_contract.py", "-k", "ardm and not device_count"),
+    _m("best-per-nfe-keeps-the-worse-sampler", "comparison", "ardiff/comparison/scoring.py",
+       'r["fd"] < best[r["NFE"]]["fd"]', 'r["fd"] > best[r["NFE"]]["fd"]',
+       "tests/comparison/test_comparison.py"),
+    _m("best-per-nfe-ignores-the-pareto-front", "comparison", "ardiff/comparison/scoring.py",
+       'if r["NFE"] in front and', 'if', "tests/comparison/test_comparison.py"),
+    _m("flop-budget-from-the-costliest-family", "comparison", "ardiff/comparison/budget.py",
+       "return c.budget_steps * per_step[c.budget_reference]",
+       "return c.budget_steps * max(per_step.values())", "tests/comparison/test_comparison.py"),
+    _m("mean-std-over-seeds-drops-the-last-seed", "comparison", "ardiff/comparison/scoring.py",
+       "mean_std([s[metric] for s in scores])", "mean_std([s[metric] for s in scores[:-1]])",
+       "tests/comparison/test_comparison.py"),
+    _m("reveal-row-shows-each-stride-start-not-end", "report", "ardiff/report/reveal.py",
+       ".astype(int)[1:] - 1]", ".astype(int)[:-1]]", "tests/comparison/test_comparison.py"),
 )
 
 

@@ -20,14 +20,22 @@ from ardiff.report.plots import save_figure
 HIDDEN = "#f28e2b"
 
 
-def _squeeze_channel(frames: np.ndarray) -> np.ndarray:
-  return frames[..., 0] if frames.ndim == 4 else frames
+def history_frames(process, params, key, labels, spec, frames: int) -> np.ndarray:
+  """A row of `reveal_figure`: the first example of `process.sample_history` (the state after
+  each step, [S, H, W(, 1)]); a process that takes S > frames steps (raster AR, one per pixel)
+  shows every (S / frames)-th of them, ending at its last: steps floor(i S / frames) - 1
+  for i = 1..frames."""
+  history = np.asarray(process.sample_history(params, key, labels, spec))[:, 0]
+  if len(history) > frames:
+    history = history[np.linspace(0, len(history), frames + 1).astype(int)[1:] - 1]
+  return history
 
 
 def reveal_figure(rows: Sequence[tuple[str, np.ndarray]], path: str, *, vmax: float,
                   title: str, column_labels: Sequence[str] | None = None) -> None:
   """rows: (label, frames [S, H, W(, 1)] with NaN where hidden), every row with the same S."""
-  rows = [(label, _squeeze_channel(np.asarray(frames, np.float32))) for label, frames in rows]
+  rows = [(label, np.asarray(frames, np.float32)) for label, frames in rows]
+  rows = [(label, frames[..., 0] if frames.ndim == 4 else frames) for label, frames in rows]
   steps = {len(frames) for _, frames in rows}
   if len(steps) != 1:
     raise ValueError(f"every row needs the same number of frames, got {sorted(steps)}")

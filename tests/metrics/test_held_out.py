@@ -1,7 +1,7 @@
 """`held_out.test_bpd`: one call for every process with a likelihood, equal to each process's
 held-out bits written out from its maths (the code it replaced; it also matched the old entry
 points, `raster_test_bpd`, `ardm_test_bpd`, `exact_test_bpd`, `upscale.held_out_bpd`, to
-rtol 1e-5 before they became wrappers of it or were deleted), batched with one compiled
+rtol 1e-5 before they were deleted in its favour), batched with one compiled
 program, and a clear error for a process without a likelihood."""
 
 from __future__ import annotations

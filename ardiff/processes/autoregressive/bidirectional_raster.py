@@ -35,7 +35,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ardiff.metrics import held_out
 from ardiff.processes import categorical
 from ardiff.processes.autoregressive import objectives
 from ardiff.processes.autoregressive.transformer_process import TransformerProcess
@@ -96,8 +95,3 @@ class RasterBidirectional(TransformerProcess):
     x, y = self._inputs(batch)
     return objectives.nats_to_bpd(self.exact_nll(params, x, y), self.seq_len)
 
-
-def exact_test_bpd(process: RasterBidirectional, params, toks, y, batch_size: int = 256) -> float:
-  """Exact NLL of tokens toks [N, L] in bits per pixel, NLL / (L ln 2), batch_size at a time
-  (one compiled program per model and batch size): `held_out.test_bpd` of its `nll_bound`."""
-  return held_out.test_bpd(process, params, toks, y, jax.random.key(0), batch_size=batch_size)

@@ -8,23 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ardiff.metrics import held_out
 from ardiff.processes.autoregressive import objectives
-
-
-def raster_test_bpd(process, params, toks: np.ndarray, y: np.ndarray,
-                    batch_size: int = 256) -> float:
-  """Exact test NLL of the raster model in bits per pixel (NLL / (L ln 2)): `held_out.test_bpd`
-  of its `nll_bound`."""
-  return held_out.test_bpd(process, params, toks, y, jax.random.key(0), batch_size=batch_size)
-
-
-def ardm_test_bpd(process, params, toks: np.ndarray, y: np.ndarray, key,
-                  batch_size: int = 256) -> float:
-  """The ARDM bound in bits per pixel: the exact chain-rule NLL along one random order per
-  example (an unbiased, low-variance estimate of the bound's average over orders):
-  `held_out.test_bpd` of its `nll_bound`."""
-  return held_out.test_bpd(process, params, toks, y, key, batch_size=batch_size)
 
 
 def ardm_step_losses(process, params, toks: np.ndarray, y: np.ndarray, key,

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.stats
 from tests.models.test_transformer import rough_params
 
+from ardiff.metrics import held_out
 from ardiff.models.transformer import Transformer
 from ardiff.processes.autoregressive import bidirectional_raster
 from ardiff.processes.autoregressive.bidirectional_raster import RasterBidirectional
@@ -78,7 +79,8 @@ def test_exact_nll_is_the_brute_force_raster_chain_and_normalised():
   np.testing.assert_allclose(np.asarray(process.exact_nll(params, SEQS, _labels(0))),
                              -_chain_terms64(fn, 0).sum(axis=1), rtol=1e-5, atol=1e-5)
   # In bits per pixel, in batches (7 does not divide 27), equal to the whole-set mean.
-  bpd = bidirectional_raster.exact_test_bpd(process, params, SEQS, np.zeros(len(SEQS), np.int32), 7)
+  bpd = held_out.test_bpd(process, params, SEQS, np.zeros(len(SEQS), np.int32), jax.random.key(0),
+                         batch_size=7)
   np.testing.assert_allclose(bpd, -_chain_terms64(fn, 0).sum(1).mean() / (L * math.log(2)),
                              rtol=1e-5)
 
