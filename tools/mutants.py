@@ -353,7 +353,7 @@ MUTANTS = (
     _m("completion-error-wraps-around-in-uint8", "metrics", "ardiff/metrics/completion.py",
        "error = np.abs(out.astype(np.int64) - x.astype(np.int64))", "error = np.abs(out - x)",
        "tests/metrics/test_completion.py"),
-    _m("fit-cached-drops-the-kept-budget-from-the-key", "runs", "ardiff/model_cache.py",
+    _m("fit-cached-drops-the-kept-budget-from-the-key", "model cache", "ardiff/model_cache.py",
        "train_key(train_cfg, keep_steps=keep_steps)", "train_key(train_cfg)",
        "tests/test_fit_cached.py"),
     _m("token-sampler-taken-on-any-overlap", "AR decoding",
