@@ -144,22 +144,12 @@ def get_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 def _diffusion_runs(nfes):
   """Every solver at each NFE, or where a solver cannot spend it exactly (Heun's 2N - 1 misses
-  the even budgets) at the largest budget below it that it can (`samplers.steps_for_nfe`)."""
+  the even budgets) at the largest budget below it that it can (`samplers.steps_within`)."""
   out = []
   for solver in labels.SOLVERS:
-    steps = [_steps_within(solver, n) for n in nfes]
+    steps = [samplers.steps_within(solver, n) for n in nfes]
     out += [f"{solver}:{k}" for k in dict.fromkeys(steps)]
   return out
-
-
-def _steps_within(solver: str, nfe: int) -> int:
-  """The most steps of `solver` that cost at most `nfe` network evaluations."""
-  for budget in range(nfe, 0, -1):
-    try:
-      return samplers.steps_for_nfe(solver, budget)
-    except ValueError:  # unreachable: one evaluation fewer
-      continue
-  raise ValueError(f"sampler {solver!r}: no step count fits in {nfe} evaluations")
 
 
 def quick_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -340,7 +340,8 @@ MUTANTS = (
        "filled = jnp.full((b,), pos + count, jnp.int32)",
        "filled = jnp.full((b,), pos + count - 1, jnp.int32)", BLOCK_AR),
     _m("steps-for-nfe-one-step-short", "samplers", f"{SAMPLERS}base.py",
-       "steps = extra // solver.evals_per_step + 1", "steps = extra // solver.evals_per_step",
+       "return (nfe_budget - solver.final_evals) // solver.evals_per_step + 1",
+       "return (nfe_budget - solver.final_evals) // solver.evals_per_step",
        f"{S}::test_steps_for_nfe_inverts_nfe"),
     # ---- experiment measurements moved into the library (metrics.same_law, .completion)
     _m("permutation-test-counts-only-larger-gaps", "metrics", "ardiff/metrics/same_law.py",

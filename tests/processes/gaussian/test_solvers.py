@@ -101,11 +101,6 @@ def _run(eps_fn, sampler, n, x_init, seed=1, **options):
                            sampler=sampler, num_steps=n, **options), np.float64)
 
 
-def _steps_for_nfe(sampler, nfe):
-  solver = SAMPLERS.get(sampler)
-  return max(1, (nfe - solver.final_evals) // solver.evals_per_step + 1)
-
-
 @functools.lru_cache(maxsize=None)
 def is_deterministic(sampler: str) -> bool:
   """Whether the solver with its default options ignores the key (two keys, same output)."""
@@ -126,17 +121,17 @@ def test_solver_converges_to_the_exact_flow_or_law(sampler):
     assert sampler in EXPECTED_ORDER, f"state the order of the new solver {sampler!r}"
     nfes, errors = [], []
     for target in (20, 40, 80):
-      n = _steps_for_nfe(sampler, target)
+      n = samplers.steps_within(sampler, target)
       out = _run(gaussian_eps, sampler, n, X_INIT)
       errors.append(np.abs(out - gaussian_flow(X_INIT, _start_sigma(sampler, n))).mean())
       nfes.append(samplers.nfe(sampler, n))
     slope = -np.polyfit(np.log(nfes), np.log(errors), 1)[0]
     lo, hi = EXPECTED_ORDER[sampler]
     assert lo <= slope <= hi, (sampler, nfes, errors, slope)
-    n = _steps_for_nfe(sampler, 80)
+    n = samplers.steps_within(sampler, 80)
     mix = _run(mixture_eps, sampler, n, X_INIT)
     mix_err = np.abs(mix - mixture_flow(X_INIT, _start_sigma(sampler, n))).mean()
-    n_coarse = _steps_for_nfe(sampler, 20)
+    n_coarse = samplers.steps_within(sampler, 20)
     coarse = _run(mixture_eps, sampler, n_coarse, X_INIT)
     coarse_err = np.abs(coarse - mixture_flow(X_INIT, _start_sigma(sampler, n_coarse))).mean()
     assert mix_err < 0.02 and mix_err < 0.5 * coarse_err, (sampler, mix_err, coarse_err)
@@ -406,3 +401,15 @@ def test_steps_for_nfe_inverts_nfe(sampler):
   for budget in set(range(0, max(reachable))) - reachable:
     with pytest.raises(ValueError, match="no step count"):
       samplers.steps_for_nfe(sampler, budget)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_steps_within_is_the_most_steps_a_budget_pays_for(sampler):
+  """nfe(steps_within(b)) <= b < nfe(steps_within(b) + 1), and equal where b is reachable."""
+  for budget in range(samplers.nfe(sampler, 1), 40):
+    n = samplers.steps_within(sampler, budget)
+    assert samplers.nfe(sampler, n) <= budget < samplers.nfe(sampler, n + 1), (budget, n)
+  for n in range(1, 13):
+    assert samplers.steps_within(sampler, samplers.nfe(sampler, n)) == n
+  with pytest.raises(ValueError, match="no step count fits"):
+    samplers.steps_within(sampler, samplers.nfe(sampler, 1) - 1)

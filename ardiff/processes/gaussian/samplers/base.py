@@ -127,13 +127,20 @@ def nfe(sampler: str, num_steps: int) -> int:
   return (num_steps - 1) * solver.evals_per_step + solver.final_evals
 
 
+def steps_within(sampler: str, nfe_budget: int) -> int:
+  """The most steps whose run costs at most `nfe_budget` evaluations (Heun at an even budget:
+  one evaluation fewer); a budget below one step's cost is an error."""
+  solver = SAMPLERS.get(sampler)
+  if nfe_budget < solver.final_evals:
+    raise ValueError(f"sampler {sampler!r}: no step count fits in {nfe_budget} evaluations")
+  return (nfe_budget - solver.final_evals) // solver.evals_per_step + 1
+
+
 def steps_for_nfe(sampler: str, nfe_budget: int) -> int:
   """The number of steps whose run costs exactly `nfe_budget` evaluations: the inverse of
   `nfe` (Heun: 2N - 1). A budget no step count reaches (Heun at an even NFE) is an error."""
-  solver = SAMPLERS.get(sampler)
-  extra = nfe_budget - solver.final_evals
-  steps = extra // solver.evals_per_step + 1
-  if nfe_budget < solver.final_evals or extra % solver.evals_per_step:
+  steps = steps_within(sampler, max(nfe_budget, SAMPLERS.get(sampler).final_evals))
+  if nfe(sampler, steps) != nfe_budget:
     reachable = [nfe(sampler, n) for n in range(1, 5)]
     raise ValueError(f"sampler {sampler!r}: no step count costs {nfe_budget} evaluations "
                      f"(it spends {reachable}, ... for 1, 2, 3, 4 steps)")
