@@ -4,7 +4,8 @@
 # Makes the repo's .venv ready and activates it:
 #   - creates .venv with the first of python3.13, python3.12, python3.11, python3 that is >= 3.11;
 #   - runs `pip install -e '.[test,peers]'` when pyproject.toml changed since the last install
-#     (peers: diffusers and a CPU build of torch, which tests/peers cross-check the solvers against)
+#     (peers: diffusers and a CPU build of torch, which tests/peers cross-check the solvers against,
+#     and transformers, the peer column of `ardiff bench ar`)
 #     (pyproject.toml's sha256 is kept in .venv/.ardiff-pyproject.sha256, pip's log beside it);
 #   - activates .venv. JAX_PLATFORMS is left as it is.
 # Silent on success (one line on a terminal while it installs). On failure it says why on stderr

@@ -119,3 +119,31 @@ def test_accelerator_bench_runs_reduced_and_writes_its_report(tmp_path):
   checks = " ".join(r["check"] for r in rows)
   assert "raster decode" in checks and "train step" in checks and "ddim" in checks
   assert "Accelerator acceptance" in out.read_text()
+
+
+def _median_ms(cell: str) -> float:
+  return float(cell.split()[0])  # "median (min–max)"
+
+
+@pytest.mark.peers
+def test_ar_bench_times_hf_generate_beside_the_cache_where_transformers_is_installed():
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from ardiff.bench import ar
+
+  (row,) = ar.bench_kv_cache(seq_lens=(16,), batch=4, max_timed_steps=4)
+  # The ratio columns are the medians' ratios (the cells round them to 3 significant digits).
+  hf, cache = _median_ms(row["HF generate ms"]), _median_ms(row["cache ms"])
+  assert row["cache vs HF generate"] == pytest.approx(hf / cache, rel=0.01)
+  per_sample = {k: _median_ms(row[f"{k} ms"]) * 16 / row[f"{k} steps"]
+                for k in ("cache", "recompute")}
+  assert row["speedup"] == pytest.approx(per_sample["recompute"] / per_sample["cache"], rel=0.01)
+  assert row["cache samples/s"] == pytest.approx(row["speedup"] * row["recompute samples/s"])
+
+
+def test_ar_bench_has_no_peer_column_without_transformers(monkeypatch):
+  from ardiff.bench import ar, hf_peer
+
+  monkeypatch.setattr(hf_peer, "available", lambda: False)
+  (row,) = ar.bench_kv_cache(seq_lens=(16,), batch=4, max_timed_steps=4)
+  assert not any("HF" in column for column in row) and row["speedup"] > 0
