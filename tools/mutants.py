@@ -58,6 +58,8 @@ EULER_A_IS_DDIM = f"{S}::test_euler_ancestral_is_ddim_with_the_same_eta_on_the_s
 CONTINUOUS_TIME = (f"{S}::test_continuous_schedule_interpolates_log_snr_between_training_steps",
                    f"{S}::test_spacings_follow_their_formulas")
 KERNEL_DECODE = "tests/kernels/test_decode_attention.py"
+SEGMENTS = f"{KERNEL_DECODE}::test_prefix_segments_tile_the_steps_with_caches_that_hold_them"
+SEGMENTED_DECODE = f"{AR}::test_kv_cache_sampler_by_segments_equals_no_cache_sampler"
 KERNEL_ATTENTION = "tests/kernels/test_attention.py"
 MASK = "tests/kernels/test_attention_mask.py"
 BLOCK_AR = ("tests/models/test_transformer.py::"
@@ -204,6 +206,14 @@ MUTANTS = (
        f"{AR}::test_raster_sampler_chi_square_temperature_and_guidance"),
     _m("kv-cache-feeds-the-current-position", "AR decoding", "ardiff/processes/autoregressive/decode.py",
        "jnp.maximum(pos - 1, 0)", "jnp.maximum(pos, 0)", AR),
+    # The raster cache by segments (decode_attention.prefix_segments, decode._grown): a
+    # segment's cache must hold every slot its steps write, and growing it must keep the filled
+    # slots where they are.
+    _m("segment-cache-sized-by-its-first-step", "AR decoding",
+       "ardiff/kernels/decode_attention.py", "min(start + segment, full))",
+       "min(cache_length(start + 1), full))", SEGMENTS, SEGMENTED_DECODE),
+    _m("grown-cache-padded-in-front", "AR decoding", "ardiff/processes/autoregressive/decode.py",
+       "(0, slots - a.shape[2])", "(slots - a.shape[2], 0)", SEGMENTED_DECODE),
     # (Dropping "& ~known_mask" from the parallel decoder's update is an equivalent mutant:
     # order_agnostic_sample rejects plans that reveal known positions, so it cannot differ.)
     _m("ardm-contiguous-and-random-orders-swapped", "AR decoding",

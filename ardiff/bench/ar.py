@@ -1,8 +1,9 @@
 """Raster sampling with the KV cache (A) against the no-cache reference (B), interleaved.
 
 Both run one jitted program scanning over positions; per step the cache sampler runs the model
-on one position (attending over the preallocated, masked cache), the reference reruns the full
-causal forward. On an accelerator a third column times the cache sampler with the Pallas decode
+on one position (XLA's decode attention over a cache sized per 128-position segment, the empty
+slots masked: `decode_attention.prefix_segments`), the reference reruns the full causal
+forward. On an accelerator a third column times the cache sampler with the Pallas decode
 kernel (`ardiff.kernels.decode_attention`, which reads only the filled prefix). The cache
 sampler is always timed on full L-token samples. The reference is slow at
 L = 784 (a full [B, 784] forward per token), so it is timed on its first `max_timed_steps`

@@ -12,8 +12,16 @@ every kernel reads it where it lies: ``[B*N, C, H]`` is a free reshape for the G
 the TPU kernel's DMAs copy ``[N, block, H]`` tiles of one example.
 
 ``impl`` (see ``IMPLS``):
-  * ``"xla"``: scores for all C slots, the empty ones masked (O(C) per step whatever ``filled``).
-    The reference, and the CPU body of every other impl.
+  * ``"xla"``: scores for all C slots, the empty ones masked (O(C) per step whatever ``filled``;
+    the raster sampler hands it caches sized per segment, `prefix_segments`). The reference,
+    and the CPU body of every other impl. Two float32 einsums, not
+    ``jax.nn.dot_product_attention``: with ``key_value_seq_lengths`` that took ``bench ar`` at
+    L = 784 from 1.52 s to 3.27 s on CPU (issue [3/7]; it wants keys [B, C, N, H], a transpose
+    of this heads-first cache), and for one query it is no better on an accelerator: in jax
+    0.10.2 its default implementation is this same XLA einsum-and-mask on every platform
+    (choosing cuDNN is a TODO there), and cuDNN's (``implementation="cudnn"``) takes
+    fp16/bf16/fp8 only, while this cache is float32 unless the model is bf16. On GPU/TPU the
+    right call is ``"pallas"``.
   * ``"pallas"``: chosen when the program is lowered (``platform.by_platform``):
       - GPU: JAX's own Triton decode kernel (``jax.experimental.pallas.ops.gpu.decode_attention``,
         one query head per KV head); its loads stop after the last filled block of each split.
@@ -54,6 +62,29 @@ CACHE_MULTIPLE = 16
 def cache_length(seq_len: int) -> int:
   """Positions allocated for a sequence of ``seq_len`` tokens (a multiple of CACHE_MULTIPLE)."""
   return -(-seq_len // CACHE_MULTIPLE) * CACHE_MULTIPLE
+
+
+# Positions per segment of a decoding scan (`prefix_segments`): a multiple of CACHE_MULTIPLE, so
+# every segment's cache is a valid cache for the kernels.
+SEGMENT = 128
+
+
+def prefix_segments(steps: int, seq_len: int,
+                    segment: int | None = SEGMENT) -> list[tuple[int, int, int]]:
+  """How a decoding loop over positions 0..steps-1 splits into segments: ``(start, stop,
+  slots)`` per segment, whose steps start..stop-1 run on a cache of ``slots`` positions (the
+  positions filled by ``stop``, rounded up to CACHE_MULTIPLE; the full ``cache_length(seq_len)``
+  at most). The XLA decode attention reads every slot of the cache it is given, so sizing the
+  cache per segment (and growing it between segments) makes its work follow the filled prefix
+  with static shapes: over L positions it reads about (n + 1) / 2n of the slots that one
+  full-cache loop reads, n = L / segment. ``segment=None``: one segment over the full cache."""
+  full = cache_length(seq_len)
+  if segment is None:
+    return [(0, steps, full)]
+  if segment < 1 or segment % CACHE_MULTIPLE:
+    raise ValueError(f"segment must be a positive multiple of {CACHE_MULTIPLE}, got {segment}")
+  return [(start, min(start + segment, steps), min(start + segment, full))
+          for start in range(0, steps, segment)]
 
 
 def block_size(length: int, preferred: int = 128) -> int:

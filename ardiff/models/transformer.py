@@ -325,10 +325,12 @@ class Transformer(nn.Module):
     return logits, {"k": tuple(ks), "v": tuple(vs)}
 
 
-def init_cache(model: Transformer, batch_size: int, dtype=None) -> Cache:
+def init_cache(model: Transformer, batch_size: int, dtype=None,
+               slots: int | None = None) -> Cache:
   """Zero KV cache {"k": (depth arrays), "v": (depth arrays)}, each [batch, heads, C, head_dim]
-  with C = ``decode_attention.cache_length(seq_len)``, in ``dtype`` (default: the model's
-  compute dtype, which is what the keys and values are).
+  with C = ``decode_attention.cache_length(seq_len)`` (or ``slots``: a shorter cache for the
+  positions < slots, as in a segment of `decode_attention.prefix_segments`), in ``dtype``
+  (default: the model's compute dtype, which is what the keys and values are).
 
   One array per layer rather than one stacked [depth, ...] array: slicing a layer out of a
   stacked carry makes XLA copy it every step (measured 2-3x slower decoding at L = 784 on CPU);
@@ -336,8 +338,7 @@ def init_cache(model: Transformer, batch_size: int, dtype=None) -> Cache:
   """
   if model.width % model.heads:
     raise ValueError(f"width {model.width} must be divisible by heads {model.heads}")
-  slots = model.seq_len if model.causal else model.seq_len + 1  # + the class token
-  shape = (batch_size, model.heads, decode_kernels.cache_length(slots),
-           model.width // model.heads)
+  full = decode_kernels.cache_length(model.seq_len + (not model.causal))  # + the class token
+  shape = (batch_size, model.heads, slots or full, model.width // model.heads)
   zeros = tuple(jnp.zeros(shape, dtype or model.dtype) for _ in range(model.depth))
   return {"k": zeros, "v": zeros}

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ardiff.kernels.decode_attention import (IMPLS, block_size, cache_length,
-                                             decode_attention, xla_block_decode)
+from ardiff.kernels.decode_attention import (CACHE_MULTIPLE, IMPLS, block_size, cache_length,
+                                             decode_attention, prefix_segments, xla_block_decode)
 from ardiff.models.transformer import Transformer, init_cache
 from tests.kernels._reference import attention64
 from tests.models.test_transformer import rough_params
@@ -21,6 +21,23 @@ KERNELS = ["xla", "pallas-tpu-interpret", "pallas-gpu-interpret"]
 def test_block_and_cache_sizes():
   assert [block_size(n) for n in (784, 64, 48, 7, 1024)] == [16, 64, 16, 1, 128]
   assert [cache_length(n) for n in (1, 12, 16, 64, 784, 785)] == [16, 16, 16, 64, 784, 800]
+
+
+def test_prefix_segments_tile_the_steps_with_caches_that_hold_them():
+  assert prefix_segments(784, 784) == [(s, s + 128, s + 128) for s in range(0, 640, 128)] + [
+      (640, 768, 768), (768, 784, 784)]
+  assert prefix_segments(40, 784) == [(0, 40, 128)]  # a partial run: only the slots it fills
+  assert prefix_segments(40, 784, None) == [(0, 40, 784)]
+  assert prefix_segments(50, 50, 16) == [(0, 16, 16), (16, 32, 32), (32, 48, 48), (48, 50, 64)]
+  for steps, length, segment in [(1, 1, 16), (17, 30, 16), (300, 300, 32), (785, 785, 128)]:
+    plan = prefix_segments(steps, length, segment)
+    assert [p[0] for p in plan] == [0] + [p[1] for p in plan[:-1]] and plan[-1][1] == steps
+    for start, stop, slots in plan:  # every step's slot exists; valid caches, growing
+      assert start < stop <= slots <= cache_length(length) and slots % CACHE_MULTIPLE == 0
+    assert [p[2] for p in plan] == sorted(p[2] for p in plan)
+  for bad in (0, 24, -16):
+    with pytest.raises(ValueError, match="segment"):
+      prefix_segments(64, 64, bad)
 
 
 @pytest.mark.parametrize("impl", KERNELS)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ardiff.kernels.decode_attention import SEGMENT, prefix_segments
 from ardiff.models.transformer import Transformer, init_cache
 from ardiff.processes import categorical, randomness
 from ardiff.processes import guidance as guide
@@ -65,8 +66,14 @@ def _check_num_steps(model: Transformer, num_steps: int | None) -> int:
   return int(num_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_steps", "use_cache"))
-def _raster(model, params, key, y, temperature, cond, num_steps, use_cache):
+def _grown(cache, slots: int):
+  """The cache with zero slots appended up to ``slots`` (one copy, between two segments)."""
+  return jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, slots - a.shape[2]), (0, 0))),
+                      cache)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "use_cache", "segment"))
+def _raster(model, params, key, y, temperature, cond, num_steps, use_cache, segment):
   b = y.shape[0]
   keys = randomness.example_keys(key, b)
 
@@ -82,16 +89,27 @@ def _raster(model, params, key, y, temperature, cond, num_steps, use_cache):
     z = categorical.draw(randomness.step_keys(keys, pos), logits, temperature)
     return (tokens.at[:, pos].set(z), cache), None
 
+  tokens = jnp.zeros((b, model.seq_len), jnp.int32)
+  if not use_cache:
+    return jax.lax.scan(step, (tokens, None), jnp.arange(num_steps))[0][0]
+  # One scan per segment, each on a cache sized to the slots its steps fill (grown between
+  # segments), so XLA's attention over every slot does about half the work of one full-cache
+  # scan at large L (`prefix_segments`; measured 0.59x the time at L = 784 on CPU, one more
+  # second of compilation). The Pallas kernels read only the filled prefix anyway: one scan.
+  if model.decode_attention != "xla":
+    segment = None
   streams = b if cond is None else 2 * b
-  cache = init_cache(model, streams) if use_cache else None
-  carry = (jnp.zeros((b, model.seq_len), jnp.int32), cache)
-  (tokens, _), _ = jax.lax.scan(step, carry, jnp.arange(num_steps))
+  cache = None
+  for start, stop, slots in prefix_segments(num_steps, model.seq_len, segment):
+    cache = init_cache(model, streams, slots=slots) if cache is None else _grown(cache, slots)
+    (tokens, cache), _ = jax.lax.scan(step, (tokens, cache), jnp.arange(start, stop))
   return tokens
 
 
 def raster_sample(
     model: Transformer, params, key: jax.Array, y: jax.Array, *, temperature: float = 1.0,
     cond: dict | None = None, num_steps: int | None = None, use_cache: bool = True,
+    segment: int | None = SEGMENT,
 ) -> jax.Array:
   """Raster sampling, one position per step: int32 tokens [B, L].
 
@@ -104,10 +122,14 @@ def raster_sample(
     num_steps: generate only positions 0..num_steps-1 (default all L); later positions stay 0.
     use_cache: decode with the KV cache (default); False reruns the full causal forward every
       step (the reference), drawing the same random numbers and hence the same tokens.
+    segment: with the cache and ``decode_attention="xla"``, positions per scan segment, each
+      segment on a cache of the slots filled by its end (`decode_attention.prefix_segments`;
+      a positive multiple of 16); None: one scan over the full cache. The same attention
+      either way (the slots past the filled prefix are masked).
   """
   _check_common(model, True, y, temperature)
   return _raster(model, params, key, jnp.asarray(y, jnp.int32), temperature, cond,
-                 _check_num_steps(model, num_steps), bool(use_cache))
+                 _check_num_steps(model, num_steps), bool(use_cache), segment)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -341,6 +341,22 @@ def test_kv_cache_sampler_equals_no_cache_sampler(guidance, negative):
   assert len(np.unique(np.asarray(a))) > 1
 
 
+@pytest.mark.parametrize("guidance,steps", [(None, 64), (1.5, 41)])
+def test_kv_cache_sampler_by_segments_equals_no_cache_sampler(guidance, steps):
+  """Segments of 16 positions at L = 64: caches of 16, 32, 48, 64 slots, each grown from the
+  last (41 steps end inside a segment); the tokens of the no-cache reference and of one scan
+  over the full cache."""
+  model, params = _causal(64)
+  y = jnp.array([0, 1, 2, 0, 1, 2, 1, 0])
+  kw = dict(temperature=0.8, cond=_cond(y, guidance), num_steps=steps)
+  key = jax.random.key(5)
+  ref = np.asarray(decode.raster_sample(model, params, key, y, use_cache=False, **kw))
+  for segment in (16, None):
+    out = decode.raster_sample(model, params, key, y, segment=segment, **kw)
+    np.testing.assert_array_equal(np.asarray(out), ref, err_msg=f"segment={segment}")
+  assert len(np.unique(ref[:, 32:steps])) > 1 and (ref[:, steps:] == 0).all()
+
+
 def test_guidance_one_is_conditional_zero_unconditional_and_negative_label_matters():
   model, params = _causal()
   y = jnp.array([0, 1, 0, 1])
