@@ -5,9 +5,9 @@ the digits data), all timed interleaved in one run, with model FLOPs per step fr
 analysis and the fraction of peak: a known accelerator's listed peak, or on any other device
 (a CPU) the peak measured in the same run, a jitted float32 `jnp.dot` of two
 PEAK_SIZE x PEAK_SIZE matrices (2 n^3 FLOPs) timed through the same interleaved timer (the
-`peak` row). On a loaded, shared CPU that measured peak moves with the load (62-84 GFLOP/s at
-load 7-9 on the 2-core CPU of these sessions, ~215 quiet), and so do the train steps: read the
-fraction, which comes from one run.
+`peak` row, last). On a loaded, shared CPU that measured peak moves with the load (62-114
+GFLOP/s at load 5-9 on the 2-core CPU of these sessions, ~215 quiet), and so do the train
+steps: read the fraction, which comes from one run.
 
 `TrainCase` / `train_row` are shared with the diffusion bench.
 """
@@ -217,5 +217,6 @@ def rows(quick: bool = False) -> list[dict]:
   if listed:
     return [train_row(c, timings[c.name]) for c in cases]
   measured = peak_work / timings[PEAK_ROW].median
-  return [peak_row(timings[PEAK_ROW], peak_work)] + [
-      train_row(c, timings[c.name], peak=measured) for c in cases]
+  # The peak row last, so that the table's columns come in the train rows' order.
+  return [train_row(c, timings[c.name], peak=measured) for c in cases] + [
+      peak_row(timings[PEAK_ROW], peak_work)]
