@@ -385,6 +385,12 @@ MUTANTS = (
        "tests/comparison/test_comparison.py"),
     _m("reveal-row-shows-each-stride-start-not-end", "report", "ardiff/report/reveal.py",
        ".astype(int)[1:] - 1]", ".astype(int)[:-1]]", "tests/comparison/test_comparison.py"),
+    _m("measured-peak-counts-n-squared", "bench", "ardiff/bench/train.py",
+       "return (lambda: dot(a, b)), 2.0 * n ** 3", "return (lambda: dot(a, b)), 2.0 * n ** 2",
+       "tests/bench/test_bench.py", "-k", "peak_row or measured_peak"),
+    _m("measured-peak-from-the-fastest-repeat", "bench", "ardiff/bench/train.py",
+       "rate = flops / timing.median", "rate = flops / timing.min",
+       "tests/bench/test_bench.py", "-k", "peak_row or measured_peak"),
 )
 
 

@@ -8,7 +8,8 @@ medians of the same run.
 
 Modules: `samplers` (diffusion lax.scan vs Python loop), `ar` (KV cache vs recompute),
 `diffusion` (UNet training and DDIM sampling on digits), `train` (training throughput at
-MNIST size with XLA's FLOP count); `all` runs these four. `memory` (XLA's memory analysis of
+MNIST size and at the digits configs, with XLA's FLOP count and the fraction of peak, on a CPU
+of the peak measured in the same run); `all` runs these four. `memory` (XLA's memory analysis of
 each family's train step with and without flash attention, and what fits which accelerator) and
 `accelerator` (the acceptance run for a new GPU/TPU: kernels against XLA, decode, train step,
 sampling). Each has TITLE and rows(quick) -> list of dicts; `--out` writes the markdown and the
