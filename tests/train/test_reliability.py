@@ -365,9 +365,15 @@ def test_second_ctrl_c_stops_at_once(run, tmp_path):
       signal.raise_signal(signal.SIGINT)
       signal.raise_signal(signal.SIGINT)
 
-  with pytest.raises(KeyboardInterrupt):
-    _train(run, str(tmp_path / "twice"), log=log)
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  # Python's own handler first: a process started in the background by a non-interactive shell
+  # inherits SIGINT ignored (SIG_IGN), and the run must put back whatever it replaced.
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      _train(run, str(tmp_path / "twice"), log=log)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  finally:
+    signal.signal(signal.SIGINT, before)
 
 
 # --- the model key and extending a run -------------------------------------------------------
