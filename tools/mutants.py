@@ -391,6 +391,9 @@ MUTANTS = (
     _m("measured-peak-from-the-fastest-repeat", "bench", "ardiff/bench/train.py",
        "rate = flops / timing.median", "rate = flops / timing.min",
        "tests/bench/test_bench.py", "-k", "peak_row or measured_peak"),
+    _m("ctrl-c-handler-left-ignored", "training", "ardiff/train/preemption.py",
+       "      signal.signal(sig, previous)", "      signal.signal(sig, signal.SIG_IGN)",
+       "tests/train/test_reliability.py", "-k", "second_ctrl_c"),
 )
 
 
