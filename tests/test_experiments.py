@@ -43,14 +43,14 @@ MNIST_SMOKE = ["sample.runs.ardm=['ardm:k=392', 'ardm:k=392:order=contiguous']",
                "sample.runs.diffusion_unet=['ddim:2']", "compute_specs.ardm=['ardm:k=392']",
                "unet.channel_mult=[1, 2]", "train.batch_size=8", "ar.heads=2",
                "ar.remat=True", "num_samples=32", "sample_batch=16", "train.val_examples=16",
-               "training_seeds=[0]", "train.snapshots=[]", "test_bits_examples=2",
+               "training_seeds=[0]", "train.snapshots=[]",
                # masked diffusion runs ARDM's network (the MNIST paths are tested there)
                "families=['raster', 'ardm', 'diffusion_transformer', 'diffusion_unet']",
                "reveal_nfe=0",
                # two test images for the bits (the ARDM bound runs its network once per pixel:
                # 784 calls at 784 tokens, ~45 s of the CPU at 8 images, ~5 s at 2) and
                # validation every 4 of the ~8 steps: still early stopping's path, half the passes
-               "train.eval_every=4"]
+               "test_bits_examples=2", "train.eval_every=4"]
 
 
 def test_mnist_comparison_runs_on_mock_tfds_data(tmp_path):
