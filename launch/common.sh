@@ -5,9 +5,10 @@
 ARDIFF_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DRY_RUN=0
 
+# die MESSAGE: one line on stderr, exit status 2: bad usage or input, as `ardiff` itself exits.
 die() {
   printf '%s: error: %s\n' "${0##*/}" "$*" >&2
-  exit 1
+  exit 2
 }
 
 # usage: prints the calling script's header comment (from line 2 up to `set -euo pipefail`).
@@ -64,12 +65,14 @@ opt_value() {
 extra_option() { return 1; }
 
 # parse_run_args "$@": the leading options (--dry-run, --workdir=DIR, -h, and the script's
-# extra_option ones), then [EXPERIMENT] unless the next word is a flag (default spiral).
-# Sets DRY_RUN, WORKDIR, EXP, and NARGS: how many words to shift off to leave the ARGS.
-# shellcheck disable=SC2034  # WORKDIR and NARGS are read by the calling script
+# extra_option ones), then [EXPERIMENT] unless the next word is a flag (default spiral), then
+# the ARGS for `ardiff run`, where --dry-run is taken too (it is no `ardiff run` flag: a
+# `local.sh spiral --dry-run` must not install and run).
+# Sets DRY_RUN, WORKDIR, EXP, and RUN_ARGS: the ARGS (callers: set -- "${RUN_ARGS[@]}").
+# shellcheck disable=SC2034  # WORKDIR and RUN_ARGS are read by the calling script
 parse_run_args() {
-  NARGS=0
   WORKDIR=""
+  RUN_ARGS=()
   while (( $# )); do
     NSHIFT=1
     case $1 in
@@ -78,15 +81,14 @@ parse_run_args() {
       -h|--help) usage; exit 0 ;;
       *) extra_option "$@" || break ;;
     esac
-    NARGS=$((NARGS + NSHIFT))
     shift "$NSHIFT"
   done
-  if (( $# )) && [[ $1 != -* ]]; then
-    experiment_name "$1"
-    NARGS=$((NARGS + 1))
-  else
-    experiment_name spiral
-  fi
+  local exp=spiral arg
+  if (( $# )) && [[ $1 != -* ]]; then exp=$1; shift; fi
+  for arg in "$@"; do
+    if [[ $arg == --dry-run ]]; then DRY_RUN=1; else RUN_ARGS+=("$arg"); fi
+  done
+  experiment_name "$exp"  # after every --dry-run is seen: an unknown name fails either way
 }
 
 # experiment_name NAME: checks NAME (also accepts experiments/NAME.py) and sets EXP.
@@ -99,10 +101,5 @@ experiment_name() {
   for f in "$ARDIFF_ROOT"/experiments/*.py; do
     if [[ -f $f ]]; then f=${f##*/}; known+="${known:+ }${f%.py}"; fi
   done
-  if (( DRY_RUN )); then
-    printf '%s: warning: experiments/%s.py does not exist (known: %s)\n' \
-      "${0##*/}" "$EXP" "${known:-none}" >&2
-  else
-    die "no experiment experiments/$EXP.py (known: ${known:-none})"
-  fi
+  die "no experiment experiments/$EXP.py (known: ${known:-none})"
 }

@@ -28,7 +28,7 @@ extra_option() {
   esac
 }
 parse_run_args "$@"
-shift "$NARGS"
+set -- ${RUN_ARGS[@]+"${RUN_ARGS[@]}"}  # the ARGS (this spelling: bash 3.2 under set -u)
 [[ $CUDA == 12 || $CUDA == 13 ]] || die "--cuda must be 12 or 13, got '$CUDA'"
 
 use_env

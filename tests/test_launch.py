@@ -51,7 +51,8 @@ def repo(tmp_path):
   for script in SCRIPTS:
     _write(root / "launch" / script.name, script.read_text(), True)
   _write(root / "pyproject.toml", "[project]\nname = 'fake'\nversion = '0'\n")
-  _write(root / "experiments" / "spiral.py", "")
+  for experiment in (ROOT / "experiments").glob("*.py"):  # the real names, empty files
+    _write(root / "experiments" / experiment.name, "")
   calls = tmp_path / "calls.log"
   fakebin = tmp_path / "fakebin"
   for tool in TOOLS:
@@ -96,6 +97,53 @@ def test_local_dry_run(repo):
   # A leading flag starts the experiment's arguments; the experiment stays spiral.
   assert _dry(repo, "local.sh", "--config.steps=5")[-1] == (
       "ardiff run experiments/spiral.py --workdir=runs/spiral --config.steps=5")
+
+
+@pytest.mark.parametrize("args", [("spiral", "--dry-run"), ("spiral", "--config.seed=1", "--dry-run"),
+                                  ("--config.seed=1", "--dry-run"), ("--dry-run", "spiral", "--dry-run")])
+def test_local_dry_run_anywhere_installs_nothing(repo, args):
+  """--dry-run after the experiment (or among its ARGS) is the launcher's: nothing is created,
+  installed or run, and `ardiff run` does not get it."""
+  root, env, calls = repo
+  out = _bash(root, env, "launch/local.sh", *args)
+  assert out.returncode == 0, out.stderr
+  assert not calls.exists(), f"dry-run ran {calls.read_text()}"
+  assert not (root / ".venv").exists()
+  seed = " --config.seed=1" if "--config.seed=1" in args else ""
+  assert out.stdout.splitlines()[-1] == (
+      f"ardiff run experiments/spiral.py --workdir=runs/spiral{seed}")
+
+
+@pytest.mark.parametrize("args", [("--dry-run", "nosuch"), ("nosuch", "--dry-run"), ("nosuch",)])
+def test_local_unknown_experiment_exits_2_in_one_line(repo, args):
+  """As `ardiff` on bad input: exit status 2, one line naming the file and the known ones,
+  with or without --dry-run, before anything is installed."""
+  root, env, calls = repo
+  out = _bash(root, env, "launch/local.sh", *args)
+  assert out.returncode == 2, (out.returncode, out.stderr)
+  assert out.stdout == "" and len(out.stderr.splitlines()) == 1, out.stderr
+  assert "experiments/nosuch.py" in out.stderr and "spiral" in out.stderr
+  assert not calls.exists() and not (root / ".venv").exists()
+
+
+def test_local_help_examples_are_real_overrides(repo, capsys):
+  """Every `bash launch/local.sh ...` example of -h (the script's header) names an experiment
+  and config keys that exist: the `ardiff run` line its dry run prints, given to `ardiff config`
+  (which checks the same overrides), exits 0."""
+  from ardiff import cli
+
+  root, env, _ = repo
+  helped = _bash(root, env, "launch/local.sh", "-h")
+  assert helped.returncode == 0
+  examples = [shlex.split(l.split("(")[0])[2:] for l in helped.stdout.splitlines()
+              if l.strip().startswith("bash launch/local.sh ")]
+  assert len(examples) >= 2 and all(any(w.startswith("--config") for w in e) for e in examples)
+  for words in examples:
+    run = shlex.split(_dry(repo, "local.sh", *words)[-1])
+    assert run[:2] == ["ardiff", "run"]
+    overrides = [w for w in run[3:] if not w.startswith("--workdir=")]
+    code = cli.main(["config", str(ROOT / run[2]), *overrides])
+    assert code == 0, (words, capsys.readouterr().err)
 
 
 def test_test_dry_run(repo):
@@ -274,7 +322,7 @@ def test_local_and_test_run_through_the_venv(repo):
       "python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup -x",
       "ardiff run experiments/spiral.py --workdir=runs/spiral --config.seed=1"]
   out = _bash(root, env, "launch/local.sh", "nope")
-  assert out.returncode == 1 and "experiments/nope.py" in out.stderr and "spiral" in out.stderr
+  assert out.returncode == 2 and "experiments/nope.py" in out.stderr and "spiral" in out.stderr
 
 
 def test_tpu_remote_commands_parse_as_bash(repo, tmp_path):

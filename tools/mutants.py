@@ -5,7 +5,7 @@
     python tools/mutants.py ddim eta      # only mutants whose name contains one of the words
     python tools/mutants.py --jobs 2      # two at a time (each pytest already uses 2 threads)
 
-Each mutant is one exact text replacement in one library file (a wrong sign, a dropped factor,
+Each mutant is one exact text replacement in one file (a wrong sign, a dropped factor,
 an off-by-one, a swapped coefficient). For each, the repository's tracked and untracked files
 are copied to a temporary folder, the replacement is applied there (it must match exactly once,
 so a mutant whose line has moved fails loudly instead of silently testing nothing), and the
@@ -394,6 +394,16 @@ MUTANTS = (
     _m("ctrl-c-handler-left-ignored", "training", "ardiff/train/preemption.py",
        "      signal.signal(sig, previous)", "      signal.signal(sig, signal.SIG_IGN)",
        "tests/train/test_reliability.py", "-k", "second_ctrl_c"),
+    # ---- the launch scripts (issue [5/7], case 12)
+    _m("launch-usage-error-exits-1", "launch", "launch/common.sh",
+       "  exit 2\n}", "  exit 1\n}", "tests/test_launch.py", "-k", "unknown_experiment"),
+    _m("launch-dry-run-after-the-name-goes-to-ardiff", "launch", "launch/common.sh",
+       'if [[ $arg == --dry-run ]]; then DRY_RUN=1; else RUN_ARGS+=("$arg"); fi',
+       'RUN_ARGS+=("$arg")', "tests/test_launch.py", "-k", "dry_run_anywhere"),
+    _m("launch-dry-run-lets-an-unknown-experiment-pass", "launch", "launch/common.sh",
+       '  die "no experiment experiments/$EXP.py (known: ${known:-none})"',
+       '  (( DRY_RUN )) || die "no experiment experiments/$EXP.py (known: ${known:-none})"',
+       "tests/test_launch.py", "-k", "unknown_experiment"),
 )
 
 
