@@ -1,4 +1,4 @@
-"""Command line.
+"""The ardiff command: run an experiment, print its config, sample a trained model, time the code.
 
   ardiff run EXPERIMENT.py [--workdir=DIR] [--config=SIZE] [--config.KEY=VALUE ...]
                                                                       run an experiment
@@ -134,12 +134,34 @@ def _add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
            "ARDIFF_COMPILATION_CACHE=off also turns it off)")
 
 
+# `ardiff run --help`: what run does, then the docstring's paragraphs after the command list.
+RUN_DESCRIPTION = (
+    "Run an experiment file: train its models (or load them from the model cache), sample and\n"
+    "score them, and write config.json, checkpoints, metrics.jsonl, figures and results.md into\n"
+    "the work dir.\n\n" + __doc__.split("\n\n", 2)[2])
+
+
+def version_line() -> str:
+  """`ardiff --version`: this package's version, and the JAX and Python it runs on (JAX's from
+  the installed packages' metadata: jax is not imported for it)."""
+  from importlib import metadata
+
+  import ardiff
+
+  try:
+    jax_version = metadata.version("jax")
+  except metadata.PackageNotFoundError:
+    jax_version = "not installed"
+  return f"ardiff {ardiff.__version__} (jax {jax_version}, Python {sys.version.split()[0]})"
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="ardiff", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--version", action="version", version=version_line())
   sub = parser.add_subparsers(dest="command", required=True)
   p_run = sub.add_parser(
-      "run", help="run an experiment file", description=__doc__,
+      "run", help="run an experiment file", description=RUN_DESCRIPTION,
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="Example: ardiff run experiments/spiral.py --config.train.steps=2000")
   p_run.add_argument("experiment", help="path to an experiment file, e.g. experiments/spiral.py")

@@ -394,7 +394,7 @@ MUTANTS = (
     _m("ctrl-c-handler-left-ignored", "training", "ardiff/train/preemption.py",
        "      signal.signal(sig, previous)", "      signal.signal(sig, signal.SIG_IGN)",
        "tests/train/test_reliability.py", "-k", "second_ctrl_c"),
-    # ---- the launch scripts and the docs' checks (issue [5/7], cases 12 and 16)
+    # ---- the launch scripts and what the docs and help pages say (issue [5/7], cases 12-18)
     _m("launch-usage-error-exits-1", "launch", "launch/common.sh",
        "  exit 2\n}", "  exit 1\n}", "tests/test_launch.py", "-k", "unknown_experiment"),
     _m("launch-dry-run-after-the-name-goes-to-ardiff", "launch", "launch/common.sh",
@@ -404,6 +404,9 @@ MUTANTS = (
        '  die "no experiment experiments/$EXP.py (known: ${known:-none})"',
        '  (( DRY_RUN )) || die "no experiment experiments/$EXP.py (known: ${known:-none})"',
        "tests/test_launch.py", "-k", "unknown_experiment"),
+    _m("run-help-is-the-module-docstring", "docs", "ardiff/cli.py",
+       "description=RUN_DESCRIPTION,", "description=__doc__,",
+       "tests/test_cli_help.py"),
     _m("notebook-integers-compared-with-tolerance", "docs", "tests/docs/notebook.py",
        "return int(committed) == int(fresh)",
        "return math.isclose(int(committed), int(fresh), rel_tol=RTOL)",
