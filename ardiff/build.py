@@ -50,8 +50,21 @@ def register(name: str, version: int | Callable[[Dataset], int] = 1, example=Non
 
 
 def build(kind: str, section, dataset: "Dataset | DataSpec", dtype: str = "float32", **extra):
-  """The process `kind` (gaussian, raster, ardm, oneshot) built from a config section and the
-  data's description (a Dataset, or the DataSpec saved beside a trained model)."""
+  """The process `kind` built from a config section and the data's description (a Dataset, or
+  the DataSpec saved beside a trained model); `extra` holds the further sections a kind takes.
+
+    kind                  process                                        section, extra
+    raster                raster AR, causal transformer                  transformer
+    raster_bidirectional  raster order, bidirectional transformer        transformer
+    ardm                  order-agnostic AR (ARDM), bidirectional        transformer
+    upscale               coarse-to-fine ARDM (level bins, then levels)  transformer, upscale=
+    masked                masked (absorbing) diffusion                   transformer, masking=
+    gaussian              Gaussian diffusion, UNet / MLP (points)        unet / model, diffusion=
+    gaussian_transformer  Gaussian diffusion, transformer denoiser       transformer, diffusion=
+    gaussian_learned_var  Gaussian diffusion, learned variances (UNet)   unet, diffusion=,
+                                                                         learned_variance=
+    oneshot               one-shot regression (the blurry-mean baseline) oneshot
+  """
   return BUILDERS.get(kind).fn(section, dataset, compute_dtype(dtype, "dtype"), **extra)
 
 
