@@ -105,7 +105,7 @@ def cmd_sample(args, extra) -> int:
 def cmd_bench(args, extra) -> int:
   if extra:
     raise ConfigError(f"unexpected arguments {extra}")
-  if args.what == "accelerator" and not args.out:  # the report the README asks to send back
+  if args.what == "accelerator" and not args.out:  # the report docs/scaling.md asks to send back
     args.out = "accelerator_report.md"
   if args.out:  # checked before the benches run, not after
     folder = os.path.dirname(os.path.abspath(args.out))

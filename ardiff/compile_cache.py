@@ -5,7 +5,7 @@ the step plan are data), and every train step is one per model and batch: in a n
 of them costs 1-2 s of XLA compilation on a CPU, and `ardiff sample` is a new process every
 time. JAX can keep compiled executables on disk, keyed by the program, the compiler options, the
 jaxlib version and the device, and load them in the next process instead of compiling again
-(measured in README.md: `ardiff sample` on the spiral starts about 2 s sooner). Entries of
+(measured in docs/sampling.md: `ardiff sample` on the spiral starts about 2 s sooner). Entries of
 another jaxlib are never loaded, only left behind: deleting the directory is always safe.
 
 Only the command line turns this on (`ardiff run`, `ardiff sample`, `ardiff bench`); importing

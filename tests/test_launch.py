@@ -416,11 +416,11 @@ def test_tpu_spot_queued_and_watch_dry_run(repo):
   assert out.returncode != 0 and "drop --foreground" in out.stderr
 
 
-def test_readme_tpu_walkthrough_commands_dry_run(repo):
-  """Every launch/ line of the README's TPU walk-through runs with --dry-run and calls no
+def test_docs_tpu_walkthrough_commands_dry_run(repo):
+  """Every launch/ line of docs/scaling.md's TPU walk-through runs with --dry-run and calls no
   tool; together they create, set up, prepare data, run, watch, stop and delete."""
   root, env, calls = repo
-  text = (ROOT / "README.md").read_text()
+  text = (ROOT / "docs" / "scaling.md").read_text()
   block = text.split("<!-- tpu-walkthrough -->", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
   lines = [shlex.split(l) for l in block.splitlines() if l.startswith("bash launch/")]
   subcommands = []

@@ -4,7 +4,7 @@
     python tools/profile_step.py unet          # digits_diffusion's UNet
     python tools/profile_step.py raster --top 40
 
-Compiles the step `ardiff bench train` times (the README's digits config, `image_config
+Compiles the step `ardiff bench train` times (docs/results.md's digits config, `image_config
 ("small")`), runs it a few times under `jax.profiler.trace`, and sums the trace's XLA:CPU thunk
 events (each a fusion, dot, copy or loop of the compiled program) over the runs and the
 intra-op threads. Prints the total, a split by kind (matmul/conv, elementwise, copy/transpose,

@@ -1,7 +1,7 @@
 """`ardiff bench accelerator`: accept a new GPU or TPU in one command (<= 8 minutes on one host).
 
-Run on the accelerator host (README, "A new accelerator"), it writes accelerator_report.md and
-accelerator_report.json (``--out``) with one row per check:
+Run on the accelerator host (docs/scaling.md, "A new accelerator"), it writes
+accelerator_report.md and accelerator_report.json (``--out``) with one row per check:
 
   * kernel: every Pallas path compiled for the real device and compared with the XLA path on
     the same inputs (decode attention over a [64, 8, 784, 32] cache with ragged filled lengths;

@@ -1,5 +1,5 @@
 """Training throughput at MNIST size (28x28 = 784 tokens / pixels, random data: raster AR,
-order-agnostic AR and a UNet) and at the README's digits configs (`image_config("small")`: the
+order-agnostic AR and a UNet) and at docs/results.md's digits configs (`image_config("small")`: the
 raster AR transformer of digits_ar and the UNet of digits_diffusion, their batch and dtype, on
 the digits data), all timed interleaved in one run, with model FLOPs per step from XLA's cost
 analysis and the fraction of peak: a known accelerator's listed peak, or on any other device
@@ -155,7 +155,7 @@ def train_row(case: TrainCase, timing, examples: str = "examples/s",
 
 
 def digits_cases(quick: bool) -> list[TrainCase]:
-  """The README's digits configs (`image_config("small")`, what digits_ar and
+  """docs/results.md's digits configs (`image_config("small")`, what digits_ar and
   digits_diffusion train): the raster AR transformer and the UNet, their batch and dtype, on
   the digits data. quick: the experiments' smoke sizes at batch 8 (for the tests)."""
   from ardiff import build

@@ -6,7 +6,7 @@
 Sizes, smallest first:
   smoke  seconds: what tests/test_experiments.py runs, so that CI catches a broken experiment;
   quick  a first look in minutes (only experiments that declare one);
-  small  the default: models that train in minutes on a CPU (the README's numbers);
+  small  the default: models that train in minutes on a CPU (docs/results.md's numbers);
   paper  the larger models and longer training the figures are quoted at;
   mnist  the same on MNIST 28x28 (a GPU or TPU job).
 small, paper and mnist are the scales the undecorated function builds (`scales`); smoke and

@@ -5,7 +5,7 @@ Experiments assemble their configs from these sections and the model sections
 (`ardiff.model_sections`); models are cached by a hash of the sections that define them
 (`ardiff.model_cache`), so experiments that use the same sections share one trained model. Scales
 (`image_config`):
-  small  digits 8x8, models that train in minutes on a CPU (the README's numbers);
+  small  digits 8x8, models that train in minutes on a CPU (docs/results.md's numbers);
   paper  digits 8x8, the larger models and longer training the figures are quoted at;
   mnist  MNIST 28x28 (256 levels) through tensorflow-datasets, paper-size models trained in
          bfloat16 compute: a GPU or TPU job (see launch/).
