@@ -394,6 +394,9 @@ MUTANTS = (
     _m("ctrl-c-handler-left-ignored", "training", "ardiff/train/preemption.py",
        "      signal.signal(sig, previous)", "      signal.signal(sig, signal.SIG_IGN)",
        "tests/train/test_reliability.py", "-k", "second_ctrl_c"),
+    _m("spec-word-after-steps-read-as-second-step-count", "spec grammar",
+       "ardiff/processes/spec.py", "      if not _is_integer(part):",
+       "      if steps is None and not _is_integer(part):", "tests/processes/test_spec.py"),
 )
 
 
