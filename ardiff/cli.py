@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
   p_sample.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
   p_sample.add_argument("--label", type=int, default=None,
                         help="class of every sample (default: unconditional)")
-  p_sample.add_argument("--guidance", type=float, default=None, help="guidance weight w")
+  p_sample.add_argument(
+      "--guidance", type=float, default=None,
+      help="classifier-free guidance weight w, towards --label against the null label; without "
+           "--label each sample's class is drawn uniformly from --seed (sample saves them in "
+           "the .npz), since guiding the null label against itself changes nothing")
   p_sample.add_argument("--negative", type=int, default=None,
                         help="negative label to steer away from (needs --guidance)")
   p_sample.add_argument("--seed", type=int, default=0)

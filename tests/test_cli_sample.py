@@ -113,3 +113,30 @@ def test_sample_refuses_the_null_label_of_a_model_trained_without_dropout(workdi
     err = capsys.readouterr().err
     assert "p_uncond=0" in err and err.count("\n") == 1
   assert not (tmp_path / "x.npz").exists()
+
+
+def _model(workdir):
+  return model_cache.load_model(model_cache.find_models(str(workdir))[0])
+
+
+def test_guidance_without_a_label_guides_towards_random_classes(workdir, tmp_path, capsys):
+  """--guidance alone: against the null label the null label would change nothing (at twice
+  the NFE), so each sample gets a class drawn from --seed and is guided towards it."""
+  import jax
+
+  from ardiff.processes.guidance import Guidance
+
+  out = tmp_path / "g.npz"
+  assert main(["sample", str(workdir), "--spec=ddim:5", "--num=12", "--guidance=3",
+               f"--out={out}"]) == 0
+  assert "10 NFE, classes drawn uniformly from 0..2" in capsys.readouterr().err
+  saved = np.load(out)
+  labels = saved["labels"]
+  assert labels.min() >= 0 and labels.max() <= 2 and len(set(labels.tolist())) > 1
+  process, params, _ = _model(workdir)
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(
+      saved["samples"], process.sample(params, key, labels, "ddim:5", guidance=Guidance(3.0)))
+  unguided = np.asarray(process.sample(params, key, np.full(12, 3, np.int32), "ddim:5"))
+  assert np.abs(saved["samples"] - unguided).max() > 1e-3
+

@@ -397,6 +397,10 @@ MUTANTS = (
     _m("spec-word-after-steps-read-as-second-step-count", "spec grammar",
        "ardiff/processes/spec.py", "      if not _is_integer(part):",
        "      if steps is None and not _is_integer(part):", "tests/processes/test_spec.py"),
+    _m("guidance-alone-keeps-the-null-label", "sample cli", "ardiff/sampling_cli.py",
+       "return args.label is None and args.guidance is not None and args.negative is None",
+       "return args.label is None and args.guidance is None and args.negative is None",
+       "tests/test_cli_sample.py", "-k", "guidance_without_a_label"),
 )
 
 
