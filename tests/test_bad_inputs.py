@@ -229,6 +229,9 @@ CLI_CASES = [
     ("sample-no-spec", ["sample", "{w}", "--out={d}/s.npz"], r"--spec"),
     ("sample-num-text", ["sample", "{w}", "--spec=ddim:5", "--num=many", "--out={d}/s.npz"],
      r"--num.*many"),
+    ("sample-spec-letters", ["sample", "{w}", "--spec=ddim:abc", "--out={d}/s.npz"],
+     r"--spec: sampling spec 'ddim:abc' has a part 'abc' that is neither a step count \(which "
+     r"must be an integer, like 50\) nor an option \(name=value, like eta=0.5\)$"),
     # ardiff bench.
     ("bench-unknown", ["bench", "nope"], r"invalid choice: 'nope'"),
     ("bench-extra", ["bench", "ar", "--config.x=1"], r"unexpected arguments"),
