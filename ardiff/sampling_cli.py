@@ -5,7 +5,7 @@ process (`ardiff.model_cache.load_model`), samples through the common contract, 
 (samples, labels, spec) and FILE.png beside it: an image grid, or a scatter plot for 2-D points.
 Every bad input (no model, several models, a spec the process does not have, a label out of
 range, an output path that exists as a directory) is a ConfigError: one line, exit 2.
-`load`, `sample_labels` and `draw` are separate so that other commands can draw the same way.
+`load`, `sample_labels` and `draw` serve `ardiff eval` too (`ardiff.eval_cli`).
 
 Labels: --label for every sample, else the null label (unconditional), except that --guidance
 without --label guides each sample towards a class drawn at random (`sample_labels`).

@@ -401,6 +401,18 @@ MUTANTS = (
        "return args.label is None and args.guidance is not None and args.negative is None",
        "return args.label is None and args.guidance is None and args.negative is None",
        "tests/test_cli_sample.py", "-k", "guidance_without_a_label"),
+    _m("eval-point-floor-from-the-held-out-points", "eval", "ardiff/evaluation.py",
+       "floor = point_metrics(data.x_train[:len(samples)], data.x_test)",
+       "floor = point_metrics(data.x_test[:len(samples)], data.x_test)",
+       "tests/test_cli_sample.py", "-k", "eval_prints"),
+    _m("eval-image-floor-for-the-held-out-size", "eval", "ardiff/evaluation.py",
+       "scoring.floors(quality, len(samples))",
+       "scoring.floors(quality, len(quality.dataset.x_test))",
+       "tests/metrics/test_sample_quality.py", "-k", "eval_image_rows"),
+    _m("eval-data-accepted-by-kind-not-spec", "eval", "ardiff/model_data.py",
+       "    data = _rebuild(section, want.kind)\n    if data.spec == want:",
+       "    data = _rebuild(section, want.kind)\n    if data.kind == want.kind:",
+       "tests/test_model_data.py"),
 )
 
 
