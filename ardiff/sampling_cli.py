@@ -5,12 +5,18 @@ process (`ardiff.model_cache.load_model`), samples through the common contract, 
 (samples, labels, spec) and FILE.png beside it: an image grid, or a scatter plot for 2-D points.
 Every bad input (no model, several models, a spec the process does not have, a label out of
 range, an output path that exists as a directory) is a ConfigError: one line, exit 2.
+`load`, `sample_labels` and `draw` serve `ardiff eval` too (`ardiff.eval_cli`).
+
+Labels: --label for every sample, else the null label (unconditional), except that --guidance
+without --label guides each sample towards a class drawn at random (`sample_labels`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -33,19 +39,45 @@ def _pick_model(path: str) -> str:
   return models[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """A trained model picked and loaded for `ardiff sample` and `ardiff eval`."""
+
+  directory: str
+  process: Any
+  params: Any
+  card: dict  # model.json, with the checkpoint's step
+  guidance: Any  # processes.guidance.Guidance, or None
+
+
 def sample_command(args) -> int:
-  import jax
-
-  from ardiff.processes.guidance import make_guidance
-  from ardiff.processes.spec import parse_spec
-  from ardiff.model_cache import load_model
-
   if args.num < 1:
     raise ConfigError(f"--num must be >= 1, got {args.num}")
   if not args.out.endswith(".npz"):
     raise ConfigError(f"--out must name a .npz file, got {args.out!r}")
   if os.path.isdir(args.out):
     raise ConfigError(f"--out {args.out!r} is a directory")
+  model = load(args)
+  labels, nfe = sample_labels(model, args, args.num)
+  samples = draw(model, args, labels)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  tmp = args.out[:-len(".npz")] + ".tmp.npz"
+  np.savez(tmp, samples=samples, labels=labels, spec=np.array(args.spec))
+  os.replace(tmp, args.out)
+  png = args.out[:-len(".npz")] + ".png"
+  _figure(samples, model.card, f"{args.spec}, {nfe} NFE" + (
+      f", label {args.label}" if args.label is not None else ""), png)
+  print(f"{len(samples)} samples from {model.directory} (step {model.card['step']}, {args.spec}, "
+        f"{nfe} NFE{labels_note(model, args)}) -> {args.out}, {png}", file=sys.stderr)
+  return 0
+
+
+def load(args) -> LoadedModel:
+  """Check --spec's grammar and the guidance flags, then pick and load the model."""
+  from ardiff.processes.guidance import make_guidance
+  from ardiff.processes.spec import parse_spec
+  from ardiff.model_cache import load_model
+
   try:  # what can be checked without the model, before it is loaded
     parse_spec(args.spec)
   except ValueError as e:
@@ -57,33 +89,63 @@ def sample_command(args) -> int:
   model_dir = _pick_model(args.path)
   try:
     process, params, card = load_model(model_dir)
-    label = process.num_classes if args.label is None else args.label
-    if _p_uncond(card) == 0 and (label == process.num_classes or guidance is not None):
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return LoadedModel(model_dir, process, params, card, guidance)
+
+
+def guides_random_classes(args) -> bool:
+  """--guidance without --label (and without --negative) guides each sample towards a class
+  drawn at random: guided against the null label, the null label itself would be the
+  unconditional model at twice the NFE (out = u + w (u - u))."""
+  return args.label is None and args.guidance is not None and args.negative is None
+
+
+def sample_labels(model: LoadedModel, args, num: int) -> tuple[np.ndarray, int]:
+  """(int32 labels [num], NFE) for the flags, checked against the model and the spec.
+
+  --label: every sample of that class. No --label: the null label (unconditional samples;
+  with --negative and --guidance, steered away from that class), except under --guidance
+  alone (`guides_random_classes`): classes drawn uniformly from --seed, one per sample, as
+  class-conditional models are sampled with classifier-free guidance for FID (ADM, DiT)."""
+  num_classes = model.process.num_classes
+  if guides_random_classes(args):
+    labels = np.random.default_rng(args.seed).integers(0, num_classes, num).astype(np.int32)
+  else:
+    labels = np.full((num,), num_classes if args.label is None else args.label, np.int32)
+  try:
+    if trained_p_uncond(model.card) == 0 and ((labels == num_classes).any()
+                                       or model.guidance is not None):
       raise ValueError("this model was trained with p_uncond=0, so its null label (used by "
                        "unconditional samples and by --guidance) was never trained; give "
                        "--label without --guidance")
-    if not 0 <= label <= process.num_classes:
-      raise ValueError(f"--label must lie in 0..{process.num_classes - 1} (or be left out for "
-                       f"unconditional samples), got {label}")
-    labels = np.full((args.num,), label, np.int32)
-    nfe = process.nfe(args.spec, guidance=guidance)
-    samples = np.asarray(process.sample(params, jax.random.key(args.seed), labels, args.spec,
-                                        guidance=guidance))
+    if args.label is not None and not 0 <= args.label <= num_classes:
+      raise ValueError(f"--label must lie in 0..{num_classes - 1} (or be left out for "
+                       f"unconditional samples), got {args.label}")
+    return labels, model.process.nfe(args.spec, guidance=model.guidance)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  tmp = args.out[:-len(".npz")] + ".tmp.npz"
-  np.savez(tmp, samples=samples, labels=labels, spec=np.array(args.spec))
-  os.replace(tmp, args.out)
-  png = args.out[:-len(".npz")] + ".png"
-  _figure(samples, card, f"{args.spec}, {nfe} NFE" + (f", label {label}" if args.label is not None
-                                                      else ""), png)
-  print(f"{len(samples)} samples from {model_dir} (step {card['step']}, {args.spec}, {nfe} NFE) "
-        f"-> {args.out}, {png}", file=sys.stderr)
-  return 0
 
 
-def _p_uncond(card: dict) -> float | None:
+def labels_note(model: LoadedModel, args) -> str:
+  """What the summary line says about labels drawn at random (empty otherwise)."""
+  if not guides_random_classes(args):
+    return ""
+  return f", classes drawn uniformly from 0..{model.process.num_classes - 1}"
+
+
+def draw(model: LoadedModel, args, labels: np.ndarray) -> np.ndarray:
+  """Samples in data space, from key --seed."""
+  import jax
+
+  try:
+    return np.asarray(model.process.sample(model.params, jax.random.key(args.seed), labels,
+                                           args.spec, guidance=model.guidance))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def trained_p_uncond(card: dict) -> float | None:
   """The label-dropout rate the model was trained with (the diffusion section's, else the
   model section's), None where it has none."""
   section = card.get("extra", {}).get("diffusion") or card.get("model", {})

@@ -23,13 +23,13 @@ import numpy as np
 from ardiff import build, experiment_helpers, model_cache
 from ardiff.configs import require, sized
 from ardiff.configs.overrides import load_experiment
-from ardiff.data.spiral import spiral_dataset
 from ardiff.metrics.frechet import frechet_distance
 from ardiff.data.levels import levels_to_unit
 from ardiff.metrics.points import mmd_rbf, nearest_distance, sliced_wasserstein, spread
 from ardiff.metrics.same_law import SAMPLERS, compare
 from ardiff.metrics.sample_quality import SampleQuality, pixel_entropy, sharpness
-from ardiff.presets import SCALES, config_dataset, image_config, validate_image_config
+from ardiff.presets import (SCALES, config_dataset, image_config, points_dataset,
+                            validate_image_config)
 from ardiff.report import plots, write_results
 from ardiff.report.law_figure import same_law_figure
 
@@ -87,8 +87,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def _spiral_data(s, num_test=None):
-  d = s.data
-  return spiral_dataset(d.num_train, num_test or d.num_test, d.num_classes, d.noise, seed=s.seed)
+  return points_dataset(s, num_test)  # validate() keeps data.path empty: the spiral
 
 
 def _mean_std(values) -> tuple[float, float]:

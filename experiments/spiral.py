@@ -26,13 +26,11 @@ import numpy as np
 
 from ardiff import build, experiment_helpers, model_cache
 from ardiff.configs import require, require_choice, require_positive, sized
-from ardiff.data.arrays import load_npz_dataset
 from ardiff.data.checks import check_batch
-from ardiff.data.spiral import spiral_dataset
 from ardiff.metrics.points import nearest_label, point_metrics
 from ardiff.precision import COMPUTE_DTYPES
-from ardiff.presets import (diffusion_section, require_null_label, train_section,
-                            validate_diffusion, validate_train)
+from ardiff.presets import (diffusion_section, points_dataset, require_null_label,
+                            train_section, validate_diffusion, validate_train)
 from ardiff.processes.guidance import Guidance
 from ardiff.processes.spec import parse_spec
 from ardiff.report import plots, write_results
@@ -107,14 +105,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def _data(c, num_test=None):
-  if c.data.path:  # a DataError names the file and field
-    data = load_npz_dataset(c.data.path, seed=c.seed)
+  data = points_dataset(c, num_test)
+  if c.data.path:  # a DataError names the file and field; this names what the file holds
     require(data.kind == "points" and data.shape == (2,), "data.path",
             f"{c.data.path} holds {data.kind} of shape {data.shape}; this experiment needs "
             "2-D points x [N, 2]")
-    return data
-  return spiral_dataset(c.data.num_train, num_test or c.data.num_test, c.data.num_classes,
-                        c.data.noise, seed=c.seed)
+  return data
 
 
 def _process(c, data):

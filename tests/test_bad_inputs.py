@@ -229,6 +229,16 @@ CLI_CASES = [
     ("sample-no-spec", ["sample", "{w}", "--out={d}/s.npz"], r"--spec"),
     ("sample-num-text", ["sample", "{w}", "--spec=ddim:5", "--num=many", "--out={d}/s.npz"],
      r"--num.*many"),
+    ("sample-spec-letters", ["sample", "{w}", "--spec=ddim:abc", "--out={d}/s.npz"],
+     r"--spec: sampling spec 'ddim:abc' has a part 'abc' that is neither a step count \(which "
+     r"must be an integer, like 50\) nor an option \(name=value, like eta=0.5\)$"),
+    # ardiff eval: the same checks as sample (it writes nothing).
+    ("eval-missing", ["eval", "{d}/nowhere", "--spec=ddim:5"], r"nowhere.*does not exist"),
+    ("eval-no-model", ["eval", "{w}", "--spec=ddim:5"], r"no trained model"),
+    ("eval-spec-syntax", ["eval", "{w}", "--spec=ddim::5"],
+     r"--spec: sampling spec 'ddim::5' has an empty part"),
+    ("eval-num-small", ["eval", "{w}", "--spec=ddim:5", "--num=1"], r"--num must be >= 4"),
+    ("eval-no-spec", ["eval", "{w}"], r"--spec"),
     # ardiff bench.
     ("bench-unknown", ["bench", "nope"], r"invalid choice: 'nope'"),
     ("bench-extra", ["bench", "ar", "--config.x=1"], r"unexpected arguments"),

@@ -35,14 +35,17 @@ LAYERS = (
     ("model_sections", "build"),
     # what experiments assemble their configs from: scales, the train section, the dataset
     ("presets",),
-    # cached training and loading; what experiment files share besides it
-    ("model_cache", "experiment_helpers"),
+    # cached training and loading; what experiment files share besides it; a trained model's
+    # data rebuilt from its work dir's config
+    ("model_cache", "experiment_helpers", "model_data"),
     # the matched-compute comparison of model families: budget, training, scores, tables
     ("comparison",),
     # programs exported for accelerators from a CPU (train steps and samplers, by builder)
     ("lowering",),
+    # a trained model's samples scored by the experiments' metrics, with floors
+    ("evaluation",),
     # entry points
-    ("sampling_cli", "bench", "cli"),
+    ("sampling_cli", "eval_cli", "bench", "cli"),
 )
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 

@@ -26,7 +26,12 @@ class Family:
 
   @property
   def gaussian(self) -> bool:
-    return self.kind.startswith("gaussian")
+    return is_gaussian(self.kind)
+
+
+def is_gaussian(kind: str) -> bool:
+  """Whether a builder name (`ardiff.build`) makes a Gaussian diffusion process."""
+  return kind.startswith("gaussian")
 
 
 def chosen(families, names) -> tuple[Family, ...]:

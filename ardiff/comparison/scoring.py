@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ardiff import experiment_helpers, model_cache, sample_cache
+from ardiff.comparison.families import is_gaussian
 from ardiff.metrics import held_out
 from ardiff.processes.spec import parse_spec
 from ardiff.report.tables import mean_std, pareto_front
@@ -21,14 +22,20 @@ METRICS = (("fd", "Fréchet distance (lower is better)", True),
 
 
 def test_bits(family, model, data, key, num: int = 0) -> float:
+  """Held-out bits per pixel of a family's trained model (`held_out_bits`)."""
+  return held_out_bits(family.kind, model.process, model.params, data, key, num)
+
+
+def held_out_bits(kind: str, process, params, data, key, num: int = 0) -> float:
   """Held-out bits per pixel on the first `num` test images (0: all), unconditional: each
   process's `nll_bound` (exact for raster AR, the ARDM and upscale bounds along one random order
-  per image, the diffusion bound from 32 sampled timesteps per image)."""
+  per image, the diffusion bound from 32 sampled timesteps per image). `kind`: the process's
+  builder name (`ardiff.build`)."""
   x = data.x_test[:num or None]
-  inputs = model_cache.process_inputs(model.process, x, data)
-  return held_out.test_bpd(model.process, model.params, inputs,
+  inputs = model_cache.process_inputs(process, x, data)
+  return held_out.test_bpd(process, params, inputs,
                            np.full((len(x),), data.num_classes, np.int32), key, batch_size=256,
-                           **({"num_t_samples": 32} if family.gaussian else {}))
+                           **({"num_t_samples": 32} if is_gaussian(kind) else {}))
 
 
 def score(quality, images) -> dict:

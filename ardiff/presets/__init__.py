@@ -10,12 +10,12 @@ from ardiff.model_sections import (diffusion_section, oneshot_section, require_n
                                    transformer_section, unet_section, validate_diffusion,
                                    validate_transformer, validate_unet_shape)
 from ardiff.presets.data import (KINDS, check_dataset_keys, config_data_spec, config_dataset,
-                                 data_kwargs)
+                                 data_kwargs, points_dataset)
 from ardiff.presets.sections import (SCALES, image_config, train_section, validate_image_config,
                                      validate_train)
 
 __all__ = ["KINDS", "SCALES", "check_dataset_keys", "config_data_spec", "config_dataset",
-           "data_kwargs", "diffusion_section", "image_config", "oneshot_section",
+           "data_kwargs", "diffusion_section", "image_config", "oneshot_section", "points_dataset",
            "require_null_label", "train_section", "transformer_section", "unet_section",
            "validate_diffusion", "validate_image_config", "validate_train",
            "validate_transformer", "validate_unet_shape"]

@@ -3,6 +3,7 @@
 
     spec = config_data_spec(c, kind="image")   # validation: checks the keys and the data
     data = config_dataset(c)                   # run: the arrays
+    points = points_dataset(c)                 # the spiral's points (a file, or the spiral)
 
 Errors name the config key (ConfigError) or the file and field (DataError).
 """
@@ -56,3 +57,14 @@ def config_data_spec(c: ml_collections.ConfigDict, kind: str) -> DataSpec:
 def config_dataset(c: ml_collections.ConfigDict) -> Dataset:
   """The dataset the config names (call `config_data_spec` first, in validation)."""
   return load_dataset(c.dataset, **data_kwargs(c))
+
+
+def points_dataset(c: ml_collections.ConfigDict, num_test: int | None = None) -> Dataset:
+  """The 2-D points a spiral config names: the file `data.path` (a tenth held out, split by
+  `seed`), else the spiral of `data.num_train/num_test/num_classes/noise` drawn from `seed`.
+  `num_test` replaces the held-out size (validation draws one point)."""
+  if c.data.path:  # a DataError names the file and field
+    return load_dataset("npz", path=c.data.path, seed=c.seed)
+  d = c.data
+  return load_dataset("spiral", num_train=d.num_train, num_test=num_test or d.num_test,
+                      num_classes=d.num_classes, noise=d.noise, seed=c.seed)

@@ -67,7 +67,9 @@ def _literal(text: str) -> Any:
 
 
 def parse_spec(text: "str | SampleSpec") -> SampleSpec:
-  """Parse `name[:steps][:option=value]...`; a SampleSpec passes through unchanged."""
+  """Parse `name[:steps][:option=value]...`; a SampleSpec passes through unchanged.
+
+  A malformed spec is a ValueError whose message is one sentence naming the bad part."""
   if isinstance(text, SampleSpec):
     return text
   if not isinstance(text, str) or not text.strip():
@@ -75,25 +77,47 @@ def parse_spec(text: "str | SampleSpec") -> SampleSpec:
   parts = text.strip().split(":")
   name, steps, options = parts[0], None, {}
   if not name.isidentifier():
-    raise ValueError(f"sampling spec {text!r}: {name!r} is not a sampler name")
+    _malformed(text, f"starts with {name!r}, which is not a sampler name (a spec starts with a "
+               "name like ddim)" if name else "has no sampler name before its first ':'")
   for part in parts[1:]:
+    if not part:
+      _malformed(text, "has an empty part (two ':' in a row, or a ':' at the end)")
     if "=" not in part:
+      if not _is_integer(part):
+        _malformed(text, f"has a part {part!r} that is neither a step count (which must be an "
+                   "integer, like 50) nor an option (name=value, like eta=0.5)")
       if steps is not None:
-        raise ValueError(f"sampling spec {text!r}: two step counts ({steps} and {part!r})")
-      try:
-        steps = int(part)
-      except ValueError:
-        raise ValueError(f"sampling spec {text!r}: steps {part!r} must be an integer, or an "
-                         "option look like name=value") from None
+        _malformed(text, f"gives two step counts, {steps} and {part}; give one")
+      steps = int(part)
       continue
     for item in _split_options(part):
       key, _, value = item.partition("=")
-      if not key.isidentifier() or not value:
-        raise ValueError(f"sampling spec {text!r}: option {item!r} must look like name=value")
+      if not key:
+        _malformed(text, f"has an option {item!r} with no name before its '=' (options look "
+                   "like name=value, e.g. eta=0.5)")
+      if not key.isidentifier():
+        _malformed(text, f"has an option named {key!r}, which is not a name (options look like "
+                   "name=value, e.g. eta=0.5)")
+      if not value:
+        _malformed(text, f"has an option {item!r} with no value after its '=' (options look "
+                   "like name=value, e.g. eta=0.5)")
       if key in options:
-        raise ValueError(f"sampling spec {text!r}: option {key!r} given twice")
+        _malformed(text, f"gives option {key!r} twice")
       options[key] = _literal(value)
   return SampleSpec(name, steps, tuple(options.items()))
+
+
+def _malformed(text: str, problem: str) -> None:
+  """Raise the one-sentence error for a spec that does not follow the grammar."""
+  raise ValueError(f"sampling spec {text!r} {problem}")
+
+
+def _is_integer(part: str) -> bool:
+  try:
+    int(part)
+  except ValueError:
+    return False
+  return True
 
 
 def _split_options(part: str) -> list[str]:

@@ -128,6 +128,22 @@ def test_report_pairs_score_with_floor_for_same_size(digits, quality):
   assert "accuracy" not in quality.report(samples)
 
 
+def test_eval_image_rows_are_the_comparisons_scores_with_floors_for_as_many(digits, quality):
+  """`ardiff eval` on images: FD, precision, recall of the samples, each beside the same metric
+  of as many train images; no bits row where the data are points or there is no nll_bound."""
+  from ardiff.evaluation import bits_row, image_rows
+
+  samples = digits.x_train[-150:]
+  (fd, precision, recall) = image_rows(samples, quality)
+  assert fd == ("fd", quality.frechet(samples), quality.floor(150))
+  floor = quality.floor_precision_recall(150)
+  got = quality.precision_recall(samples)
+  assert precision == ("precision", got[0], floor[0]) and recall == ("recall", got[1], floor[1])
+  assert bits_row("raster", object(), None, digits, None) is None  # no nll_bound
+  points = type("Points", (), {"kind": "points"})()
+  assert bits_row("gaussian", type("P", (), {"nll_bound": 1})(), None, points, None) is None
+
+
 def test_bad_samples_raise(digits, quality):
   with pytest.raises(ValueError, match="samples_levels must hold integer levels"):
     quality.frechet(digits.x_test.astype(np.float32))

@@ -37,6 +37,27 @@ def test_malformed_specs_name_the_problem(text, message):
     parse_spec(text)
 
 
+@pytest.mark.parametrize("text,sentence", [
+    ("ddim:abc", "part 'abc' that is neither a step count (which must be an integer, like 50) "
+                 "nor an option (name=value, like eta=0.5)"),
+    ("ddim:5:eta", "part 'eta' that is neither a step count"),  # not "two step counts"
+    ("ddim:5:6", "gives two step counts, 5 and 6; give one"),
+    ("ddim::5", "has an empty part (two ':' in a row, or a ':' at the end)"),
+    ("ddim:5:=3", "option '=3' with no name before its '='"),
+    ("ddim:5:eta=", "option 'eta=' with no value after its '='"),
+    ("ddim:5:1x=2", "option named '1x', which is not a name"),
+    ("ddim:5:eta=1:eta=2", "gives option 'eta' twice"),
+    (":5", "has no sampler name before its first ':'"),
+])
+def test_malformed_spec_messages_are_one_sentence_naming_the_bad_part(text, sentence):
+  """The whole message: 'sampling spec TEXT' and a sentence about the part that is wrong."""
+  with pytest.raises(ValueError) as info:
+    parse_spec(text)
+  message = str(info.value)
+  assert message.startswith(f"sampling spec {text!r} ") and sentence in message, message
+  assert "\n" not in message and "an option look like" not in message  # the old garble
+
+
 def test_check_spec_lists_what_exists():
   known = {"ddim": {"eta": 0.0}, "ddpm": {"noise": 1.0}}
   check_spec(parse_spec("ddim:5:eta=1"), known, process="toy", needs_steps=["ddim", "ddpm"])
