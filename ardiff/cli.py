@@ -234,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     from ardiff.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()
+  if hasattr(args, "compile_cache"):  # the commands that compile (run, sample, eval, bench)
+    # The same random bits, compiled several times faster on the CPU (threefry_cpu.py).
+    from ardiff.threefry_cpu import use_straight_line_threefry
+
+    use_straight_line_threefry()
   from ardiff.train import Preempted
 
   debug = args.debug or os.environ.get("ARDIFF_DEBUG", "") not in ("", "0")

@@ -35,6 +35,12 @@ def _use_session_compile_cache(config):
 def pytest_configure(config):
   config.addinivalue_line("markers", "xdist_group(name): tests run on one xdist worker")
   _use_session_compile_cache(config)
+  # As the command line does (ardiff/cli.py): JAX's random bits unchanged, lowered straight-line
+  # on the CPU, which XLA compiles several times faster than JAX's rolled loop
+  # (ardiff/threefry_cpu.py; tests/test_threefry_cpu.py checks the bits).
+  from ardiff.threefry_cpu import use_straight_line_threefry
+
+  use_straight_line_threefry()
 
 
 def pytest_unconfigure(config):

@@ -124,10 +124,13 @@ def compile_train_step(process, x, y, batch: int) -> CompiledStep:
 
 
 def train_case(name: str, process, x, y, batch: int, steps: int) -> TrainCase:
-  """The compiled train step for one batch of (x, y), ready to time."""
-  from ardiff.train import num_params
+  """The compiled train step for one batch of (x, y), ready to time. Its FLOPs are XLA's count
+  of the step as training budgets count it (`train_step_flops`: lowered with JAX's own CPU
+  random-bit lowering, see ardiff/threefry_cpu.py), not of the straight-line program timed."""
+  from ardiff.train import TrainConfig, num_params, train_step_flops
 
   step = compile_train_step(process, x, y, batch)
+  flops = train_step_flops(process, x, y, TrainConfig(steps=1000, batch_size=batch))
 
   def run_steps():
     for _ in range(steps):
@@ -135,7 +138,7 @@ def train_case(name: str, process, x, y, batch: int, steps: int) -> TrainCase:
     return metrics["loss"]
 
   return TrainCase(name, num_params(step.state.params), batch, steps,
-                   compiled_flops(step.compiled), run_steps, compiled_memory(step.compiled))
+                   flops, run_steps, compiled_memory(step.compiled))
 
 
 def train_row(case: TrainCase, timing, examples: str = "examples/s",

@@ -10,7 +10,7 @@ import functools
 import jax
 import numpy as np
 
-from ardiff import parallel
+from ardiff import parallel, threefry_cpu
 from ardiff.processes.base import Process
 from ardiff.train.config import TrainConfig, compile_key
 from ardiff.train.step import (guarded_train_step, guarded_train_steps, init_state, make_optimizer,
@@ -116,4 +116,5 @@ def plain_step_flops(process: Process, cfg: TrainConfig, target, batch, key,
                                    ema_warmup=cfg.ema_warmup),
                  in_shardings=(repl, parallel.batch_sharding(mesh), repl),
                  out_shardings=(repl, repl))
-  return step_flops(step.lower(target, batch, key))
+  with threefry_cpu.jax_own_lowering():  # the count budgets and model keys were made with
+    return step_flops(step.lower(target, batch, key))
