@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from ardiff.processes.gaussian.samplers.base import per_example_normal, register_solver
 
 
-@register_solver("heun", spacing="uniform", evals_per_step=2, final_evals=1, churn=0.0)
+@register_solver("heun", spacing="logsnr", evals_per_step=2, final_evals=1, flow_order=2,
+                 churn=0.0)
 def heun_step(ctx, state, x, t, s, key, args):
   sigma_t, sigma_s = ctx.sigma(t), ctx.sigma(s)
   gamma = jnp.minimum(args["churn"] / ctx.num_steps, jnp.sqrt(2.0) - 1.0)
