@@ -122,7 +122,7 @@ X_INIT = jax.random.normal(jax.random.key(0), (256, 2))
 @pytest.mark.parametrize("sampler", SAMPLERS.names())
 def test_solver_converges_to_the_exact_flow_or_law(sampler):
   """Deterministic solvers: the mean path error against the exact flow falls with the order
-  the solver claims (EXPECTED_ORDER), on a Gaussian, and is small on a Gaussian mixture.
+  the solver declares (flow_order, within `order_window`), on a Gaussian, and is small on a Gaussian mixture.
   Stochastic solvers: the output covariance approaches the data's as the steps grow."""
   declared = SAMPLERS.get(sampler).flow_order
   assert (declared is not None) == is_deterministic(sampler), (
