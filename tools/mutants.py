@@ -49,6 +49,7 @@ def _m(name, area, path, old, new, *tests):
 D, TRAIN, AR, BUDGET = ("tests/processes/gaussian/test_diffusion.py", "tests/train/test_train.py",
                         "tests/processes/autoregressive/test_autoregressive.py", "tests/processes/autoregressive/test_budget.py")
 S, INPAINT = "tests/processes/gaussian/test_solvers.py", "tests/processes/gaussian/test_inpaint.py"
+WEIGHTS = "tests/processes/gaussian/test_multistep_weights.py"
 SAMPLERS = "ardiff/processes/gaussian/samplers/"
 EXACT_LAW = f"{D}::test_sampler_output_has_its_exact_gaussian_law"
 BAYES_RISK = f"{D}::test_loss_of_the_exact_model_is_the_bayes_risk"
@@ -98,6 +99,15 @@ MUTANTS = (
        f"{S}::test_dpm_solver_2m_matches_the_papers_algorithm_on_non_uniform_steps", ORDER),
     _m("dpmpp-3m-d2-sign", "samplers", SAMPLERS + "dpm_solver_pp.py",
        "- ((em1 + h) / h**2 - 0.5) * d2", "+ ((em1 + h) / h**2 - 0.5) * d2", ORDER, BEATS_DDIM),
+    # r0 = r1 on the default log-SNR grid, so only an uneven grid shows the swap.
+    _m("dpmpp-3m-d1-ratio-swapped", "samplers", SAMPLERS + "dpm_solver_pp.py",
+       "d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)", "d1 = d1_0 + r1 / (r0 + r1) * (d1_0 - d1_1)",
+       f"{WEIGHTS}::test_dpm_solver_3m_matches_the_papers_algorithm_on_uneven_steps", ORDER),
+    # UniC-1 corrects only the second step of UniPC-2: invisible to the order and to the
+    # beat-DDIM tests, only the transcription sees it.
+    _m("unipc-corrector-weight-1-not-1/2", "samplers", SAMPLERS + "unipc.py",
+       "res = {1: 0.5 * d[2],", "res = {1: 1.0 * d[2],",
+       f"{WEIGHTS}::test_unipc_matches_the_papers_algorithm_on_uneven_steps", ORDER),
     _m("heun-weights-d-and-d'-1-and-0", "samplers", SAMPLERS + "heun.py",
        "(sigma_s - sigma_hat) * 0.5 * (d + d_next)",
        "(sigma_s - sigma_hat) * (1.0 * d + 0.0 * d_next)", ORDER, BEATS_DDIM),
@@ -204,6 +214,13 @@ MUTANTS = (
        "neg = null_label if guidance.negative is None",
        "neg = 0 if guidance.negative is None",
        f"{AR}::test_raster_sampler_chi_square_temperature_and_guidance"),
+    # MaskGIT anneals the choice noise from c (1 - 1/S) to 0; reversed, it grows to c. At
+    # S = 2 both give c / 2 at step 0: the test reads the reveal order's law at S = 4.
+    _m("confidence-noise-annealed-the-wrong-way", "AR decoding",
+       "ardiff/processes/autoregressive/confidence.py",
+       "scale = noise * (1.0 - (s + 1) / num_steps)", "scale = noise * ((s + 1) / num_steps)",
+       "tests/processes/autoregressive/test_confidence.py::"
+       "test_noise_is_annealed_from_large_to_zero_in_the_law_of_the_reveal_order"),
     _m("kv-cache-feeds-the-current-position", "AR decoding", "ardiff/processes/autoregressive/decode.py",
        "jnp.maximum(pos - 1, 0)", "jnp.maximum(pos, 0)", AR),
     # The raster cache by segments (decode_attention.prefix_segments, decode._grown): a

@@ -47,6 +47,7 @@ from ardiff.processes import randomness  # noqa: E402
 from ardiff.processes.gaussian import samplers  # noqa: E402
 from ardiff.processes.gaussian.samplers.base import ModelContext, per_example_normal  # noqa: E402
 from ardiff.processes.gaussian.schedules import make_schedule  # noqa: E402
+from tests._float64 import float64  # noqa: E402
 
 pytestmark = [
     pytest.mark.peers,
@@ -68,10 +69,8 @@ DIFFUSERS_SCHEDULE = {
 
 @pytest.fixture(scope="module", autouse=True)
 def _x64():
-  old = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", old)
+  with float64():
+    yield
 
 
 def _schedule(name):
@@ -156,6 +155,20 @@ def _max_diff(name, a, b):
   diff = float(np.max(np.abs(a - b)))
   print(f"\n[peers] {name}: max |diff| = {diff:.3e}")
   return diff
+
+
+def _peer_vp_trajectory(peer, params, x_init):
+  """The states after every step of a diffusers scheduler that works in the VP state x (as
+  this project does), float64."""
+  eps_fn = _peer_eps(params)
+  x = torch.from_numpy(x_init)
+  traj = []
+  for tau in peer.timesteps:
+    x = peer.step(eps_fn(x, tau), tau, x).prev_sample
+    traj.append(x.numpy())
+  traj = np.stack(traj)
+  assert traj.dtype == np.float64
+  return traj
 
 
 # --- the shared schedule ------------------------------------------------------------------
@@ -268,14 +281,7 @@ def test_dpm_solver_pp_matches_diffusers(name, sampler, order, num_steps, float6
 
   if float64_step:
     _float64_steps(monkeypatch, diffusers.schedulers.scheduling_dpmsolver_multistep)
-  eps_fn = _peer_eps(params)
-  x = torch.from_numpy(x_init)
-  traj = []
-  for tau in peer.timesteps:
-    x = peer.step(eps_fn(x, tau), tau, x).prev_sample
-    traj.append(x.numpy())
-  traj = np.stack(traj)
-  assert traj.dtype == np.float64
+  traj = _peer_vp_trajectory(peer, params, x_init)
   label = f"{sampler} {name} n={num_steps}{' float64 step' if float64_step else ''}"
   assert _max_diff(label, ours, traj) <= (STRICT_TOL if float64_step else TOL)
 
@@ -416,3 +422,42 @@ def test_euler_ancestral_matches_diffusers(name, float64_step, num_steps, monkey
   traj = np.stack(traj)
   label = f"euler_a {name} n={num_steps}{' float64 step' if float64_step else ''}"
   assert _max_diff(label, ours, traj) <= TOL
+
+
+# --- UniPC --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,bh,order,num_steps", [
+    ("cosine", 2, 2, 10),  # diffusers' defaults (bh2, order 2)
+    ("linear", 1, 2, 12),
+    ("cosine", 2, 3, 10),
+    ("linear", 1, 3, 25),
+])
+def test_unipc_matches_diffusers(name, bh, order, num_steps):
+  """On diffusers' trailing grid (uneven in log-SNR): its predictor, corrector, warm-up and
+  lower-order final steps (`lower_order_final`, final sigma zero) against this project's."""
+  schedule = _schedule(name)
+  params = _params(schedule)
+  peer = diffusers.UniPCMultistepScheduler(
+      num_train_timesteps=T, solver_order=order, solver_type=f"bh{bh}", predict_x0=True,
+      lower_order_final=True, final_sigmas_type="zero", timestep_spacing="trailing",
+      thresholding=False, prediction_type="epsilon", **DIFFUSERS_SCHEDULE[name])
+  _use_float64_schedule(peer, schedule)
+  peer.set_timesteps(num_steps)
+  timesteps = peer.timesteps.numpy()
+  sigmas = np.concatenate([_full_sigmas(schedule)[timesteps], [0.0]])
+  np.testing.assert_allclose(peer.sigmas.double().numpy(), sigmas, rtol=1e-6)
+  peer.sigmas = torch.from_numpy(sigmas)
+  times = _trailing_times(timesteps)
+
+  x_init = _x_init()
+  ours = _project(schedule, "unipc", times, x_init, order=order, bh=bh)
+
+  # diffusers returns the predicted (uncorrected) state of each step; this project's
+  # trajectory holds the same predicted states (each is corrected at the next step's start).
+  traj = _peer_vp_trajectory(peer, params, x_init)
+  if bh == 1:  # diffusers' bh1 step to sigma = 0 is NaN: B(h) = h = -inf times a zero residual
+    assert np.isnan(traj[-1]).all() and np.isfinite(ours[-1]).all()
+    ours, traj = ours[:-1], traj[:-1]
+  # Measured 1e-12 (cosine) and 1e-14 (linear): diffusers' UniPC step keeps float64.
+  assert _max_diff(f"unipc bh{bh} order {order} {name} n={num_steps}", ours, traj) <= STRICT_TOL

@@ -1,6 +1,7 @@
 """Confidence decoding (`ardiff.processes.autoregressive.confidence`) on toy logits callbacks,
 against a brute-force NumPy decoder and the categorical law of one position."""
 
+import itertools
 import math
 
 import jax
@@ -148,3 +149,48 @@ def test_sampled_candidates_are_revealed_by_the_models_own_probability():
     top = np.argsort(-conf[b], kind="stable")[:5]
     assert set(np.flatnonzero(np.asarray(history[0][b]) != MASK)) == set(top), b
     np.testing.assert_array_equal(np.asarray(tokens)[b, top], z[b, top])
+
+
+def _order_law(conf, scales):
+  """Exact law of the reveal order when step s reveals one position, the argmax of
+  conf + scales[s] * Gumbel over the hidden ones: by the Gumbel-max trick, a softmax of
+  conf / scales[s] over what is still hidden (scale 0: the argmax), enumerated over orders."""
+  law = {}
+  for order in itertools.permutations(range(len(conf))):
+    p, hidden = 1.0, list(range(len(conf)))
+    for pos, scale in zip(order, scales):
+      c = np.array([conf[i] for i in hidden])
+      if scale == 0:
+        p *= float(conf[pos] == c.max())
+      else:
+        w = np.exp((c - c.max()) / scale)
+        p *= w[hidden.index(pos)] / w.sum()
+      hidden.remove(pos)
+    law[order] = p
+  return law
+
+
+def test_noise_is_annealed_from_large_to_zero_in_the_law_of_the_reveal_order():
+  """Four positions revealed one per step (S = 4), greedy candidates, noise c = 2: step s adds
+  Gumbel noise scaled by c (1 - (s + 1) / S) = 1.5, 1, 0.5, 0, so the order has the law of
+  successive softmaxes of the confidences at those temperatures (enumerated over the 24 orders),
+  by chi-square; the reversed schedule c (s + 1) / S (0.5, 1, 1.5) is rejected. At S = 2 the
+  two schedules agree at step 0, so only S >= 3 tells them apart."""
+  length, n, c = 4, 6000, 2.0
+  base = np.random.default_rng(8).normal(0, 1.0, (1, length, V)).astype(np.float32)
+  conf = np.asarray(jax.nn.log_softmax(jnp.asarray(base[0]), axis=-1).max(axis=-1), np.float64)
+  start = np.full((n, length), MASK, np.int32)
+  _, history = confidence_history(lambda t: jnp.broadcast_to(jnp.asarray(base), (*t.shape, V)),
+                                  randomness.example_keys(jax.random.key(9), n), start,
+                                  (1,) * length, mask_id=MASK, temperature=0.0, noise=c)
+  revealed_at = (np.asarray(history) == MASK).sum(axis=0)  # [n, L]: steps each stayed hidden
+  orders = [tuple(np.argsort(row)) for row in revealed_at]
+  steps = np.arange(length)
+  for scales, accept in ((c * (1 - (steps + 1) / length), True), (c * (steps + 1) / length, False)):
+    law = _order_law(conf, scales)
+    cells = [o for o in law if law[o] > 0]
+    counts = np.array([orders.count(o) for o in cells])
+    assert counts.sum() == n, "an order the law gives probability 0 was drawn"
+    expected = n * np.array([law[o] for o in cells])
+    pvalue = scipy.stats.chisquare(counts, expected / expected.sum() * n).pvalue
+    assert (pvalue > 1e-3) if accept else (pvalue < 1e-6), (scales, pvalue)

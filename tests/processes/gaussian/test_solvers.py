@@ -1,5 +1,6 @@
 """Every registered diffusion solver against closed forms (a new solver is tested by registering
-it; a deterministic one must also state its order in EXPECTED_ORDER below).
+it; a deterministic one declares its order, `register_solver(..., flow_order=p)`, and is held
+to it within a window this file sets from p, and to beating DDIM on the mixture family).
 
 References, independent of the library's solvers: for Gaussian data N(mu, Sigma) the
 probability-flow map from sigma_max to 0 is linear and known in closed form,
@@ -24,6 +25,7 @@ from ardiff.processes.gaussian.inpaint import inpaint
 from ardiff.processes.gaussian.samplers import SAMPLERS, invert, sample, sample_python_loop
 from ardiff.processes.gaussian.samplers.spacing import SPACINGS, time_grid
 from ardiff.processes.gaussian.schedules import make_schedule
+from tests.processes.gaussian import mixture_family
 
 SCHEDULE = make_schedule("cosine", 1000)
 MU = np.array([1.0, -0.5])
@@ -35,11 +37,16 @@ MIX_MEANS = np.array([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.2]])
 MIX_STDS = np.array([0.15, 0.3, 0.2])
 MIX_WEIGHTS = np.array([0.3, 0.5, 0.2])
 
-# Measured order of convergence (slope of the mean path error against NFE, log-log, NFE about
-# 20 to 80) of each deterministic solver with its default spacing, on the Gaussian. 3M stays
-# below 3 because its last step (to sigma = 0) is first order, as in the paper.
-EXPECTED_ORDER = {"ddim": (0.8, 1.25), "heun": (1.8, 2.7), "dpmpp_2m": (1.8, 2.5),
-                  "dpmpp_3m": (2.2, 3.3)}
+
+
+def order_window(order: int) -> tuple[float, float]:
+  """Where the measured order (slope of the mean path error against NFE, log-log, NFE about
+  20 to 80, on the Gaussian, default options) of a solver declaring `order` must lie. Below:
+  20%, for a first-order last step (to sigma = 0, as the papers do): DPM-Solver++(3M) measures
+  2.48. Above: 0.5, for the pre-asymptotic range (UniPC-2, order 3, measures 3.30). Measured
+  with the defaults: DDIM 0.98, Heun 2.22, 2M 2.03, 3M 2.48, UniPC 3.30; declaring UniPC's
+  order as 2 or 3M's as 2 falls outside."""
+  return 0.8 * order, order + 0.5
 
 
 def gaussian_eps(params, x, t, cond):
@@ -115,10 +122,12 @@ X_INIT = jax.random.normal(jax.random.key(0), (256, 2))
 @pytest.mark.parametrize("sampler", SAMPLERS.names())
 def test_solver_converges_to_the_exact_flow_or_law(sampler):
   """Deterministic solvers: the mean path error against the exact flow falls with the order
-  the solver claims (EXPECTED_ORDER), on a Gaussian, and is small on a Gaussian mixture.
+  the solver declares (flow_order, within `order_window`), on a Gaussian, and is small on a Gaussian mixture.
   Stochastic solvers: the output covariance approaches the data's as the steps grow."""
-  if is_deterministic(sampler):
-    assert sampler in EXPECTED_ORDER, f"state the order of the new solver {sampler!r}"
+  declared = SAMPLERS.get(sampler).flow_order
+  assert (declared is not None) == is_deterministic(sampler), (
+      f"solver {sampler!r}: declare flow_order exactly when it is deterministic")
+  if declared is not None:
     nfes, errors = [], []
     for target in (20, 40, 80):
       n = samplers.steps_within(sampler, target)
@@ -126,7 +135,7 @@ def test_solver_converges_to_the_exact_flow_or_law(sampler):
       errors.append(np.abs(out - gaussian_flow(X_INIT, _start_sigma(sampler, n))).mean())
       nfes.append(samplers.nfe(sampler, n))
     slope = -np.polyfit(np.log(nfes), np.log(errors), 1)[0]
-    lo, hi = EXPECTED_ORDER[sampler]
+    lo, hi = order_window(declared)
     assert lo <= slope <= hi, (sampler, nfes, errors, slope)
     n = samplers.steps_within(sampler, 80)
     mix = _run(mixture_eps, sampler, n, X_INIT)
@@ -152,15 +161,48 @@ def test_second_order_solvers_beat_ddim_at_ten_evaluations():
   with their default spacings. Heun is not better at 10 NFE (5 steps, 9 NFE: 0.29), only from
   ~20 NFE on (19 NFE: 0.039 vs DDIM-20 0.033; 39 NFE: 0.0058 vs DDIM-40 0.017; 79: 0.0013 vs
   0.0084), as in the DPM-Solver paper's comparison: its second evaluation per step halves the
-  steps."""
-  def error(sampler, n):
-    out = _run(gaussian_eps, sampler, n, X_INIT)
-    return np.abs(out - gaussian_flow(X_INIT, _start_sigma(sampler, n))).mean()
+  steps. Heun's numbers are on the uniform grid, its default until the mixture family
+  (`test_defaults_on_the_mixture_family`) chose log-SNR."""
+  def error(sampler, n, **options):
+    out = _run(gaussian_eps, sampler, n, X_INIT, **options)
+    return np.abs(out - gaussian_flow(X_INIT, _start_sigma(sampler, n, **options))).mean()
 
   ddim = error("ddim", 10)
   assert error("dpmpp_2m", 10) < 0.4 * ddim
   assert error("dpmpp_3m", 10) < 0.7 * ddim
-  assert error("heun", 40) < 0.5 * error("ddim", 79)
+  assert error("heun", 40, spacing="uniform") < 0.5 * error("ddim", 79)
+
+
+# ----------------------------------------------------------------------------- mixture family
+
+
+@functools.lru_cache(maxsize=None)
+def family_errors(sampler: str, budget: int) -> tuple[float, ...]:
+  """Each member's error (`mixture_family.errors`) with the solver's defaults and the most
+  steps `budget` NFE pay for (Heun: 2n - 1)."""
+  out = sample(mixture_family.eps, mixture_family.params(), mixture_family.SCHEDULE,
+               mixture_family.start_points(), jax.random.key(0), mixture_family.member_ids(),
+               sampler=sampler, num_steps=samplers.steps_within(sampler, budget))
+  return tuple(mixture_family.errors(out))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_defaults_on_the_mixture_family(sampler):
+  """Every solver's defaults on the 16 closed-form mixtures (1-D to 16-D, raw and standardised):
+  no default diverges, and a deterministic solver's worst case is at most DDIM's at 20 NFE and,
+  when it calls the model once per step, at 10 NFE as well (Heun's 5 steps at 9 NFE lose to
+  DDIM on every grid measured: 0.43 at best against 0.29, docs/solvers.md). Measured worst
+  cases at 10 / 20 NFE: DDIM 0.29 / 0.16, 2M 0.10 / 0.039, 3M 0.084 / 0.025, UniPC 0.086 /
+  0.027, Heun 1.28 (9 NFE) / 0.15 (19 NFE); a diverging grid reaches 5 to 27 (Heun, quadratic
+  spacing)."""
+  errs = family_errors(sampler, 10)
+  assert np.all(np.isfinite(errs)) and max(errs) < 2.0, (sampler, errs)
+  if SAMPLERS.get(sampler).flow_order is None or sampler == "ddim":
+    return
+  budgets = (10, 20) if SAMPLERS.get(sampler).evals_per_step == 1 else (20,)
+  for budget in budgets:
+    assert max(family_errors(sampler, budget)) <= max(family_errors("ddim", budget)), (
+        sampler, budget, max(family_errors(sampler, budget)), max(family_errors("ddim", budget)))
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS.names())

@@ -7,7 +7,7 @@ from ardiff.processes.gaussian.samplers.base import (SAMPLERS, Denoised, ModelCo
                                                      steps_for_nfe, steps_within)
 from ardiff.processes.gaussian.samplers import (ddim, ddpm, ddpm_learned,  # noqa: F401
                                                 dpm_solver_pp, euler_ancestral,
-                                                heun)  # (registers them)
+                                                heun, unipc)  # (registers them)
 from ardiff.processes.gaussian.samplers.inversion import invert
 
 __all__ = ["SAMPLERS", "Denoised", "ModelContext", "invert", "nfe", "register_solver",

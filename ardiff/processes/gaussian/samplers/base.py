@@ -76,6 +76,9 @@ class Solver(NamedTuple):
   evals_per_step: int  # model calls in a step that ends at s > 0
   final_evals: int  # model calls in the step that ends at s = 0
   invertible: bool  # deterministic and valid with s > t (see `inversion.py`)
+  # Order of convergence to the probability-flow map with the default options (None: the
+  # solver is stochastic); tests/processes/gaussian/test_solvers.py holds every solver to it.
+  flow_order: int | None
 
 
 SAMPLERS: Registry[Solver] = Registry("diffusion sampler")
@@ -87,13 +90,14 @@ def _stateless(x):
 
 def register_solver(name: str, *, spacing: str = "uniform", init=_stateless,
                     evals_per_step: int = 1, final_evals: int = 1, invertible: bool = False,
-                    **options: float):
-  """Register `step` under `name`; keyword options are its numeric options and defaults."""
+                    flow_order: int | None = None, **options: float):
+  """Register `step` under `name`; keyword options are its numeric options and defaults.
+  `flow_order`: the order the deterministic solver converges at (None when stochastic)."""
   SPACINGS.get(spacing)
 
   def add(step: StepFn) -> StepFn:
     SAMPLERS.register(name)(Solver(step, init, dict(options), spacing, evals_per_step,
-                                   final_evals, invertible))
+                                   final_evals, invertible, flow_order))
     return step
 
   return add

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from ardiff.processes.gaussian.samplers.base import per_example_normal, register_solver
 
 
-@register_solver("ddim", spacing="uniform", invertible=True, eta=0.0)
+@register_solver("ddim", spacing="uniform", invertible=True, flow_order=1, eta=0.0)
 def ddim_step(ctx, state, x, t, s, key, args):
   d = ctx.denoise(x, t)
   sigma_t, sigma_s = ctx.sigma(t), ctx.sigma(s)

@@ -61,7 +61,7 @@ def _dpmpp_step(ctx, state, x, t, s, key, args, *, order):
   return ctx.from_scaled(out, s), new_state
 
 
-register_solver("dpmpp_2m", spacing="logsnr", init=_init)(
+register_solver("dpmpp_2m", spacing="logsnr", init=_init, flow_order=2)(
     functools.partial(_dpmpp_step, order=2))
-register_solver("dpmpp_3m", spacing="logsnr", init=_init)(
+register_solver("dpmpp_3m", spacing="logsnr", init=_init, flow_order=3)(
     functools.partial(_dpmpp_step, order=3))
