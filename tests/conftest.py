@@ -22,12 +22,21 @@ SESSION_CACHE_VAR = "ARDIFF_TEST_SESSION_JAX_CACHE"
 def _use_session_compile_cache(config):
   import tempfile
 
-  import jax
-
   if os.environ.get(SESSION_CACHE_VAR) is None:  # the controller, or a run without xdist
     os.environ[SESSION_CACHE_VAR] = tempfile.mkdtemp(prefix="ardiff-test-jax-cache-")
     config._ardiff_session_cache = os.environ[SESSION_CACHE_VAR]
-  jax.config.update("jax_compilation_cache_dir", os.environ[SESSION_CACHE_VAR])
+  use_session_compile_cache()
+
+
+def use_session_compile_cache():
+  """This process's JAX reads and writes the session's cache (a test's subprocess, which
+  inherits the variable, may call it too)."""
+  import jax
+
+  directory = os.environ.get(SESSION_CACHE_VAR)
+  if not directory:
+    return
+  jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -43,11 +43,16 @@ def tiny_images(n: int = 32, seed: int = 0) -> Dataset:
   return Dataset("tiny", "image", x, y, x[:4], y[:4], CLASSES, LEVELS)
 
 
+def make_process(kind: str):
+  """(process, specs) for a registered kind, on tiny random images; nothing initialised."""
+  section, extra, specs = build.BUILDERS.get(kind).example()
+  return build.build(kind, section, tiny_images(), **extra), specs
+
+
 def make(kind: str):
   """(process, params, specs) for a registered kind, on tiny random images."""
-  section, extra, specs = build.BUILDERS.get(kind).example()
+  process, specs = make_process(kind)
   data = tiny_images()
-  process = build.build(kind, section, data, **extra)
   batch = {"x": model_inputs(process, data)[:2], "y": data.y_train[:2]}
   params = process.init_params(jax.random.key(0), batch)
   return process, params, specs
@@ -73,7 +78,7 @@ def case(request):
 
 def test_both_registries_generate_cases():
   """Every token sampler is taken by some process, every solver by the Gaussian ones."""
-  taken = {kind: registry_specs(kind, make(kind)[0]) for kind in KINDS}
+  taken = {kind: registry_specs(kind, make_process(kind)[0]) for kind in KINDS}
   names = {spec.split(":")[0] for specs in taken.values() for spec in specs}
   assert set(TOKEN_SAMPLERS.names()) <= names
   assert set(SAMPLERS.names()) <= set(n.split(":")[0] for n in taken["gaussian"])
@@ -85,11 +90,16 @@ def test_every_builder_has_an_example():
     assert build.BUILDERS.get(kind).example is not None, kind
 
 
+# The batches the tests draw, few and shared, so that the tests of one case reuse compiled
+# programs (each is a program per batch shape): 5 labels (the null label among them; not a
+# multiple of 8 devices, so the 8-device run pads) and 3.
+LABELS = np.array([0, 1, 2, CLASSES, 1], np.int32)  # CLASSES = the null label
+
+
 def test_samples_are_levels_in_the_data_shape(case):
   kind, process, params, specs = case
-  labels = np.array([0, 1, 2, CLASSES, 1], np.int32)  # CLASSES = the null label
   for spec in specs:
-    x = np.asarray(process.sample(params, jax.random.key(1), labels, spec))
+    x = np.asarray(process.sample(params, jax.random.key(1), LABELS, spec))
     assert x.shape == (5, *SHAPE) and x.dtype == np.uint8, (kind, spec)
     assert x.max() < LEVELS, (kind, spec)
     assert process.nfe(spec) >= 1
@@ -97,7 +107,7 @@ def test_samples_are_levels_in_the_data_shape(case):
 
 def test_same_key_same_samples_and_batch_prefix_invariance(case):
   kind, process, params, specs = case
-  labels = np.array([0, 1, 2, CLASSES, 1, 0], np.int32)
+  labels = LABELS
   spec = specs[0]
   a = np.asarray(process.sample(params, jax.random.key(3), labels, spec))
   b = np.asarray(process.sample(params, jax.random.key(3), labels, spec))
@@ -161,22 +171,25 @@ SCRIPT = textwrap.dedent("""
   import json, sys
   import jax, numpy as np
   from ardiff import parallel
-  from tests.processes.test_contract import KINDS, make
+  from ardiff.threefry_cpu import use_straight_line_threefry
+  from tests.conftest import use_session_compile_cache
+  use_straight_line_threefry()  # as in the test session (tests/conftest.py): same bits
+  use_session_compile_cache()  # the initialisers compiled there load from it
+  from tests.processes.test_contract import KINDS, LABELS, make
   assert jax.device_count() == 8, jax.devices()
-  labels = np.array([0, 1, 2, 3, 1], np.int32)  # 5: not a multiple of 8 (padding path)
   out = {}
   for kind in KINDS:
     process, params, specs = make(kind)
     for spec in specs[:2]:
-      got = [np.asarray(process.sample(params, jax.random.key(7), labels, spec,
-                                       mesh=parallel.data_mesh(jax.devices()[:n])))
-             for n in (1, 8)]
-      out[f"{kind} {spec}"] = [g.tolist() for g in got]
+      out[f"{kind} {spec}"] = np.asarray(process.sample(
+          params, jax.random.key(7), LABELS, spec, mesh=parallel.data_mesh())).tolist()
   print("RESULT" + json.dumps(out))
 """)
 
 
 def test_samples_do_not_depend_on_the_device_count(tmp_path):
+  """The same draws on 8 devices (a subprocess with 8 host devices; 5 labels, so the batch is
+  padded) as on this process's one (where the other contract tests compiled them already)."""
   env = dict(os.environ, XLA_FLAGS=with_device_count(8),
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT,
@@ -184,8 +197,15 @@ def test_samples_do_not_depend_on_the_device_count(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.split("RESULT", 1)[1])
   assert len(result) >= 2 * len(KINDS) - 1
-  for name, (one, eight) in result.items():
-    one, eight = np.asarray(one), np.asarray(eight)
+  assert jax.device_count() == 1
+  made = {}
+  for name, eight in result.items():
+    kind, spec = name.split(" ", 1)
+    if kind not in made:
+      made[kind] = make(kind)
+    process, params, _ = made[kind]
+    one = np.asarray(process.sample(params, jax.random.key(7), LABELS, spec))
+    eight = np.asarray(eight)
     assert one.shape[0] == 5, name
     if name.startswith("gaussian"):  # levels from floats: equal up to rare rounding flips
       assert np.mean(one == eight) > 0.98, name
@@ -280,7 +300,7 @@ def test_a_new_token_sampler_is_one_file_and_one_line(at_once):
   it requires (ARDM and masked diffusion), with no edit to either."""
   process, params, _ = make("ardm")
   assert "at_once" in registry_specs("ardm", process)
-  assert "at_once" in make("masked")[0].samplers
+  assert "at_once" in make_process("masked")[0].samplers
   labels = np.array([0, 1, 2, CLASSES, 1], np.int32)
   x = np.asarray(process.sample(params, jax.random.key(1), labels, "at_once"))
   assert x.shape == (5, *SHAPE) and x.dtype == np.uint8 and x.max() < LEVELS
@@ -293,4 +313,4 @@ def test_a_new_token_sampler_is_one_file_and_one_line(at_once):
     process.nfe("at_once:k=2")
   # Processes that do not provide what it requires refuse it, naming what they take.
   with pytest.raises(ValueError, match="unknown sampler 'at_once'.*known: raster"):
-    make("raster")[0].nfe("at_once")
+    make_process("raster")[0].nfe("at_once")
