@@ -24,6 +24,7 @@ from ardiff.configs.overrides import config_hash
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
 from ardiff.data.levels import levels_to_unit, to_tokens
+from ardiff.errors import DataError
 from ardiff.train import (TrainConfig, TrainState, later_field_defaults, outside_model_key,
                           read_training_info, train)
 
@@ -187,6 +188,7 @@ def train_model(*args, **kwargs):
 
 
 MODEL_CARD = "model.json"
+CARD_KEYS = ("kind", "model", "data", "dtype", "extra")  # what `write_model_card` writes
 
 
 def write_model_card(directory: str, kind: str, model_cfg, dataset: Dataset, dtype: str,
@@ -210,7 +212,11 @@ def load_model(directory: str):
 
   from ardiff.data.base import DataSpec
 
-  card = json.loads(storage.read_text(storage.join(directory, MODEL_CARD)))
+  path = storage.join(directory, MODEL_CARD)
+  card = storage.read_json(path)
+  missing = [k for k in CARD_KEYS if k not in card] if isinstance(card, dict) else CARD_KEYS
+  if missing:
+    raise DataError(f"{path} is not a model card: it lacks {', '.join(missing)}")
   extra = {k: ml_collections.ConfigDict(v) if isinstance(v, dict) else v
            for k, v in card["extra"].items()}
   process = build.build(card["kind"], ml_collections.ConfigDict(card["model"]),
@@ -233,7 +239,8 @@ def find_models(path: str) -> list[str]:
   roots = [storage.join(path, "models")]
   config = storage.join(path, "config.json")
   if storage.isfile(config):
-    cache = json.loads(storage.read_text(config)).get("model_cache")
+    settings = storage.read_json(config)
+    cache = settings.get("model_cache") if isinstance(settings, dict) else None
     if cache:
       roots.append(storage.normpath(storage.join(path, cache)))
   found = []

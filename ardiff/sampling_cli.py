@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from ardiff.configs import ConfigError
+from ardiff.errors import ArdiffError
 
 
 def _pick_model(path: str) -> str:
@@ -69,6 +70,8 @@ def sample_command(args) -> int:
     nfe = process.nfe(args.spec, guidance=guidance)
     samples = np.asarray(process.sample(params, jax.random.key(args.seed), labels, args.spec,
                                         guidance=guidance))
+  except ArdiffError:  # already one line naming its file or key
+    raise
   except ValueError as e:
     raise ConfigError(str(e)) from None
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

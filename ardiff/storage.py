@@ -21,13 +21,14 @@ Tests run all of it against a GCS emulator (tests/test_bucket.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
-from ardiff.errors import StorageError
+from ardiff.errors import DataError, StorageError
 
 _GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
 
@@ -141,6 +142,15 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 
 def read_text(path: str | os.PathLike) -> str:
   return read_bytes(path).decode()
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  """What a JSON file holds; DataError naming the file when it is not JSON (cut short, or
+  edited by hand), where json would raise without saying which file it read."""
+  try:
+    return json.loads(read_bytes(path).decode())
+  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError alike
+    raise DataError(f"{os.fspath(path)} is not valid JSON ({e})") from None
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes, *, fsync: bool = False) -> None:

@@ -58,6 +58,14 @@ FILES = {
     "object.npz": lambda: dict(x=np.array([None] * 4, dtype=object)),
 }
 
+# Text files the cases read, written beside them: an experiment that does not compile and the
+# records of runs cut short (a config.json and a model.json that are not JSON).
+TEXT_FILES = {
+    "broken.py": "def get_config(:\n  return None\n",
+    "not_json/config.json": "{\"model_cache\": \"\", \n",
+    "cut_card/model.json": "{\"kind\": \"gaussian\", \"model\": {\"wid",
+}
+
 # (id, argv, regex the one line must match). "{d}": the data dir; "{w}": the existing work dir.
 RUN = ["run", SPIRAL, "--workdir={w}"]
 RUN_AR = ["run", DIGITS_AR, "--workdir={w}"]
@@ -71,6 +79,8 @@ CLI_CASES = [
     ("run-no-get-config", ["run", "tests/__init__.py", "--workdir={w}"],
      r"__init__.py.*must define get_config"),
     ("run-data-file", ["run", "{d}/good_points.npz", "--workdir={w}"], r"good_points.npz.*not an"),
+    ("run-syntax-error", ["run", "{d}/broken.py", "--workdir={w}"],
+     r"broken.py', line 1: invalid syntax \(def get_config\(:\)"),
     # Override syntax and keys.
     ("unknown-key", RUN + ["--config.nosuchkey=1"], r"unknown config key 'nosuchkey'"),
     ("typo-key", RUN + ["--config.train.step=5"], r"'train.step'.*did you mean 'train.steps'"),
@@ -229,6 +239,11 @@ CLI_CASES = [
     ("sample-no-spec", ["sample", "{w}", "--out={d}/s.npz"], r"--spec"),
     ("sample-num-text", ["sample", "{w}", "--spec=ddim:5", "--num=many", "--out={d}/s.npz"],
      r"--num.*many"),
+    # ardiff sample: the records of a run cut short, named.
+    ("sample-config-not-json", ["sample", "{d}/not_json", "--spec=ddim:5", "--out={d}/s.npz"],
+     r"not_json/config.json is not valid JSON \(Expecting"),
+    ("sample-card-cut-short", ["sample", "{d}/cut_card", "--spec=ddim:5", "--out={d}/s.npz"],
+     r"cut_card/model.json is not valid JSON \(Unterminated string"),
     # ardiff bench.
     ("bench-unknown", ["bench", "nope"], r"invalid choice: 'nope'"),
     ("bench-extra", ["bench", "ar", "--config.x=1"], r"unexpected arguments"),
@@ -329,6 +344,9 @@ def data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("bad_data")
   for name, make in FILES.items():
     np.savez(d / name, **make())
+  for name, text in TEXT_FILES.items():
+    (d / name).parent.mkdir(exist_ok=True)
+    (d / name).write_text(text)
   return str(d)
 
 
