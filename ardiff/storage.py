@@ -21,6 +21,8 @@ Tests run all of it against a GCS emulator (tests/test_bucket.py).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -117,12 +119,45 @@ def isfile(path: str | os.PathLike) -> bool:
 
 
 def makedirs(path: str | os.PathLike) -> None:
-  """Create the directory and its parents (a no-op in a bucket, where folders are prefixes)."""
+  """Create the directory and its parents (a no-op in a bucket, where folders are prefixes).
+  Locally, a path that cannot be made (a file in the way, a read-only or pseudo file system)
+  is a StorageError naming it."""
   path = os.fspath(path)
   if is_remote(path):
     _remote(path).mkdir(parents=True, exist_ok=True)
-  else:
+    return
+  try:
     os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise StorageError(f"cannot create the directory {path}: {why_not_writable(path, e)}") \
+        from None
+
+
+def file_in_the_way(path: str | os.PathLike) -> str | None:
+  """The path itself or the nearest of its parents that exists, where that is not a directory
+  (a file or a link to one: a directory cannot be made there); None if there is none."""
+  path = os.fspath(path)
+  if is_remote(path):
+    return None  # a bucket has prefixes, not folders: nothing is in the way
+  current = _nearest_existing(path)
+  return None if os.path.isdir(current) else current
+
+
+def why_not_writable(path: str, error: OSError) -> str:
+  """What an OSError from writing under `path` means, in words (the file in the way, if any)."""
+  blocker = file_in_the_way(path)
+  if blocker is not None:
+    return f"{blocker} is a file, not a directory"
+  if error.errno == errno.ENOENT:  # the parent exists (else it would be made): e.g. /proc
+    return f"{_nearest_existing(path)} takes no new folders ({error.strerror})"
+  return error.strerror or str(error)
+
+
+def _nearest_existing(path: str) -> str:
+  current = os.path.abspath(path)
+  while not os.path.exists(current) and os.path.dirname(current) != current:
+    current = os.path.dirname(current)
+  return current
 
 
 def listdir(path: str | os.PathLike) -> list[str]:
@@ -163,12 +198,17 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, fsync: bool = Fa
     _remote(path).write_bytes(raw)
     return
   tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(raw)
-    if fsync:
-      f.flush()
-      os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(raw)
+      if fsync:
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError:  # a full disk, a read-only folder: leave no half-written temporary file
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

@@ -173,6 +173,15 @@ CLI_CASES = [
      r"'upscale.divisors'.*multiple"),
     ("masked-spec-resample", RUN_AVD + ["--config.sample.runs.masked=['masked:4:resample=1.5']"],
      r"'sample.runs.masked'.*resample"),
+    # What this machine must offer before anything is written: folders and data.
+    ("model-cache-is-a-file", RUN + ["--config.model_cache=config.json"],
+     r"'model_cache'.*work/config.json is a file, not a directory"),
+    ("workdir-is-a-file", ["run", SPIRAL, "--workdir={w}/metrics.jsonl"],
+     r"cannot create the directory .*metrics.jsonl: .*metrics.jsonl is a file, not a directory"),
+    ("workdir-cannot-be-made", ["run", SPIRAL, "--workdir=/proc/ardiff-run"],
+     r"cannot create the directory /proc/ardiff-run: /proc takes no new folders"),
+    ("tfds-not-prepared", RUN_AR + ["--config.dataset=mnist"],
+     r"tfds dataset 'mnist' is not prepared: searched .*/tfds/mnist"),
     # Guidance that cannot work: the null label was never trained.
     ("guidance-p-uncond-0", RUN + ["--config.diffusion.p_uncond=0.0"],
      r"'diffusion.p_uncond'.*null label"),
@@ -401,7 +410,8 @@ def cli_main(argv) -> int:
 
 @pytest.mark.parametrize("argv,pattern", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_bad_cli_input_is_one_line_and_changes_nothing(argv, pattern, data_dir, workdir, no_run,
-                                                      capsys):
+                                                      capsys, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", os.path.join(data_dir, "tfds"))  # nothing prepared there
   before = snapshot(workdir.parent, data_dir)
   argv = [a.format(d=data_dir, w=workdir) for a in argv]
   assert cli_main(argv) == 2

@@ -28,6 +28,8 @@ LAYERS = (
     ("kernels",),
     # networks and datasets (neither knows the other)
     ("models", "data"),
+    # what `ardiff run` checks on this machine before it writes: devices, folders, data
+    ("preflight",),
     # removal processes (networks injected) and sample-quality metrics
     ("processes", "metrics"),
     ("train",),

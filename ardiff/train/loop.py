@@ -69,11 +69,8 @@ def train(
 
 
 def _check_batch(cfg: TrainConfig, x, y, mesh) -> None:
-  parallel.check_global_batch(cfg.batch_size, mesh)
-  if (cfg.batch_size // mesh.devices.size) % cfg.grad_accum:
-    raise ConfigError(f"config key 'train.grad_accum': {cfg.grad_accum} micro-batches must "
-                      f"divide each device's {cfg.batch_size // mesh.devices.size} examples "
-                      f"(train.batch_size={cfg.batch_size} over {mesh.devices.size} devices)")
+  parallel.check_batch_split(cfg.batch_size, mesh.devices.size, jax.process_count(),
+                             cfg.grad_accum)
   if len(x) != len(y):
     raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
 

@@ -1,0 +1,98 @@
+"""Bad input that shows only on a given machine or in a run under way, one line each: exit 2
+(SIGTERM: 143, as training), a message naming the key or the path, no traceback, and nothing
+on disk changed or lost.
+
+The companion of tests/test_bad_inputs.py, whose table holds what a command line shows on any
+machine. Here: a batch that does not split over this machine's devices, a read-only work dir,
+a full disk during training, a checkpoint of another model, SIGTERM while sampling. Each case
+fakes the machine (a device count, a failing write) rather than needing it, and trains nothing
+it can avoid.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+import ml_collections
+import pytest
+
+from ardiff import parallel, preflight
+from ardiff.configs import ConfigError
+from ardiff.workdir import LOCK_FILE
+from tests.test_bad_inputs import SPIRAL, cli_main, no_run, snapshot, workdir  # noqa: F401
+
+RUN = ["run", SPIRAL, "--workdir={w}"]
+
+
+def assert_one_line(argv, pattern, workdir, capsys, code=2):
+  """`ardiff argv` exits `code` with one line matching `pattern` and leaves the files under
+  the work dir's parent as they were."""
+  before = snapshot(workdir.parent)
+  assert cli_main([a.format(w=workdir) for a in argv]) == code
+  out, err = capsys.readouterr()
+  assert out == "" and "Traceback" not in err
+  assert err.count("\n") == 1 and err.startswith("ardiff: "), err
+  assert re.search(pattern, err), err
+  assert snapshot(workdir.parent) == before
+
+
+# ---- case 1: a batch that does not split over the devices, found before config.json.
+
+@pytest.mark.parametrize("batch,devices,processes,accum,pattern", [
+    (63, 2, 1, 1, r"'train.batch_size': 63 must be divisible by the number of devices \(2\)"),
+    (64, 8, 3, 1, r"'train.batch_size': 64 must be divisible by the number of processes \(3\)"),
+    (64, 8, 1, 3, r"'train.grad_accum': 3 micro-batches must divide each device's 8 examples"),
+])
+def test_a_batch_that_does_not_split_is_refused(batch, devices, processes, accum, pattern):
+  with pytest.raises(ConfigError, match=pattern):
+    parallel.check_batch_split(batch, devices, processes, accum)
+  for fits in [(64, 8, 2, 4), (63, 1, 1, 1), (6, 3, 3, 2)]:
+    parallel.check_batch_split(*fits)
+
+
+def test_preflight_checks_every_train_section_by_its_key():
+  config = ml_collections.ConfigDict({"train": {"batch_size": 64},
+                                      "spiral": {"train": {"batch_size": 63, "grad_accum": 1}}})
+  preflight.check_run(config, "unused", devices=1)
+  with pytest.raises(ConfigError, match=r"'spiral.train.batch_size': 63 .* devices \(2\)"):
+    preflight.check_run(config, "unused", devices=2)
+
+
+def test_run_on_two_devices_stops_before_config_json(workdir, no_run, capsys, monkeypatch):
+  import jax
+
+  monkeypatch.setattr(jax, "device_count", lambda: 2)
+  assert_one_line(RUN + ["--config.train.batch_size=63"],
+                  r"config error: config key 'train.batch_size': 63 .* devices \(2\)",
+                  workdir, capsys)
+
+
+# ---- case 4: a work dir that cannot be written.
+
+def test_read_only_work_dir(workdir, no_run, capsys):
+  os.chmod(workdir, 0o555)
+  try:
+    if os.access(workdir, os.W_OK):  # root writes through the mode bits
+      pytest.skip("chmod 0o555 does not stop this user (root) from writing")
+    assert_one_line(RUN, r"cannot write to the work dir .*work: Permission denied \(.*"
+                    + re.escape(LOCK_FILE), workdir, capsys)
+  finally:
+    os.chmod(workdir, 0o755)
+
+
+def test_read_only_mount(workdir, no_run, capsys, monkeypatch):
+  """The lock file is the first file a run writes; on a read-only mount its open fails."""
+  from ardiff import workdir as workdir_lib
+
+  real_open = os.open
+
+  def read_only(path, *args, **kwargs):
+    if os.fspath(path).endswith(LOCK_FILE):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr(workdir_lib.os, "open", read_only)
+  assert_one_line(RUN, r"cannot write to the work dir .*work: Read-only file system", workdir,
+                  capsys)
