@@ -208,8 +208,14 @@ def _plain(section):
 
 def load_model(directory: str):
   """(process, EMA params, card) of a trained model directory (one with model.json)."""
-  import orbax.checkpoint as ocp
+  process, card = load_process(directory)
+  params, step = load_params(directory)
+  return process, params, dict(card, step=step)
 
+
+def load_process(directory: str):
+  """(process, card) of a model directory, from its model.json alone: no parameters are read,
+  so a sampling setting can be checked against the model before its checkpoint is."""
   from ardiff.data.base import DataSpec
 
   path = storage.join(directory, MODEL_CARD)
@@ -221,6 +227,13 @@ def load_model(directory: str):
            for k, v in card["extra"].items()}
   process = build.build(card["kind"], ml_collections.ConfigDict(card["model"]),
                         DataSpec.from_dict(card["data"]), card["dtype"], **extra)
+  return process, card
+
+
+def load_params(directory: str):
+  """(EMA params, step) of the newest intact checkpoint of a model directory."""
+  import orbax.checkpoint as ocp
+
   ckpt = storage.join(storage.absolute(directory), "checkpoints")
   with ocp.CheckpointManager(ckpt) as manager:
     # A reader: damaged steps are reported and skipped, never moved (a run may be training).
@@ -228,7 +241,7 @@ def load_model(directory: str):
         manager, None, console.log, move=False)
     if step is None:
       raise ConfigError(f"model directory {directory!r} has no checkpoint yet")
-  return process, state["ema_params"], dict(card, step=int(step))
+  return state["ema_params"], int(step)
 
 
 def find_models(path: str) -> list[str]:

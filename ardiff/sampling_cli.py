@@ -1,10 +1,12 @@
 """`ardiff sample`: draw samples from a trained model without rerunning its experiment.
 
 Finds the model (a directory with model.json, or the one model of a work dir), rebuilds its
-process (`ardiff.model_cache.load_model`), samples through the common contract, and writes FILE.npz
-(samples, labels, spec) and FILE.png beside it: an image grid, or a scatter plot for 2-D points.
-Every bad input (no model, several models, a spec the process does not have, a label out of
-range, an output path that exists as a directory) is a ConfigError: one line, exit 2.
+process from model.json (`ardiff.model_cache.load_process`), checks the spec and labels against
+it, then restores its parameters (`load_params`), samples through the common contract, and
+writes FILE.npz (samples, labels, spec) and FILE.png beside it: an image grid, or a scatter plot
+for 2-D points. Every bad input (no model, several models, a spec the process does not have or
+more steps than it was trained with, a label out of range, an output path that exists as a
+directory) is a ConfigError: one line, exit 2, before the checkpoint is read.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def sample_command(args) -> int:
 
   from ardiff.processes.guidance import make_guidance
   from ardiff.processes.spec import parse_spec
-  from ardiff.model_cache import load_model
+  from ardiff.model_cache import load_params, load_process
 
   if args.num < 1:
     raise ConfigError(f"--num must be >= 1, got {args.num}")
@@ -57,7 +59,7 @@ def sample_command(args) -> int:
     raise ConfigError(str(e)) from None
   model_dir = _pick_model(args.path)
   try:
-    process, params, card = load_model(model_dir)
+    process, card = load_process(model_dir)  # the model's settings, not yet its parameters
     label = process.num_classes if args.label is None else args.label
     if _p_uncond(card) == 0 and (label == process.num_classes or guidance is not None):
       raise ValueError("this model was trained with p_uncond=0, so its null label (used by "
@@ -67,7 +69,8 @@ def sample_command(args) -> int:
       raise ValueError(f"--label must lie in 0..{process.num_classes - 1} (or be left out for "
                        f"unconditional samples), got {label}")
     labels = np.full((args.num,), label, np.int32)
-    nfe = process.nfe(args.spec, guidance=guidance)
+    nfe = process.nfe(args.spec, guidance=guidance)  # the spec against this model, up front
+    params, step = load_params(model_dir)
     samples = np.asarray(process.sample(params, jax.random.key(args.seed), labels, args.spec,
                                         guidance=guidance))
   except ArdiffError:  # already one line naming its file or key
@@ -81,7 +84,7 @@ def sample_command(args) -> int:
   png = args.out[:-len(".npz")] + ".png"
   _figure(samples, card, f"{args.spec}, {nfe} NFE" + (f", label {label}" if args.label is not None
                                                       else ""), png)
-  print(f"{len(samples)} samples from {model_dir} (step {card['step']}, {args.spec}, {nfe} NFE) "
+  print(f"{len(samples)} samples from {model_dir} (step {step}, {args.spec}, {nfe} NFE) "
         f"-> {args.out}, {png}", file=sys.stderr)
   return 0
 

@@ -11,6 +11,7 @@ see the exit status and stderr end to end.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -58,12 +59,22 @@ FILES = {
     "object.npz": lambda: dict(x=np.array([None] * 4, dtype=object)),
 }
 
-# Text files the cases read, written beside them: an experiment that does not compile and the
-# records of runs cut short (a config.json and a model.json that are not JSON).
+# A model card (model.json) of a spiral diffusion trained on T = 50 timesteps, with no
+# checkpoint beside it: what `ardiff sample` checks before it reads one.
+CARD_T50 = json.dumps({
+    "kind": "gaussian", "model": {"width": 8, "depth": 1}, "dtype": "float32",
+    "data": {"name": "spiral", "kind": "points", "shape": [2], "num_classes": 3,
+             "num_levels": None, "center": [0.0, 0.0], "scale": [1.0, 1.0]},
+    "extra": {"diffusion": {"schedule": "cosine", "num_timesteps": 50, "target": "eps",
+                            "p_uncond": 0.1, "clip_x0": None}}})
+
+# Text files the cases read, written beside them: an experiment that does not compile, the
+# records of runs cut short (a config.json and a model.json that are not JSON), a model card.
 TEXT_FILES = {
     "broken.py": "def get_config(:\n  return None\n",
     "not_json/config.json": "{\"model_cache\": \"\", \n",
     "cut_card/model.json": "{\"kind\": \"gaussian\", \"model\": {\"wid",
+    "card_t50/model.json": CARD_T50,
 }
 
 # (id, argv, regex the one line must match). "{d}": the data dir; "{w}": the existing work dir.
@@ -253,6 +264,14 @@ CLI_CASES = [
      r"not_json/config.json is not valid JSON \(Expecting"),
     ("sample-card-cut-short", ["sample", "{d}/cut_card", "--spec=ddim:5", "--out={d}/s.npz"],
      r"cut_card/model.json is not valid JSON \(Unterminated string"),
+    # ardiff sample: the spec against the model's own settings, before its checkpoint is read.
+    ("sample-steps-absurd", ["sample", "{d}/card_t50", "--spec=ddim:100000000",
+                             "--out={d}/s.npz"],
+     r"'ddim': 100000000 steps is more than this model's 50 training timesteps"),
+    ("sample-steps-one-too-many", ["sample", "{d}/card_t50", "--spec=heun:51", "--out={d}/s.npz"],
+     r"'heun': 51 steps .* at most 50"),
+    ("sample-label-before-checkpoint", ["sample", "{d}/card_t50", "--spec=ddim:50", "--label=4",
+                                        "--out={d}/s.npz"], r"--label must lie in 0\.\.2"),
     # ardiff bench.
     ("bench-unknown", ["bench", "nope"], r"invalid choice: 'nope'"),
     ("bench-extra", ["bench", "ar", "--config.x=1"], r"unexpected arguments"),

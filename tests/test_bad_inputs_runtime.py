@@ -21,7 +21,8 @@ import pytest
 from ardiff import parallel, preflight
 from ardiff.configs import ConfigError
 from ardiff.workdir import LOCK_FILE
-from tests.test_bad_inputs import SPIRAL, cli_main, no_run, snapshot, workdir  # noqa: F401
+from tests.test_bad_inputs import (CARD_T50, SPIRAL, cli_main, no_run, snapshot,  # noqa: F401
+                                   workdir)
 
 RUN = ["run", SPIRAL, "--workdir={w}"]
 
@@ -96,3 +97,17 @@ def test_read_only_mount(workdir, no_run, capsys, monkeypatch):
   monkeypatch.setattr(workdir_lib.os, "open", read_only)
   assert_one_line(RUN, r"cannot write to the work dir .*work: Read-only file system", workdir,
                   capsys)
+
+
+# ---- case 7: more steps than the model was trained with (the refusals: the table's
+# sample-steps-* cases); its own number of timesteps is still allowed.
+
+def test_a_model_samples_with_up_to_its_own_timesteps(tmp_path):
+  from ardiff.model_cache import load_process
+
+  (tmp_path / "model.json").write_text(CARD_T50)
+  process, _ = load_process(str(tmp_path))
+  assert process.num_timesteps == 50
+  assert process.nfe("ddim:50") == 50 and process.nfe("heun:50") == 99
+  with pytest.raises(ValueError, match="51 steps is more than this model's 50"):
+    process.nfe("ddpm:51")
