@@ -14,6 +14,7 @@ there is no bar: the training loop's periodic plain lines carry the progress and
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 import jax
@@ -64,3 +65,36 @@ def progress(total: int, initial: int = 0, description: str = "train"):
     yield bar
   finally:
     bar.close()
+
+
+class _Hold(logging.Filter):
+  def __init__(self):
+    super().__init__()
+    self.records: list[logging.LogRecord] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    self.records.append(record)
+    return False
+
+
+@contextlib.contextmanager
+def held_logs(*names: str):
+  """The records the named loggers emit in the block (from any thread), held back instead of
+  printed; yields their list. A library that logs a traceback per background thread for a
+  failure the caller reports in one line (orbax on a full disk, tfds on a missing dataset)
+  stays quiet, and the caller `release`s the records when they say something it does not."""
+  hold = _Hold()
+  loggers = [logging.getLogger(name) for name in names]
+  for logger in loggers:
+    logger.addFilter(hold)
+  try:
+    yield hold.records
+  finally:
+    for logger in loggers:
+      logger.removeFilter(hold)
+
+
+def release(records: list[logging.LogRecord]) -> None:
+  """Print held records (`held_logs`) as their loggers would have."""
+  for record in records:
+    logging.getLogger(record.name).handle(record)

@@ -33,6 +33,11 @@ class CheckpointDamaged(ArdiffError):
   """No checkpoint step of a directory could be restored intact (ardiff.checkpoints)."""
 
 
+class CheckpointMismatch(ArdiffError):
+  """An intact checkpoint of another model (other shapes or leaves) where this one resumes;
+  nothing is moved (ardiff.checkpoints)."""
+
+
 class WorkdirLocked(ArdiffError):
   """Another live process holds the directory's lock (ardiff.workdir)."""
 

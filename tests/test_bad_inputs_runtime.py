@@ -12,10 +12,13 @@ it can avoid.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 
+import jax
 import ml_collections
+import numpy as np
 import pytest
 
 from ardiff import parallel, preflight
@@ -62,8 +65,6 @@ def test_preflight_checks_every_train_section_by_its_key():
 
 
 def test_run_on_two_devices_stops_before_config_json(workdir, no_run, capsys, monkeypatch):
-  import jax
-
   monkeypatch.setattr(jax, "device_count", lambda: 2)
   assert_one_line(RUN + ["--config.train.batch_size=63"],
                   r"config error: config key 'train.batch_size': 63 .* devices \(2\)",
@@ -111,3 +112,56 @@ def test_a_model_samples_with_up_to_its_own_timesteps(tmp_path):
   assert process.nfe("ddim:50") == 50 and process.nfe("heun:50") == 99
   with pytest.raises(ValueError, match="51 steps is more than this model's 50"):
     process.nfe("ddpm:51")
+
+
+# ---- case 9: resuming in a directory whose checkpoint is another model's.
+
+def _saved(tmp_path, tree):
+  """A checkpoint manager of tmp_path/checkpoints holding `tree` at step 4 (as training saves)."""
+  import orbax.checkpoint as ocp
+
+  from ardiff import checkpoints
+
+  manager = ocp.CheckpointManager(tmp_path / "checkpoints",
+                                  options=ocp.CheckpointManagerOptions(create=True))
+  checkpoints.save(manager, 4, tree, chief=True)
+  return manager
+
+
+@pytest.mark.parametrize("change,pattern", [
+    (lambda t: {**t, "emb": np.zeros((11, 4), np.float32)},  # one more class
+     r"\['emb'\] has shape \(10, 4\) there, \(11, 4\) in this model"),
+    (lambda t: {**t, "head": np.zeros(3, np.float32)}, r"\['head'\] is not in it"),
+    (lambda t: {"emb": t["emb"]}, r"it has \['dense'\]\['kernel'\], which this model has not"),
+])
+def test_a_checkpoint_of_another_model_is_refused_and_kept(tmp_path, change, pattern):
+  from ardiff import checkpoints
+  from ardiff.errors import CheckpointMismatch
+
+  tree = {"emb": np.ones((10, 4), np.float32), "dense": {"kernel": np.ones((4, 2), np.float32)}}
+  logged = []
+  with _saved(tmp_path, tree) as manager:
+    before = snapshot(tmp_path)
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), change(tree))
+    with pytest.raises(CheckpointMismatch, match="step 4 in .* belongs to a different model: "
+                       + pattern + "; nothing was moved") as info:
+      checkpoints.restore_latest(manager, target, logged.append)
+    assert "\n" not in str(info.value) and logged == []
+    assert snapshot(tmp_path) == before  # not moved aside as damaged
+    same = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+    restored, step = checkpoints.restore_latest(manager, same, logged.append)
+  assert step == 4 and np.array_equal(restored["emb"], tree["emb"])
+
+
+# ---- case 10: a tfds dataset that is not prepared, in one line without tfds' warnings.
+
+def test_tfds_not_prepared_is_one_line_without_absl_warnings(tmp_path, caplog):
+  pytest.importorskip("tensorflow_datasets")
+  from ardiff.data.tfds_source import check_prepared
+  from ardiff.errors import DataNotFound
+
+  with caplog.at_level(logging.WARNING), pytest.raises(DataNotFound) as info:
+    check_prepared("cifar10", str(tmp_path))
+  assert re.match(r"tfds dataset 'cifar10' is not prepared: searched .*/cifar10/", str(info.value))
+  assert [r.getMessage() for r in caplog.records if r.name == "absl"] == []
+  assert os.listdir(tmp_path) == []

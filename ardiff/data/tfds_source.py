@@ -16,13 +16,12 @@ Every process keeps the whole test split, so evaluation sees the same data every
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import os
 
 import numpy as np
 
+from ardiff import console
 from ardiff.data.base import Dataset
 from ardiff.errors import DataError, DataNotFound
 
@@ -55,19 +54,6 @@ def _check_args(name: str, process_index: int, process_count: int,
   return SPECS[name]
 
 
-@contextlib.contextmanager
-def _quiet_tfds():
-  """tfds' warnings about folders it finds incomplete ("Variant folder ... has no
-  dataset_info.json") kept off the console: the one line of DataNotFound says what matters."""
-  logger = logging.getLogger("absl")
-  level = logger.level
-  logger.setLevel(logging.ERROR)
-  try:
-    yield
-  finally:
-    logger.setLevel(level)
-
-
 def check_prepared(name: str, data_dir: str | None = None) -> None:
   """DataNotFound (the message `load_tfds_dataset` would give) unless `name` is prepared as
   ArrayRecord under data_dir ($TFDS_DATA_DIR, else tfds' default); reads no example, so
@@ -84,7 +70,7 @@ def _not_prepared(name: str, data_dir: str | None, cause: Exception | None) -> E
   import tensorflow_datasets as tfds
 
   try:
-    with _quiet_tfds():
+    with console.held_logs("absl"):  # "Variant folder ... has no dataset_info.json": dropped
       builder = tfds.builder(name, data_dir=data_dir)
       searched, prepared = str(builder.data_dir), builder.is_prepared()
       stored = str(builder.info.file_format) if prepared else ""
@@ -141,15 +127,19 @@ def load_tfds_dataset(name: str, data_dir: str | None = None, process_index: int
   import tensorflow_datasets as tfds
 
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
-  try:
-    with _quiet_tfds():
+  # tfds warns of the folders it finds incomplete before it fails: held back, and printed only
+  # where the dataset loads or the failure is not DataNotFound's (whose line says it all).
+  with console.held_logs("absl") as held:
+    try:
       sources = tfds.data_source(
           name, split=["train", "test"], data_dir=data_dir, download=False, try_gcs=False)
-  except Exception as e:  # pylint: disable=broad-except  # tfds raises several kinds here
-    error = _not_prepared(name, data_dir, e)
-    if error is None:
-      raise
-    raise error from e
+    except Exception as e:  # pylint: disable=broad-except  # tfds raises several kinds here
+      error = _not_prepared(name, data_dir, e)
+      if error is None:
+        console.release(held)
+        raise
+      raise error from e
+  console.release(held)
 
   splits = {}
   for split, source in zip(("train", "test"), sources):
