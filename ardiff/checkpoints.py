@@ -110,10 +110,22 @@ def first_nonfinite(tree) -> str | None:
 
 def save(manager: ocp.CheckpointManager, step: int, tree, *, chief: bool) -> None:
   """Save `tree` at `step`, wait until it is final, then write its manifest (chief only)."""
-  manager.save(step, args=ocp.args.StandardSave(tree), force=True)
-  manager.wait_until_finished()
+  # On a full disk every background write of orbax logs its own traceback (dozens) before
+  # the one error raised here: dropped, since the caller reports a full disk in one line
+  # (`ardiff.train`); anything else orbax says is printed.
+  with console.held_logs("absl", "asyncio", drop=storage.is_disk_full):
+    manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+    manager.wait_until_finished()
   if chief:
     write_manifest(step_dir(manager, step))
+
+
+def last_intact_step(directory: str) -> int | None:
+  """The newest step of a checkpoint directory whose files verify (None: none does)."""
+  if not storage.isdir(directory):
+    return None
+  steps = sorted((int(n) for n in storage.listdir(directory) if n.isdigit()), reverse=True)
+  return next((s for s in steps if verify(storage.join(directory, str(s))) is None), None)
 
 
 def _key_name(entry) -> str:
@@ -153,7 +165,8 @@ def _check_same_model(manager: ocp.CheckpointManager, step: int, target) -> None
     return
   try:
     # orbax warns that the item has no step-level metadata file: not news to the user.
-    with console.held_logs("absl"), ocp.StandardCheckpointer() as checkpointer:
+    with console.held_logs("absl", drop=lambda error: True), \
+        ocp.StandardCheckpointer() as checkpointer:
       saved = checkpointer.metadata(storage.join(step_dir(manager, step), ITEM)).item_metadata
   except Exception:  # noqa: BLE001 - unreadable metadata is for the restore to report
     return

@@ -44,3 +44,8 @@ class WorkdirLocked(ArdiffError):
 
 class StorageError(ArdiffError):
   """A work dir that cannot be written (a bucket that is not there, no credentials)."""
+
+
+class DiskFull(StorageError):
+  """No space left (or a quota reached) where a run writes; the message names the disk and the
+  last intact checkpoint, which a rerun resumes from (ardiff.train)."""

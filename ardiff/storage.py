@@ -153,6 +153,35 @@ def why_not_writable(path: str, error: OSError) -> str:
   return error.strerror or str(error)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or one it was raised from, is a full disk or quota: an OSError ENOSPC or
+  EDQUOT, or TensorStore's words for one (orbax raises ValueError("RESOURCE_EXHAUSTED: ...
+  No space left on device [os_error_code='28']"))."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _FULL:
+      return True
+    if any(os.strerror(code) in str(error) for code in _FULL):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def mount_point(path: str | os.PathLike) -> str:
+  """The mount point of the file system that holds `path` (the path itself for a bucket)."""
+  path = os.fspath(path)
+  if is_remote(path):
+    return path
+  current = _nearest_existing(path)
+  while not os.path.ismount(current):
+    current = os.path.dirname(current)
+  return current
+
+
 def _nearest_existing(path: str) -> str:
   current = os.path.abspath(path)
   while not os.path.exists(current) and os.path.dirname(current) != current:

@@ -11,6 +11,7 @@ it can avoid.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -165,3 +166,83 @@ def test_tfds_not_prepared_is_one_line_without_absl_warnings(tmp_path, caplog):
   assert re.match(r"tfds dataset 'cifar10' is not prepared: searched .*/cifar10/", str(info.value))
   assert [r.getMessage() for r in caplog.records if r.name == "absl"] == []
   assert os.listdir(tmp_path) == []
+
+
+# ---- case 8: the disk fills up during training.
+
+NO_SPACE = os.strerror(errno.ENOSPC)
+# orbax's form: TensorStore's error in a background write, raised again by the save.
+ORBAX_FULL = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/4.orbax-'
+                        'checkpoint-tmp/_sharding": Failed to write 32396 bytes to file 9: No '
+                        "space left on device [os_error_code='28']")
+
+
+@pytest.mark.parametrize("writer,failing_call,error", [
+    ("checkpoint", 2, ORBAX_FULL),
+    ("checkpoint", 2, OSError(errno.ENOSPC, NO_SPACE, "/w/checkpoints/4")),
+    ("metrics", 3, OSError(errno.ENOSPC, NO_SPACE, "/w/metrics.jsonl")),
+    ("summaries", 2, OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/w/tensorboard")),
+])
+def test_a_full_disk_stops_training_in_one_line_keeping_the_last_checkpoint(
+    tmp_path, monkeypatch, writer, failing_call, error):
+  """A write fails for want of space after the checkpoint of step 2 (the checkpoint of step
+  4, the metrics row of step 3, the TensorBoard flush before step 4's checkpoint): one line
+  naming the disk and step 2, which stays intact for the rerun."""
+  from ardiff import checkpoints, storage, summaries
+  from ardiff.errors import DiskFull
+  from ardiff.train import records, train
+  from tests.train.helpers import tiny_setup
+
+  owner, name = {"checkpoint": (checkpoints.ocp.CheckpointManager, "save"),
+                 "metrics": (records, "append_metrics"),
+                 "summaries": (summaries.Summaries, "flush")}[writer]
+  real, calls = getattr(owner, name), []
+
+  def full(*args, **kwargs):
+    calls.append(args)
+    if len(calls) == failing_call:
+      raise error
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(owner, name, full)
+  process, data, cfg = tiny_setup(steps=6)
+  cfg = dataclasses.replace(cfg, checkpoint_every=2)
+  with pytest.raises(DiskFull) as info:
+    train(process, data.x_train, data.y_train, cfg, str(tmp_path), log=lambda line: None)
+  ckpt = tmp_path / "checkpoints"
+  assert str(info.value) == (
+      f"no space left on the disk at {storage.mount_point(tmp_path)} while writing {tmp_path}: "
+      f"the last intact checkpoint, step 2 in {ckpt}, is kept; free space and rerun the same "
+      "command to resume")
+  assert checkpoints.last_intact_step(str(ckpt)) == 2 and not (ckpt / "4").exists()
+
+
+def test_disk_full_is_told_by_errno_or_by_tensorstore_words():
+  from ardiff.storage import is_disk_full
+
+  chained = RuntimeError("save failed")
+  chained.__cause__ = OSError(errno.ENOSPC, NO_SPACE)
+  for full in (ORBAX_FULL, chained, OSError(errno.EDQUOT, "quota"), OSError(errno.ENOSPC, "")):
+    assert is_disk_full(full), full
+  for other in (OSError(errno.EACCES, os.strerror(errno.EACCES)), ValueError("RESOURCE_EXHAUSTED"),
+                None):
+    assert not is_disk_full(other), other
+
+
+def test_a_save_holds_orbax_logs_back_on_a_full_disk_only(tmp_path, monkeypatch, caplog):
+  """orbax logs a traceback per failed background write before the save raises: on a full
+  disk they are dropped (the caller's one line says it), for any other error printed."""
+  from ardiff import checkpoints
+
+  def save(self, *args, **kwargs):
+    logging.getLogger("absl").error("background write failed (a traceback per array)")
+    raise failure
+
+  with _saved(tmp_path, {"w": np.ones(2, np.float32)}) as manager:
+    monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", save)
+    for failure, printed in [(ORBAX_FULL, []), (ValueError("bad sharding"),
+                                                ["background write failed (a traceback per array)"])]:
+      caplog.clear()
+      with pytest.raises(ValueError):
+        checkpoints.save(manager, 6, {"w": np.ones(2, np.float32)}, chief=True)
+      assert [r.getMessage() for r in caplog.records if r.name == "absl"] == printed

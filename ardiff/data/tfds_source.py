@@ -70,7 +70,8 @@ def _not_prepared(name: str, data_dir: str | None, cause: Exception | None) -> E
   import tensorflow_datasets as tfds
 
   try:
-    with console.held_logs("absl"):  # "Variant folder ... has no dataset_info.json": dropped
+    # "Variant folder ... has no dataset_info.json": what the message below says in words.
+    with console.held_logs("absl", drop=lambda error: True):
       builder = tfds.builder(name, data_dir=data_dir)
       searched, prepared = str(builder.data_dir), builder.is_prepared()
       stored = str(builder.info.file_format) if prepared else ""
@@ -127,19 +128,17 @@ def load_tfds_dataset(name: str, data_dir: str | None = None, process_index: int
   import tensorflow_datasets as tfds
 
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
-  # tfds warns of the folders it finds incomplete before it fails: held back, and printed only
-  # where the dataset loads or the failure is not DataNotFound's (whose line says it all).
-  with console.held_logs("absl") as held:
+  # tfds warns of the folders it finds incomplete before it fails: dropped where DataNotFound's
+  # one line says it all, printed otherwise.
+  with console.held_logs("absl", drop=lambda error: isinstance(error, DataNotFound)):
     try:
       sources = tfds.data_source(
           name, split=["train", "test"], data_dir=data_dir, download=False, try_gcs=False)
     except Exception as e:  # pylint: disable=broad-except  # tfds raises several kinds here
       error = _not_prepared(name, data_dir, e)
       if error is None:
-        console.release(held)
         raise
       raise error from e
-  console.release(held)
 
   splits = {}
   for split, source in zip(("train", "test"), sources):
