@@ -186,6 +186,18 @@ def main(argv: list[str] | None = None) -> int:
   _add_common_flags(p_bench)
   p_bench.set_defaults(fn=cmd_bench)
   args, extra = parser.parse_known_args(argv)
+  if args.command != "sample":
+    return _dispatch(args, extra)
+  # Sampling has nothing to save: SIGTERM from start-up on (jax's import included) is one line
+  # and exit 143 at once (`ardiff.sigterm`); training handles it in its loop.
+  from ardiff.sigterm import StopOnSigterm
+
+  with StopOnSigterm("sampling", args.out) as args.sigterm:
+    return _dispatch(args, extra)
+
+
+def _dispatch(args, extra) -> int:
+  """Run the command; an ArdiffError (or a signal) ends it with one line and its status."""
   if getattr(args, "compile_cache", False):  # before anything compiles (see compile_cache.py)
     from ardiff.compile_cache import enable_compilation_cache
 

@@ -11,6 +11,7 @@ directory) is a ConfigError: one line, exit 2, before the checkpoint is read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -77,13 +78,15 @@ def sample_command(args) -> int:
     raise
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  tmp = args.out[:-len(".npz")] + ".tmp.npz"
-  np.savez(tmp, samples=samples, labels=labels, spec=np.array(args.spec))
-  os.replace(tmp, args.out)
   png = args.out[:-len(".npz")] + ".png"
-  _figure(samples, card, f"{args.spec}, {nfe} NFE" + (f", label {label}" if args.label is not None
-                                                      else ""), png)
+  stop = getattr(args, "sigterm", None)  # `ardiff.sigterm`: a SIGTERM now waits for the files
+  with stop.writing([args.out, png]) if stop else contextlib.nullcontext():
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out[:-len(".npz")] + ".tmp.npz"
+    np.savez(tmp, samples=samples, labels=labels, spec=np.array(args.spec))
+    os.replace(tmp, args.out)
+    _figure(samples, card, f"{args.spec}, {nfe} NFE" + (f", label {label}"
+                                                        if args.label is not None else ""), png)
   print(f"{len(samples)} samples from {model_dir} (step {step}, {args.spec}, {nfe} NFE) "
         f"-> {args.out}, {png}", file=sys.stderr)
   return 0

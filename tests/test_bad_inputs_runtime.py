@@ -11,6 +11,7 @@ it can avoid.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -246,3 +247,62 @@ def test_a_save_holds_orbax_logs_back_on_a_full_disk_only(tmp_path, monkeypatch,
       with pytest.raises(ValueError):
         checkpoints.save(manager, 6, {"w": np.ones(2, np.float32)}, chief=True)
       assert [r.getMessage() for r in caplog.records if r.name == "absl"] == printed
+
+
+# ---- case 11: SIGTERM while `ardiff sample` starts up or samples: one line, exit 143 at once.
+
+@pytest.mark.parametrize("while_writing", [False, True])
+def test_sigterm_says_what_was_written(while_writing, capsys):
+  """The watcher answers a SIGTERM at once, except during the writing of the output, which
+  it lets finish first (no half-written file) and then names."""
+  import signal
+  import time
+
+  from ardiff.sigterm import StopOnSigterm
+
+  exits = []
+  with StopOnSigterm("sampling", "s.npz", exit=exits.append) as stop:
+    with stop.writing(["s.npz", "s.png"]) if while_writing else contextlib.nullcontext():
+      # To the watcher itself: in this process threads started before the guard (pytest's,
+      # jax's) do not block SIGTERM, and a signal to the process could end it there.
+      signal.pthread_kill(stop._watcher.ident, signal.SIGTERM)
+      time.sleep(0.3)
+      assert exits == ([] if while_writing else [143])
+    stop._watcher.join(10)
+  assert exits == [143]
+  said = ("stopped sampling after writing s.npz, s.png" if while_writing else
+          "stopped sampling before writing s.npz; nothing was written and nothing lost")
+  assert capsys.readouterr().err.startswith(f"ardiff: SIGTERM: {said}")
+
+
+def test_sigterm_at_sample_start_up_exits_143_with_one_line(tmp_path):
+  """The real process (the exit status is the point): SIGTERM as soon as the guard blocks it,
+  while jax is still being imported."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  from tests.test_bad_inputs import ROOT
+
+  (tmp_path / "model").mkdir()
+  (tmp_path / "model" / "model.json").write_text(CARD_T50)
+  env = dict(os.environ, PYTHONPATH=ROOT, ARDIFF_DEBUG="")
+  proc = subprocess.Popen([sys.executable, "-m", "ardiff.cli", "sample", str(tmp_path / "model"),
+                           "--spec=ddim:5", f"--out={tmp_path / 's.npz'}"], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  status = f"/proc/{proc.pid}/status"
+  deadline = time.monotonic() + 60
+  while time.monotonic() < deadline:  # SigBlk: the main thread's blocked signals, in hex
+    lines = dict(line.split(":\t", 1) for line in open(status).read().splitlines()
+                 if ":\t" in line)
+    if int(lines["SigBlk"], 16) >> (signal.SIGTERM - 1) & 1:
+      break
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 143, err
+  assert out == "" and err == (f"ardiff: SIGTERM: stopped sampling before writing "
+                               f"{tmp_path / 's.npz'}; nothing was written and nothing lost "
+                               "(rerun the same command)\n")
+  assert sorted(os.listdir(tmp_path)) == ["model"]

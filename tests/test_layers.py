@@ -22,7 +22,7 @@ LAYERS = (
     ("errors", "registry"),
     # files, the console, dtypes, the compilation cache, hosts; `configs` is the override
     # parser and validation only (no section schemas: those are `presets`, far above)
-    ("storage", "console", "precision", "compile_cache", "distributed", "configs"),
+    ("storage", "console", "precision", "compile_cache", "distributed", "configs", "sigterm"),
     # work dirs, checkpoints, device meshes, figures and tables, TensorBoard, sample files
     ("workdir", "checkpoints", "parallel", "report", "summaries", "sample_cache"),
     ("kernels",),
