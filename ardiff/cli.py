@@ -98,7 +98,7 @@ def write_config(workdir: str, text: str) -> None:
   except OSError as e:  # a read-only folder, a full disk: the old config.json stays in place
     if kept is not None and not storage.exists(path):
       storage.rename(kept, path)
-    raise StorageError(f"cannot write {path}: {storage.why_not_writable(path, e)}") from None
+    raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def cmd_config(args, extra) -> int:

@@ -129,7 +129,7 @@ def makedirs(path: str | os.PathLike) -> None:
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise StorageError(f"cannot create the directory {path}: {why_not_writable(path, e)}") \
+    raise StorageError(f"cannot create the directory {path}: {_why_not_made(path, e)}") \
         from None
 
 
@@ -143,8 +143,8 @@ def file_in_the_way(path: str | os.PathLike) -> str | None:
   return None if os.path.isdir(current) else current
 
 
-def why_not_writable(path: str, error: OSError) -> str:
-  """What an OSError from writing under `path` means, in words (the file in the way, if any)."""
+def _why_not_made(path: str, error: OSError) -> str:
+  """What an OSError from making the directory `path` means, in words (the file in the way)."""
   blocker = file_in_the_way(path)
   if blocker is not None:
     return f"{blocker} is a file, not a directory"

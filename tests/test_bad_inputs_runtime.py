@@ -102,6 +102,30 @@ def test_read_only_mount(workdir, no_run, capsys, monkeypatch):
                   capsys)
 
 
+def test_a_config_json_that_cannot_be_written_leaves_the_old_one(workdir, no_run, capsys,
+                                                                  monkeypatch):
+  """The new config.json fails to write (a full disk): the old one is put back, not left as
+  config.<time>.json with none in its place."""
+  from ardiff import storage
+
+  real = storage.write_atomic
+
+  def full(path, *args, **kwargs):
+    if os.fspath(path).endswith("config.json"):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    return real(path, *args, **kwargs)
+
+  monkeypatch.setattr(storage, "write_atomic", full)
+  before = snapshot(workdir)
+  assert cli_main([a.format(w=workdir) for a in RUN]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Traceback" not in err
+  assert re.search(r"cannot write .*work/config.json: No space left on device", err), err
+  after = snapshot(workdir)
+  after.pop(str(workdir / LOCK_FILE))  # the lock file stays, on purpose (ardiff.workdir)
+  assert after == before
+
+
 # ---- case 7: more steps than the model was trained with (the refusals: the table's
 # sample-steps-* cases); its own number of timesteps is still allowed.
 
