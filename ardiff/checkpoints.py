@@ -12,8 +12,11 @@ So:
   verify     recompute the hashes; any missing, resized or changed file is damage. A step
              without a manifest (written before manifests existed, or killed between the orbax
              commit and the manifest) is trusted as before;
-  restore    verify, then orbax restore (any exception is damage), then check that every float
-             leaf is finite (a non-finite value is damage too: training never saves one);
+  restore    verify, then compare the step's saved shapes (orbax metadata) with the tree asked
+             for: an intact step of another model (a width or a number of classes changed)
+             is not damage but CheckpointMismatch, naming the first difference, and nothing
+             is moved; then orbax restore (any exception is damage), then check that every
+             float leaf is finite (a non-finite value is damage too: training never saves one);
   fallback   `restore_latest` tries the steps newest first; a damaged step is reported in one
              line and moved aside to `damaged-<step>` (a name orbax does not take for a step,
              so the next save at that step does not collide), and the previous kept step is
@@ -36,8 +39,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ardiff import storage
-from ardiff.errors import CheckpointDamaged
+from ardiff import console, storage
+from ardiff.errors import CheckpointDamaged, CheckpointMismatch
 
 MANIFEST = "ardiff-sha256.json"
 ITEM = "default"  # where a CheckpointManager without item names keeps a step's tree
@@ -107,17 +110,81 @@ def first_nonfinite(tree) -> str | None:
 
 def save(manager: ocp.CheckpointManager, step: int, tree, *, chief: bool) -> None:
   """Save `tree` at `step`, wait until it is final, then write its manifest (chief only)."""
-  manager.save(step, args=ocp.args.StandardSave(tree), force=True)
-  manager.wait_until_finished()
+  # On a full disk every background write of orbax logs its own traceback (dozens) before
+  # the one error raised here: dropped, since the caller reports a full disk in one line
+  # (`ardiff.train`); anything else orbax says is printed.
+  with console.held_logs("absl", "asyncio", drop=storage.is_disk_full):
+    manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+    manager.wait_until_finished()
   if chief:
     write_manifest(step_dir(manager, step))
 
 
+def last_intact_step(directory: str) -> int | None:
+  """The newest step of a checkpoint directory whose files verify (None: none does)."""
+  if not storage.isdir(directory):
+    return None
+  steps = sorted((int(n) for n in storage.listdir(directory) if n.isdigit()), reverse=True)
+  return next((s for s in steps if verify(storage.join(directory, str(s))) is None), None)
+
+
+def _key_name(entry) -> str:
+  """One entry of a tree path as a name: a dict key, an attribute or an index alike (a saved
+  TrainState comes back as dicts, the target is a dataclass of NamedTuples)."""
+  for field in ("key", "name", "idx"):
+    if hasattr(entry, field):
+      return str(getattr(entry, field))
+  return str(entry)
+
+
+def _shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+  return {tuple(map(_key_name, path)): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def model_mismatch(saved_tree, target) -> str | None:
+  """How a saved tree (its metadata: shapes, no values) differs from `target` in structure or
+  shape, the first difference in words; None where they agree."""
+  saved, wanted = _shapes(saved_tree), _shapes(target)
+  for path in sorted(saved.keys() | wanted.keys()):
+    where = "".join(f"[{name!r}]" for name in path)
+    if path not in saved:
+      return f"{where} is not in it"
+    if path not in wanted:
+      return f"it has {where}, which this model has not"
+    if saved[path] != wanted[path]:
+      return f"{where} has shape {saved[path]} there, {wanted[path]} in this model"
+  return None
+
+
+def _check_same_model(manager: ocp.CheckpointManager, step: int, target) -> None:
+  """CheckpointMismatch where the step holds another model's tree (a width or a number of
+  classes changed): that is not damage, and nothing may be moved aside for it. Metadata that
+  cannot be read says nothing here: the restore then judges the step."""
+  if target is None:
+    return
+  try:
+    # orbax warns that the item has no step-level metadata file: not news to the user.
+    with console.held_logs("absl", drop=lambda error: True), \
+        ocp.StandardCheckpointer() as checkpointer:
+      saved = checkpointer.metadata(storage.join(step_dir(manager, step), ITEM)).item_metadata
+  except Exception:  # noqa: BLE001 - unreadable metadata is for the restore to report
+    return
+  difference = model_mismatch(saved, target)
+  if difference is not None:
+    raise CheckpointMismatch(
+        f"checkpoint step {step} in {manager.directory} belongs to a different model: "
+        f"{difference}; nothing was moved (train this model in another directory, or delete "
+        "that one to start afresh)")
+
+
 def _damage(manager: ocp.CheckpointManager, step: int, target) -> tuple[Any, str | None]:
-  """(restored tree, None), or (None, what is wrong with the step)."""
+  """(restored tree, None), or (None, what is wrong with the step); CheckpointMismatch for an
+  intact step of another model."""
   problem = verify(step_dir(manager, step))
   if problem is not None:
     return None, problem
+  _check_same_model(manager, step, target)
   try:
     # A checkpointer of its own on the step's item directory, not the manager: a failed
     # restore can leave a manager misconfigured (measured: after an empty step directory it

@@ -37,7 +37,7 @@ import time
 
 from ardiff import storage
 from ardiff.configs import ConfigError, get_experiment_config, to_json
-from ardiff.errors import ArdiffError
+from ardiff.errors import ArdiffError, StorageError
 
 from ardiff.bench import BENCHES  # names only: each bench imports its code when it runs
 
@@ -57,6 +57,9 @@ def _split_overrides(extra: list[str]) -> list[str]:
 
 
 def cmd_run(args, extra) -> int:
+  import jax
+
+  from ardiff import preflight
   from ardiff.distributed import maybe_initialize
   from ardiff.experiment_helpers import is_chief
   from ardiff.workdir import workdir_lock
@@ -65,8 +68,11 @@ def cmd_run(args, extra) -> int:
   module, config = get_experiment_config(args.experiment, _split_overrides(extra))  # validates
   workdir = args.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(args.experiment))[0])
+  # What this machine must offer (devices, folders, data), then the work dir, before a write.
+  preflight.check_run(config, workdir, devices=jax.device_count(),
+                      processes=jax.process_count())
   storage.check_writable(workdir)  # a bucket that is not there: one line, before training
-  storage.makedirs(workdir)
+  storage.makedirs(workdir)  # a file in the way, a read-only mount: one line naming it
   with workdir_lock(workdir, "ardiff run", take=is_chief()):  # one run per work dir
     write_config(workdir, to_json(config))
     start = time.perf_counter()
@@ -82,12 +88,19 @@ def write_config(workdir: str, text: str) -> None:
   config.<UTC time>.json (a run with new settings never loses the record of the old ones)."""
   storage.makedirs(workdir)
   path = storage.join(workdir, "config.json")
-  if storage.isfile(path):
-    if storage.read_text(path) == text:
-      return
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    storage.rename(path, storage.join(workdir, f"config.{stamp}.json"))
-  storage.write_atomic(path, text)
+  kept = None
+  try:
+    if storage.isfile(path):
+      if storage.read_text(path) == text:
+        return
+      stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+      kept = storage.join(workdir, f"config.{stamp}.json")
+      storage.rename(path, kept)
+    storage.write_atomic(path, text)
+  except OSError as e:  # a read-only folder, a full disk: the old config.json stays in place
+    if kept is not None and not storage.exists(path):
+      storage.rename(kept, path)
+    raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def cmd_config(args, extra) -> int:
@@ -230,6 +243,18 @@ def main(argv: list[str] | None = None) -> int:
   _add_common_flags(p_bench)
   p_bench.set_defaults(fn=cmd_bench)
   args, extra = parser.parse_known_args(argv)
+  if args.command != "sample":
+    return _dispatch(args, extra)
+  # Sampling has nothing to save: SIGTERM from start-up on (jax's import included) is one line
+  # and exit 143 at once (`ardiff.sigterm`); training handles it in its loop.
+  from ardiff.sigterm import StopOnSigterm
+
+  with StopOnSigterm("sampling", args.out) as args.sigterm:
+    return _dispatch(args, extra)
+
+
+def _dispatch(args, extra) -> int:
+  """Run the command; an ArdiffError (or a signal) ends it with one line and its status."""
   if getattr(args, "compile_cache", False):  # before anything compiles (see compile_cache.py)
     from ardiff.compile_cache import enable_compilation_cache
 

@@ -14,7 +14,9 @@ there is no bar: the training loop's periodic plain lines carry the progress and
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
+from typing import Callable
 
 import jax
 
@@ -64,3 +66,48 @@ def progress(total: int, initial: int = 0, description: str = "train"):
     yield bar
   finally:
     bar.close()
+
+
+class _Hold(logging.Filter):
+  def __init__(self):
+    super().__init__()
+    self.records: list[logging.LogRecord] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    self.records.append(record)
+    return False
+
+
+@contextlib.contextmanager
+def held_logs(*names: str, drop: Callable[[BaseException | None], bool] = lambda error: False):
+  """What the named loggers emit in the block (from any thread), and the errors native code
+  prints through `sys.excepthook` or `sys.unraisablehook` (TensorStore's completions arriving
+  at orbax's closed event loop), held back while it runs and printed when it ends, unless
+  `drop(the error it ends with, or None)` says they only repeat what the caller reports in
+  one line: orbax prints a traceback per background write that fails on a full disk, tfds a
+  warning per folder it finds incomplete before the dataset is reported missing."""
+  hold = _Hold()
+  loggers = [logging.getLogger(name) for name in names]
+  for logger in loggers:
+    logger.addFilter(hold)
+  hooks = sys.excepthook, sys.unraisablehook
+  sys.excepthook = lambda *exc_info: hold.records.append(exc_info)
+  sys.unraisablehook = hold.records.append
+  error = None
+  try:
+    yield
+  except BaseException as e:
+    error = e
+    raise
+  finally:
+    sys.excepthook, sys.unraisablehook = hooks
+    for logger in loggers:
+      logger.removeFilter(hold)
+    if not drop(error):
+      for item in hold.records:  # as they would have been printed
+        if isinstance(item, logging.LogRecord):
+          logging.getLogger(item.name).handle(item)
+        elif isinstance(item, tuple):
+          sys.excepthook(*item)
+        else:
+          sys.unraisablehook(item)

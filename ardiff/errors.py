@@ -33,9 +33,19 @@ class CheckpointDamaged(ArdiffError):
   """No checkpoint step of a directory could be restored intact (ardiff.checkpoints)."""
 
 
+class CheckpointMismatch(ArdiffError):
+  """An intact checkpoint of another model (other shapes or leaves) where this one resumes;
+  nothing is moved (ardiff.checkpoints)."""
+
+
 class WorkdirLocked(ArdiffError):
   """Another live process holds the directory's lock (ardiff.workdir)."""
 
 
 class StorageError(ArdiffError):
   """A work dir that cannot be written (a bucket that is not there, no credentials)."""
+
+
+class DiskFull(StorageError):
+  """No space left (or a quota reached) where a run writes; the message names the disk and the
+  last intact checkpoint, which a rerun resumes from (ardiff.train)."""

@@ -36,6 +36,7 @@ def eval_command(args) -> int:
   data = model_data.trained_dataset(model.card, config, config_file, model.directory)
   num = args.num or len(data.x_test)
   labels, nfe = sampling_cli.sample_labels(model, args, num)
+  model = sampling_cli.with_params(model)
   quality = _quality(data, config, config_file, model.directory)  # before the long part
   samples = sampling_cli.draw(model, args, labels)
   if quality is None:

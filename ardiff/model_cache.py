@@ -24,6 +24,7 @@ from ardiff.configs.overrides import config_hash
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import Dataset
 from ardiff.data.levels import levels_to_unit, to_tokens
+from ardiff.errors import DataError
 from ardiff.train import (TrainConfig, TrainState, later_field_defaults, outside_model_key,
                           read_training_info, train)
 
@@ -187,6 +188,7 @@ def train_model(*args, **kwargs):
 
 
 MODEL_CARD = "model.json"
+CARD_KEYS = ("kind", "model", "data", "dtype", "extra")  # what `write_model_card` writes
 
 
 def write_model_card(directory: str, kind: str, model_cfg, dataset: Dataset, dtype: str,
@@ -206,15 +208,32 @@ def _plain(section):
 
 def load_model(directory: str):
   """(process, EMA params, card) of a trained model directory (one with model.json)."""
-  import orbax.checkpoint as ocp
+  process, card = load_process(directory)
+  params, step = load_params(directory)
+  return process, params, dict(card, step=step)
 
+
+def load_process(directory: str):
+  """(process, card) of a model directory, from its model.json alone: no parameters are read,
+  so a sampling setting can be checked against the model before its checkpoint is."""
   from ardiff.data.base import DataSpec
 
-  card = json.loads(storage.read_text(storage.join(directory, MODEL_CARD)))
+  path = storage.join(directory, MODEL_CARD)
+  card = storage.read_json(path)
+  missing = [k for k in CARD_KEYS if k not in card] if isinstance(card, dict) else CARD_KEYS
+  if missing:
+    raise DataError(f"{path} is not a model card: it lacks {', '.join(missing)}")
   extra = {k: ml_collections.ConfigDict(v) if isinstance(v, dict) else v
            for k, v in card["extra"].items()}
   process = build.build(card["kind"], ml_collections.ConfigDict(card["model"]),
                         DataSpec.from_dict(card["data"]), card["dtype"], **extra)
+  return process, card
+
+
+def load_params(directory: str):
+  """(EMA params, step) of the newest intact checkpoint of a model directory."""
+  import orbax.checkpoint as ocp
+
   ckpt = storage.join(storage.absolute(directory), "checkpoints")
   with ocp.CheckpointManager(ckpt) as manager:
     # A reader: damaged steps are reported and skipped, never moved (a run may be training).
@@ -222,7 +241,7 @@ def load_model(directory: str):
         manager, None, console.log, move=False)
     if step is None:
       raise ConfigError(f"model directory {directory!r} has no checkpoint yet")
-  return process, state["ema_params"], dict(card, step=int(step))
+  return state["ema_params"], int(step)
 
 
 def find_models(path: str) -> list[str]:
@@ -233,7 +252,8 @@ def find_models(path: str) -> list[str]:
   roots = [storage.join(path, "models")]
   config = storage.join(path, "config.json")
   if storage.isfile(config):
-    cache = json.loads(storage.read_text(config)).get("model_cache")
+    settings = storage.read_json(config)
+    cache = settings.get("model_cache") if isinstance(settings, dict) else None
     if cache:
       roots.append(storage.normpath(storage.join(path, cache)))
   found = []

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from ardiff.configs.validation import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -29,14 +31,26 @@ def replicated(mesh) -> NamedSharding:
 
 
 def check_global_batch(batch_size: int, mesh) -> None:
-  n = mesh.devices.size
-  if batch_size % n:
-    raise ValueError(
-        f"train.batch_size={batch_size} must be divisible by the number of devices ({n})")
-  if batch_size % jax.process_count():
-    raise ValueError(
-        f"train.batch_size={batch_size} must be divisible by the number of processes "
-        f"({jax.process_count()})")
+  check_batch_split(batch_size, mesh.devices.size, jax.process_count())
+
+
+def check_batch_split(batch_size: int, devices: int, processes: int = 1, grad_accum: int = 1,
+                      section: str = "train") -> None:
+  """A global batch splits evenly over the devices (each takes an equal share), over the
+  processes (each loads its own slice) and, on each device, into `grad_accum` micro-batches;
+  otherwise a ConfigError naming `section`'s key. Pure, so `ardiff run` can check a config
+  against this machine before it writes anything (`ardiff.preflight`)."""
+  key = f"config key '{section}.batch_size'"
+  if batch_size % devices:
+    raise ConfigError(f"{key}: {batch_size} must be divisible by the number of devices "
+                      f"({devices}): each device takes an equal share of the batch")
+  if batch_size % processes:
+    raise ConfigError(f"{key}: {batch_size} must be divisible by the number of processes "
+                      f"({processes}): each process loads an equal slice of the batch")
+  if (batch_size // devices) % grad_accum:
+    raise ConfigError(f"config key '{section}.grad_accum': {grad_accum} micro-batches must "
+                      f"divide each device's {batch_size // devices} examples "
+                      f"({section}.batch_size={batch_size} over {devices} devices)")
 
 
 def process_slice(global_indices: np.ndarray) -> np.ndarray:

@@ -1,11 +1,13 @@
 """`ardiff sample`: draw samples from a trained model without rerunning its experiment.
 
 Finds the model (a directory with model.json, or the one model of a work dir), rebuilds its
-process (`ardiff.model_cache.load_model`), samples through the common contract, and writes FILE.npz
-(samples, labels, spec) and FILE.png beside it: an image grid, or a scatter plot for 2-D points.
-Every bad input (no model, several models, a spec the process does not have, a label out of
-range, an output path that exists as a directory) is a ConfigError: one line, exit 2.
-`load`, `sample_labels` and `draw` serve `ardiff eval` too (`ardiff.eval_cli`).
+process from model.json (`ardiff.model_cache.load_process`), checks the spec and labels against
+it, then restores its parameters (`with_params`), samples through the common contract, and
+writes FILE.npz (samples, labels, spec) and FILE.png beside it: an image grid, or a scatter plot
+for 2-D points. Every bad input (no model, several models, a spec the process does not have or
+more steps than it was trained with, a label out of range, an output path that exists as a
+directory) is a ConfigError: one line, exit 2, before the checkpoint is read.
+`load`, `sample_labels`, `with_params` and `draw` serve `ardiff eval` too (`ardiff.eval_cli`).
 
 Labels: --label for every sample, else the null label (unconditional), except that --guidance
 without --label guides each sample towards a class drawn at random (`sample_labels`).
@@ -13,6 +15,7 @@ without --label guides each sample towards a class drawn at random (`sample_labe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ardiff.configs import ConfigError
+from ardiff.errors import ArdiffError
 
 
 def _pick_model(path: str) -> str:
@@ -45,8 +49,8 @@ class LoadedModel:
 
   directory: str
   process: Any
-  params: Any
-  card: dict  # model.json, with the checkpoint's step
+  params: Any  # None until `with_params`
+  card: dict  # model.json, with the checkpoint's step once `with_params` read it
   guidance: Any  # processes.guidance.Guidance, or None
 
 
@@ -59,24 +63,28 @@ def sample_command(args) -> int:
     raise ConfigError(f"--out {args.out!r} is a directory")
   model = load(args)
   labels, nfe = sample_labels(model, args, args.num)
+  model = with_params(model)
   samples = draw(model, args, labels)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  tmp = args.out[:-len(".npz")] + ".tmp.npz"
-  np.savez(tmp, samples=samples, labels=labels, spec=np.array(args.spec))
-  os.replace(tmp, args.out)
   png = args.out[:-len(".npz")] + ".png"
-  _figure(samples, model.card, f"{args.spec}, {nfe} NFE" + (
-      f", label {args.label}" if args.label is not None else ""), png)
+  stop = getattr(args, "sigterm", None)  # `ardiff.sigterm`: a SIGTERM now waits for the files
+  with stop.writing([args.out, png]) if stop else contextlib.nullcontext():
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out[:-len(".npz")] + ".tmp.npz"
+    np.savez(tmp, samples=samples, labels=labels, spec=np.array(args.spec))
+    os.replace(tmp, args.out)
+    _figure(samples, model.card, f"{args.spec}, {nfe} NFE" + (
+        f", label {args.label}" if args.label is not None else ""), png)
   print(f"{len(samples)} samples from {model.directory} (step {model.card['step']}, {args.spec}, "
         f"{nfe} NFE{labels_note(model, args)}) -> {args.out}, {png}", file=sys.stderr)
   return 0
 
 
 def load(args) -> LoadedModel:
-  """Check --spec's grammar and the guidance flags, then pick and load the model."""
+  """Check --spec's grammar and the guidance flags, then pick the model and rebuild its process
+  from model.json (its parameters are read later, by `with_params`)."""
   from ardiff.processes.guidance import make_guidance
   from ardiff.processes.spec import parse_spec
-  from ardiff.model_cache import load_model
+  from ardiff.model_cache import load_process
 
   try:  # what can be checked without the model, before it is loaded
     parse_spec(args.spec)
@@ -88,10 +96,25 @@ def load(args) -> LoadedModel:
     raise ConfigError(str(e)) from None
   model_dir = _pick_model(args.path)
   try:
-    process, params, card = load_model(model_dir)
+    process, card = load_process(model_dir)  # the model's settings, not yet its parameters
+  except ArdiffError:  # already one line naming its file or key
+    raise
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  return LoadedModel(model_dir, process, params, card, guidance)
+  return LoadedModel(model_dir, process, None, card, guidance)
+
+
+def with_params(model: LoadedModel) -> LoadedModel:
+  """The model with its EMA parameters from the newest intact checkpoint, and that step."""
+  from ardiff.model_cache import load_params
+
+  try:
+    params, step = load_params(model.directory)
+  except ArdiffError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return dataclasses.replace(model, params=params, card=dict(model.card, step=step))
 
 
 def guides_random_classes(args) -> bool:

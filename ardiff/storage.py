@@ -21,13 +21,16 @@ Tests run all of it against a GCS emulator (tests/test_bucket.py).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import logging
 import os
 import posixpath
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
-from ardiff.errors import StorageError
+from ardiff.errors import DataError, StorageError
 
 _GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
 
@@ -116,12 +119,74 @@ def isfile(path: str | os.PathLike) -> bool:
 
 
 def makedirs(path: str | os.PathLike) -> None:
-  """Create the directory and its parents (a no-op in a bucket, where folders are prefixes)."""
+  """Create the directory and its parents (a no-op in a bucket, where folders are prefixes).
+  Locally, a path that cannot be made (a file in the way, a read-only or pseudo file system)
+  is a StorageError naming it."""
   path = os.fspath(path)
   if is_remote(path):
     _remote(path).mkdir(parents=True, exist_ok=True)
-  else:
+    return
+  try:
     os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise StorageError(f"cannot create the directory {path}: {_why_not_made(path, e)}") \
+        from None
+
+
+def file_in_the_way(path: str | os.PathLike) -> str | None:
+  """The path itself or the nearest of its parents that exists, where that is not a directory
+  (a file or a link to one: a directory cannot be made there); None if there is none."""
+  path = os.fspath(path)
+  if is_remote(path):
+    return None  # a bucket has prefixes, not folders: nothing is in the way
+  current = _nearest_existing(path)
+  return None if os.path.isdir(current) else current
+
+
+def _why_not_made(path: str, error: OSError) -> str:
+  """What an OSError from making the directory `path` means, in words (the file in the way)."""
+  blocker = file_in_the_way(path)
+  if blocker is not None:
+    return f"{blocker} is a file, not a directory"
+  if error.errno == errno.ENOENT:  # the parent exists (else it would be made): e.g. /proc
+    return f"{_nearest_existing(path)} takes no new folders ({error.strerror})"
+  return error.strerror or str(error)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or one it was raised from, is a full disk or quota: an OSError ENOSPC or
+  EDQUOT, or TensorStore's words for one (orbax raises ValueError("RESOURCE_EXHAUSTED: ...
+  No space left on device [os_error_code='28']"))."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _FULL:
+      return True
+    if any(os.strerror(code) in str(error) for code in _FULL):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def mount_point(path: str | os.PathLike) -> str:
+  """The mount point of the file system that holds `path` (the path itself for a bucket)."""
+  path = os.fspath(path)
+  if is_remote(path):
+    return path
+  current = _nearest_existing(path)
+  while not os.path.ismount(current):
+    current = os.path.dirname(current)
+  return current
+
+
+def _nearest_existing(path: str) -> str:
+  current = os.path.abspath(path)
+  while not os.path.exists(current) and os.path.dirname(current) != current:
+    current = os.path.dirname(current)
+  return current
 
 
 def listdir(path: str | os.PathLike) -> list[str]:
@@ -143,6 +208,15 @@ def read_text(path: str | os.PathLike) -> str:
   return read_bytes(path).decode()
 
 
+def read_json(path: str | os.PathLike) -> Any:
+  """What a JSON file holds; DataError naming the file when it is not JSON (cut short, or
+  edited by hand), where json would raise without saying which file it read."""
+  try:
+    return json.loads(read_bytes(path).decode())
+  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError alike
+    raise DataError(f"{os.fspath(path)} is not valid JSON ({e})") from None
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes, *, fsync: bool = False) -> None:
   """Write the whole file so that a reader (or a crash) sees the old or the new content, never
   a part: locally a temporary file renamed over it (fsync'd first if asked), in a bucket one
@@ -153,12 +227,17 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, fsync: bool = Fa
     _remote(path).write_bytes(raw)
     return
   tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(raw)
-    if fsync:
-      f.flush()
-      os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(raw)
+      if fsync:
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError:  # a full disk, a read-only folder: leave no half-written temporary file
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

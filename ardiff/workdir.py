@@ -28,7 +28,7 @@ import os
 import socket
 
 from ardiff import storage
-from ardiff.errors import WorkdirLocked
+from ardiff.errors import StorageError, WorkdirLocked
 
 LOCK_FILE = ".ardiff.lock"
 
@@ -50,13 +50,17 @@ def _holder(fd: int) -> str:
 def acquire(directory: str | os.PathLike, role: str = "a run") -> str:
   """Lock `directory` (created if missing) for this process; WorkdirLocked if another holds
   it. Returns the key to `release` it with."""
-  os.makedirs(directory, exist_ok=True)
+  storage.makedirs(directory)
   key = os.path.realpath(directory)
   if key in _held:
     _held[key][1] += 1
     return key
   path = os.path.join(key, LOCK_FILE)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:  # a read-only mount or folder: the first file a run writes
+    raise StorageError(f"cannot write to the work dir {directory}: {e.strerror} ({path})") \
+        from None
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:

@@ -11,6 +11,7 @@ see the exit status and stderr end to end.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -58,6 +59,24 @@ FILES = {
     "object.npz": lambda: dict(x=np.array([None] * 4, dtype=object)),
 }
 
+# A model card (model.json) of a spiral diffusion trained on T = 50 timesteps, with no
+# checkpoint beside it: what `ardiff sample` checks before it reads one.
+CARD_T50 = json.dumps({
+    "kind": "gaussian", "model": {"width": 8, "depth": 1}, "dtype": "float32",
+    "data": {"name": "spiral", "kind": "points", "shape": [2], "num_classes": 3,
+             "num_levels": None, "center": [0.0, 0.0], "scale": [1.0, 1.0]},
+    "extra": {"diffusion": {"schedule": "cosine", "num_timesteps": 50, "target": "eps",
+                            "p_uncond": 0.1, "clip_x0": None}}})
+
+# Text files the cases read, written beside them: an experiment that does not compile, the
+# records of runs cut short (a config.json and a model.json that are not JSON), a model card.
+TEXT_FILES = {
+    "broken.py": "def get_config(:\n  return None\n",
+    "not_json/config.json": "{\"model_cache\": \"\", \n",
+    "cut_card/model.json": "{\"kind\": \"gaussian\", \"model\": {\"wid",
+    "card_t50/model.json": CARD_T50,
+}
+
 # (id, argv, regex the one line must match). "{d}": the data dir; "{w}": the existing work dir.
 RUN = ["run", SPIRAL, "--workdir={w}"]
 RUN_AR = ["run", DIGITS_AR, "--workdir={w}"]
@@ -71,6 +90,8 @@ CLI_CASES = [
     ("run-no-get-config", ["run", "tests/__init__.py", "--workdir={w}"],
      r"__init__.py.*must define get_config"),
     ("run-data-file", ["run", "{d}/good_points.npz", "--workdir={w}"], r"good_points.npz.*not an"),
+    ("run-syntax-error", ["run", "{d}/broken.py", "--workdir={w}"],
+     r"broken.py', line 1: invalid syntax \(def get_config\(:\)"),
     # Override syntax and keys.
     ("unknown-key", RUN + ["--config.nosuchkey=1"], r"unknown config key 'nosuchkey'"),
     ("typo-key", RUN + ["--config.train.step=5"], r"'train.step'.*did you mean 'train.steps'"),
@@ -163,6 +184,15 @@ CLI_CASES = [
      r"'upscale.divisors'.*multiple"),
     ("masked-spec-resample", RUN_AVD + ["--config.sample.runs.masked=['masked:4:resample=1.5']"],
      r"'sample.runs.masked'.*resample"),
+    # What this machine must offer before anything is written: folders and data.
+    ("model-cache-is-a-file", RUN + ["--config.model_cache=config.json"],
+     r"'model_cache'.*work/config.json is a file, not a directory"),
+    ("workdir-is-a-file", ["run", SPIRAL, "--workdir={w}/metrics.jsonl"],
+     r"cannot create the directory .*metrics.jsonl: .*metrics.jsonl is a file, not a directory"),
+    ("workdir-cannot-be-made", ["run", SPIRAL, "--workdir=/proc/ardiff-run"],
+     r"cannot create the directory /proc/ardiff-run: /proc takes no new folders"),
+    ("tfds-not-prepared", RUN_AR + ["--config.dataset=mnist"],
+     r"tfds dataset 'mnist' is not prepared: searched .*/tfds/mnist"),
     # Guidance that cannot work: the null label was never trained.
     ("guidance-p-uncond-0", RUN + ["--config.diffusion.p_uncond=0.0"],
      r"'diffusion.p_uncond'.*null label"),
@@ -239,6 +269,19 @@ CLI_CASES = [
      r"--spec: sampling spec 'ddim::5' has an empty part"),
     ("eval-num-small", ["eval", "{w}", "--spec=ddim:5", "--num=1"], r"--num must be >= 4"),
     ("eval-no-spec", ["eval", "{w}"], r"--spec"),
+    # ardiff sample: the records of a run cut short, named.
+    ("sample-config-not-json", ["sample", "{d}/not_json", "--spec=ddim:5", "--out={d}/s.npz"],
+     r"not_json/config.json is not valid JSON \(Expecting"),
+    ("sample-card-cut-short", ["sample", "{d}/cut_card", "--spec=ddim:5", "--out={d}/s.npz"],
+     r"cut_card/model.json is not valid JSON \(Unterminated string"),
+    # ardiff sample: the spec against the model's own settings, before its checkpoint is read.
+    ("sample-steps-absurd", ["sample", "{d}/card_t50", "--spec=ddim:100000000",
+                             "--out={d}/s.npz"],
+     r"'ddim': 100000000 steps is more than this model's 50 training timesteps"),
+    ("sample-steps-one-too-many", ["sample", "{d}/card_t50", "--spec=heun:51", "--out={d}/s.npz"],
+     r"'heun': 51 steps .* at most 50"),
+    ("sample-label-before-checkpoint", ["sample", "{d}/card_t50", "--spec=ddim:50", "--label=4",
+                                        "--out={d}/s.npz"], r"--label must lie in 0\.\.2"),
     # ardiff bench.
     ("bench-unknown", ["bench", "nope"], r"invalid choice: 'nope'"),
     ("bench-extra", ["bench", "ar", "--config.x=1"], r"unexpected arguments"),
@@ -339,6 +382,9 @@ def data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("bad_data")
   for name, make in FILES.items():
     np.savez(d / name, **make())
+  for name, text in TEXT_FILES.items():
+    (d / name).parent.mkdir(exist_ok=True)
+    (d / name).write_text(text)
   return str(d)
 
 
@@ -393,7 +439,8 @@ def cli_main(argv) -> int:
 
 @pytest.mark.parametrize("argv,pattern", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_bad_cli_input_is_one_line_and_changes_nothing(argv, pattern, data_dir, workdir, no_run,
-                                                      capsys):
+                                                      capsys, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", os.path.join(data_dir, "tfds"))  # nothing prepared there
   before = snapshot(workdir.parent, data_dir)
   argv = [a.format(d=data_dir, w=workdir) for a in argv]
   assert cli_main(argv) == 2

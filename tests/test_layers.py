@@ -22,12 +22,15 @@ LAYERS = (
     ("errors", "registry"),
     # files, the console, dtypes, the compilation cache, hosts; `configs` is the override
     # parser and validation only (no section schemas: those are `presets`, far above)
-    ("storage", "console", "precision", "compile_cache", "threefry_cpu", "distributed", "configs"),
+    ("storage", "console", "precision", "compile_cache", "threefry_cpu", "distributed", "configs",
+     "sigterm"),
     # work dirs, checkpoints, device meshes, figures and tables, TensorBoard, sample files
     ("workdir", "checkpoints", "parallel", "report", "summaries", "sample_cache"),
     ("kernels",),
     # networks and datasets (neither knows the other)
     ("models", "data"),
+    # what `ardiff run` checks on this machine before it writes: devices, folders, data
+    ("preflight",),
     # removal processes (networks injected) and sample-quality metrics
     ("processes", "metrics"),
     ("train",),

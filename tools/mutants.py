@@ -58,6 +58,8 @@ BEATS_DDIM = f"{S}::test_second_order_solvers_beat_ddim_at_ten_evaluations"
 EULER_A_IS_DDIM = f"{S}::test_euler_ancestral_is_ddim_with_the_same_eta_on_the_same_grid"
 CONTINUOUS_TIME = (f"{S}::test_continuous_schedule_interpolates_log_snr_between_training_steps",
                    f"{S}::test_spacings_follow_their_formulas")
+RUNTIME = "tests/test_bad_inputs_runtime.py"
+BAD_CLI = "tests/test_bad_inputs.py::test_bad_cli_input_is_one_line_and_changes_nothing"
 KERNEL_DECODE = "tests/kernels/test_decode_attention.py"
 SEGMENTS = f"{KERNEL_DECODE}::test_prefix_segments_tile_the_steps_with_caches_that_hold_them"
 SEGMENTED_DECODE = f"{AR}::test_kv_cache_sampler_by_segments_equals_no_cache_sampler"
@@ -470,6 +472,39 @@ MUTANTS = (
        "    data = _rebuild(section, want.kind)\n    if data.spec == want:",
        "    data = _rebuild(section, want.kind)\n    if data.kind == want.kind:",
        "tests/test_model_data.py"),
+    # ---- bad input found at run time (issue 29): one line, nothing lost
+    _m("batch-split-checks-the-processes-twice", "bad input", "ardiff/parallel.py",
+       "  if batch_size % devices:", "  if batch_size % processes:", RUNTIME, "-k", "split"),
+    _m("preflight-checks-only-the-top-train-section", "bad input", "ardiff/preflight.py",
+       "for prefix, section in sections(config):", "for prefix, section in [(\"\", config)]:",
+       RUNTIME, "-k", "preflight"),
+    _m("lock-file-error-caught-only-for-permissions", "bad input", "ardiff/workdir.py",
+       "  except OSError as e:  # a read-only mount", "  except PermissionError as e:  #",
+       RUNTIME, "-k", "read_only"),
+    _m("config-json-not-put-back-after-a-failed-write", "bad input", "ardiff/cli.py",
+       "      storage.rename(kept, path)\n", "      pass\n", RUNTIME, "-k", "config_json"),
+    _m("sampling-steps-capped-one-below-the-timesteps", "bad input",
+       "ardiff/processes/gaussian/process.py", "spec.steps > self.num_timesteps:",
+       "spec.steps >= self.num_timesteps:", RUNTIME, "-k", "own_timesteps"),
+    _m("checkpoint-of-another-model-compared-by-rank", "bad input", "ardiff/checkpoints.py",
+       "    if saved[path] != wanted[path]:", "    if len(saved[path]) != len(wanted[path]):",
+       RUNTIME, "-k", "another_model"),
+    _m("disk-full-told-only-from-os-errors", "bad input", "ardiff/storage.py",
+       "    if any(os.strerror(code) in str(error) for code in _FULL):",
+       "    if isinstance(error, OSError) and any(os.strerror(c) in str(error) for c in _FULL):",
+       RUNTIME, "-k", "disk_full or full_disk"),
+    _m("orbax-logs-printed-on-a-full-disk", "bad input", "ardiff/checkpoints.py",
+       'held_logs("absl", "asyncio", drop=storage.is_disk_full)',
+       'held_logs("absl", "asyncio", drop=lambda error: False)', RUNTIME, "-k", "holds"),
+    _m("tfds-warnings-printed-before-data-not-found", "bad input",
+       "ardiff/data/tfds_source.py", "    with console.held_logs(\"absl\", drop=lambda error: True):",
+       "    with console.held_logs(\"absl\", drop=lambda error: False):", RUNTIME, "-k", "tfds"),
+    _m("sigterm-answered-in-the-middle-of-a-write", "bad input", "ardiff/sigterm.py",
+       "    with self._writing:  # a write under way", "    if True:  # a write under way",
+       RUNTIME, "-k", "sigterm_says"),
+    _m("syntax-error-message-without-its-line", "bad input", "ardiff/configs/overrides.py",
+       'where = f", line {e.lineno}" if e.lineno else ""', 'where = ""', BAD_CLI, "-k",
+       "syntax"),
 )
 
 

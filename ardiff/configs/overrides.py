@@ -31,7 +31,13 @@ def load_experiment(path: str) -> ModuleType:
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[name] = module
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:  # the user's file: where it is wrong, not how Python compiles it
+    del sys.modules[name]
+    where = f", line {e.lineno}" if e.lineno else ""
+    code = f" ({e.text.strip()})" if e.text and e.text.strip() else ""
+    raise ConfigError(f"experiment file {path!r}{where}: {e.msg}{code}") from None
   for attr in ("get_config", "run"):
     if not callable(getattr(module, attr, None)):
       raise ConfigError(f"experiment file {path!r} must define {attr}(); it is not an "

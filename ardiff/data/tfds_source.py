@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from ardiff import console
 from ardiff.data.base import Dataset
 from ardiff.errors import DataError, DataNotFound
 
@@ -53,19 +54,35 @@ def _check_args(name: str, process_index: int, process_count: int,
   return SPECS[name]
 
 
-def _not_prepared(name: str, data_dir: str | None, cause: Exception) -> Exception | None:
-  """The error for a dataset that is missing or stored without random access; None otherwise."""
+def check_prepared(name: str, data_dir: str | None = None) -> None:
+  """DataNotFound (the message `load_tfds_dataset` would give) unless `name` is prepared as
+  ArrayRecord under data_dir ($TFDS_DATA_DIR, else tfds' default); reads no example, so
+  `ardiff run` checks it before it writes anything (`ardiff.preflight`)."""
+  _check_args(name, 0, 1, None)
+  error = _not_prepared(name, data_dir or os.environ.get("TFDS_DATA_DIR") or None, None)
+  if error is not None:
+    raise error
+
+
+def _not_prepared(name: str, data_dir: str | None, cause: Exception | None) -> Exception | None:
+  """The error for a dataset that is missing or stored without random access (`cause`: what
+  reading it raised, if it was read); None otherwise."""
   import tensorflow_datasets as tfds
 
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    searched, prepared = str(builder.data_dir), builder.is_prepared()
+    # "Variant folder ... has no dataset_info.json": what the message below says in words.
+    with console.held_logs("absl", drop=lambda error: True):
+      builder = tfds.builder(name, data_dir=data_dir)
+      searched, prepared = str(builder.data_dir), builder.is_prepared()
+      stored = str(builder.info.file_format) if prepared else ""
   except Exception:  # pylint: disable=broad-except  # only used to word the message
-    searched, prepared = data_dir or "the default tfds data_dir", False
-  if prepared and not isinstance(cause, NotImplementedError):
-    return None  # prepared, so the failure is something else: let it through unchanged
+    searched, prepared, stored = data_dir or "the default tfds data_dir", False, ""
+  random_access = "array_record" in stored.lower() and not isinstance(cause, NotImplementedError)
+  if prepared and random_access:
+    return None  # prepared, so a failure is something else: let it through unchanged
   if prepared:
-    what, verb = f"is prepared at {searched} but not as ArrayRecord ({cause})", "rebuild it"
+    why = cause or f"stored as {stored}"
+    what, verb = f"is prepared at {searched} but not as ArrayRecord ({why})", "rebuild it"
   else:
     what, verb = f"is not prepared: searched {searched}", "build it"
   target = data_dir or "DIR"
@@ -111,14 +128,17 @@ def load_tfds_dataset(name: str, data_dir: str | None = None, process_index: int
   import tensorflow_datasets as tfds
 
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
-  try:
-    sources = tfds.data_source(
-        name, split=["train", "test"], data_dir=data_dir, download=False, try_gcs=False)
-  except Exception as e:  # pylint: disable=broad-except  # tfds raises several kinds here
-    error = _not_prepared(name, data_dir, e)
-    if error is None:
-      raise
-    raise error from e
+  # tfds warns of the folders it finds incomplete before it fails: dropped where DataNotFound's
+  # one line says it all, printed otherwise.
+  with console.held_logs("absl", drop=lambda error: isinstance(error, DataNotFound)):
+    try:
+      sources = tfds.data_source(
+          name, split=["train", "test"], data_dir=data_dir, download=False, try_gcs=False)
+    except Exception as e:  # pylint: disable=broad-except  # tfds raises several kinds here
+      error = _not_prepared(name, data_dir, e)
+      if error is None:
+        raise
+      raise error from e
 
   splits = {}
   for split, source in zip(("train", "test"), sources):

@@ -36,7 +36,13 @@ Nothing lost, nothing silent:
   checkpoints   verified by a sha256 manifest; a damaged latest step falls back to the previous
                 one (`ardiff.checkpoints`), for `checkpoints/` and `best/` alike;
   metrics       `metrics.jsonl` is cut back to the restored step on resume (rows of steps the
-                checkpoint does not hold would otherwise appear twice).
+                checkpoint does not hold would otherwise appear twice);
+  full disk     a write that fails for want of space (a checkpoint, a metrics row, TensorBoard)
+                stops the run with `DiskFull`: one line naming the disk and the last intact
+                checkpoint, which the rerun resumes from (orbax's per-write tracebacks are
+                dropped, `ardiff.console.held_logs`);
+  other model   a checkpoint whose shapes are not this model's stops the run with
+                `CheckpointMismatch` and is left where it is (`ardiff.checkpoints`).
 
 Extending a run: `train.steps` is not part of a model's cache key (`ardiff.model_cache.train_key`),
 so rerunning with more steps resumes from the saved step. The warmup-cosine learning rate

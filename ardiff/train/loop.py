@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ from ardiff import checkpoints, console, parallel, storage
 from ardiff import summaries as summaries_lib
 from ardiff.configs.validation import ConfigError
 from ardiff.data.base import batch_indices
-from ardiff.errors import TrainingDiverged
+from ardiff.errors import DiskFull, TrainingDiverged
 from ardiff.processes.base import Process
 from ardiff.train import actions, best as best_lib, records
 from ardiff.train.config import TrainConfig
@@ -60,20 +61,41 @@ def train(
   With validation, the returned state's `ema_params` are the best EMA parameters (lowest
   validation loss) and its `step` the step training stopped at; `training.json` records both.
   Raises WorkdirLocked (another process trains in `workdir`), TrainingDiverged, CheckpointDamaged
-  (no intact checkpoint to resume from), Preempted (SIGTERM) and Interrupted (Ctrl-C).
+  (no intact checkpoint to resume from), CheckpointMismatch (another model's checkpoint),
+  DiskFull, Preempted (SIGTERM) and Interrupted (Ctrl-C).
   """
   workdir = os.fspath(workdir)
   with workdir_lock(workdir, "training", take=console.is_chief()):
-    return _train(process, x, y, cfg, workdir, stop_at=stop_at, log=log or console.log,
-                  eval_fn=eval_fn, eval_every=eval_every, preview_fn=preview_fn, mesh=mesh)
+    try:
+      # What native code prints in the run (TensorStore's late completions of a failed
+      # checkpoint write) is held: printed at its end, dropped after a full disk.
+      with console.held_logs(drop=storage.is_disk_full):
+        return _train(process, x, y, cfg, workdir, stop_at=stop_at, log=log or console.log,
+                      eval_fn=eval_fn, eval_every=eval_every, preview_fn=preview_fn, mesh=mesh)
+    except Exception as e:  # noqa: BLE001 - a full disk is told apart below, the rest passes
+      if not storage.is_disk_full(e):
+        raise
+    # Outside the handler the writer's error is let go, and with it orbax's failed write tasks:
+    # collected here, their "Task exception was never retrieved" logs (one traceback per
+    # array) are dropped instead of printed at exit, below the one line that says it all.
+    with console.held_logs("asyncio", drop=lambda error: True):
+      gc.collect()
+  raise DiskFull(disk_full_message(workdir))
+
+
+def disk_full_message(workdir: str) -> str:
+  """What a run stopped by a full disk says: the disk, and the checkpoint a rerun resumes."""
+  directory = storage.join(workdir, "checkpoints")
+  step = checkpoints.last_intact_step(directory)
+  kept = (f"the last intact checkpoint, step {step} in {directory}, is kept" if step is not None
+          else "no checkpoint was saved yet")
+  return (f"no space left on the disk at {storage.mount_point(workdir)} while writing "
+          f"{workdir}: {kept}; free space and rerun the same command to resume")
 
 
 def _check_batch(cfg: TrainConfig, x, y, mesh) -> None:
-  parallel.check_global_batch(cfg.batch_size, mesh)
-  if (cfg.batch_size // mesh.devices.size) % cfg.grad_accum:
-    raise ConfigError(f"config key 'train.grad_accum': {cfg.grad_accum} micro-batches must "
-                      f"divide each device's {cfg.batch_size // mesh.devices.size} examples "
-                      f"(train.batch_size={cfg.batch_size} over {mesh.devices.size} devices)")
+  parallel.check_batch_split(cfg.batch_size, mesh.devices.size, jax.process_count(),
+                             cfg.grad_accum)
   if len(x) != len(y):
     raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
 

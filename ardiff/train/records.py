@@ -20,7 +20,7 @@ def read_training_info(workdir: str | os.PathLike) -> dict:
   path = storage.join(workdir, TRAINING_INFO)
   if not storage.exists(path):
     return {}
-  return json.loads(storage.read_text(path))
+  return storage.read_json(path)
 
 
 def write_json_atomic(path: str, payload: dict) -> None:

@@ -155,6 +155,13 @@ class GaussianDiffusion:
     names = samplers.SAMPLERS.names()
     check_spec(spec, {name: samplers.sampler_options(name) for name in names},
                process="Gaussian diffusion", needs_steps=names)
+    # At most T steps: the network learned the T times t / T, so a finer grid only evaluates
+    # it between them, and an absurd count (ddim:100000000) would first build a grid of that
+    # many times on the host and then run for days with no output. (`trailing` had the cap.)
+    if isinstance(spec.steps, int) and spec.steps > self.num_timesteps:
+      raise ValueError(f"sampler {spec.name!r}: {spec.steps} steps is more than this model's "
+                       f"{self.num_timesteps} training timesteps (diffusion.num_timesteps); "
+                       f"give at most {self.num_timesteps}")
     options = spec.option_dict
     samplers.sampler_args(spec.name, **{k: v for k, v in options.items()
                                         if k not in samplers.base.COMMON_OPTIONS})
