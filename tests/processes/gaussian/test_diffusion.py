@@ -208,6 +208,12 @@ def test_unknown_sampler_and_option_errors():
   with pytest.raises(ValueError, match="unknown time-step spacing 'cosine'"):
     sample(gaussian_eps, PARAMS, SCHEDULE, x, jax.random.key(0), sampler="ddim", num_steps=5,
            spacing="cosine")
+  # An option with a few meaningful values takes only those (in the loop, UniPC's order 5
+  # would silently run order 3, bh 1.5 bh2).
+  for option, bad in (("order", 4.0), ("order", 2.5), ("bh", 3.0)):
+    with pytest.raises(ValueError, match=f"'unipc': option {option} must be one of"):
+      sample(gaussian_eps, PARAMS, SCHEDULE, x, jax.random.key(0), sampler="unipc",
+             num_steps=5, **{option: bad})
   assert {"ddpm", "ddim"} <= set(SAMPLERS.names())
 
 

@@ -79,6 +79,9 @@ class Solver(NamedTuple):
   # Order of convergence to the probability-flow map with the default options (None: the
   # solver is stochastic); tests/processes/gaussian/test_solvers.py holds every solver to it.
   flow_order: int | None
+  # Options that take only some values (e.g. UniPC's order in {1, 2, 3}): a spec giving another
+  # is refused up front, since inside the compiled loop it would silently act as a neighbour.
+  choices: dict[str, tuple[float, ...]] = {}
 
 
 SAMPLERS: Registry[Solver] = Registry("diffusion sampler")
@@ -90,14 +93,16 @@ def _stateless(x):
 
 def register_solver(name: str, *, spacing: str = "uniform", init=_stateless,
                     evals_per_step: int = 1, final_evals: int = 1, invertible: bool = False,
-                    flow_order: int | None = None, **options: float):
+                    flow_order: int | None = None,
+                    choices: dict[str, tuple[float, ...]] | None = None, **options: float):
   """Register `step` under `name`; keyword options are its numeric options and defaults.
-  `flow_order`: the order the deterministic solver converges at (None when stochastic)."""
+  `flow_order`: the order the deterministic solver converges at (None when stochastic);
+  `choices`: the values an option may take, where not every number is one."""
   SPACINGS.get(spacing)
 
   def add(step: StepFn) -> StepFn:
     SAMPLERS.register(name)(Solver(step, init, dict(options), spacing, evals_per_step,
-                                   final_evals, invertible, flow_order))
+                                   final_evals, invertible, flow_order, dict(choices or {})))
     return step
 
   return add
@@ -121,6 +126,10 @@ def sampler_args(sampler: str, **overrides: Any) -> dict[str, jax.Array]:
     value = overrides.get(k, v)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
       raise ValueError(f"sampler {sampler!r}: option {k} must be a finite number, got {value!r}")
+    allowed = solver.choices.get(k)
+    if allowed is not None and value not in allowed:
+      raise ValueError(f"sampler {sampler!r}: option {k} must be one of "
+                       f"{', '.join(f'{a:g}' for a in allowed)}, got {value!r}")
     args[k] = jnp.asarray(value, jnp.float32)
   return args
 

@@ -81,7 +81,8 @@ def _ratios(lams, lam_from, h, count):
   return [jnp.where(count > k, (lam - lam_from) / h, -(k + 1.0)) for k, lam in enumerate(lams)]
 
 
-@register_solver("unipc", spacing="logsnr", init=_init, flow_order=3, order=2.0, bh=2.0)
+@register_solver("unipc", spacing="logsnr", init=_init, flow_order=3, order=2.0, bh=2.0,
+                 choices={"order": (1, 2, 3), "bh": (1, 2)})
 def unipc_step(ctx, state, x, t, s, key, args):
   m_new = ctx.denoise(x, t).x0
   sigma_t = ctx.sigma(t)
