@@ -68,6 +68,22 @@ def build(kind: str, section, dataset: "Dataset | DataSpec", dtype: str = "float
   return BUILDERS.get(kind).fn(section, dataset, compute_dtype(dtype, "dtype"), **extra)
 
 
+def preview_spec(kind: str, process) -> str:
+  """The builder's preview spec as this process takes it: a Gaussian process samples at most
+  its T training timesteps, so a model trained on fewer than the spec's steps previews with
+  one step per timestep ('' where the builder has no preview)."""
+  from ardiff.processes.spec import parse_spec
+
+  spec = BUILDERS.get(kind).preview
+  limit = getattr(process, "num_timesteps", None)
+  if not spec or limit is None:
+    return spec
+  parsed = parse_spec(spec)
+  if isinstance(parsed.steps, int) and parsed.steps > limit:
+    return str(dataclasses.replace(parsed, steps=limit))
+  return spec
+
+
 def code_version(kind: str, dataset: Dataset) -> int:
   version = BUILDERS.get(kind).version
   return version(dataset) if callable(version) else version

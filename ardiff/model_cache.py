@@ -173,7 +173,7 @@ def preview_sampler(process, kind: str, dataset: Dataset, num: int = 16, seed: i
   """ema_params -> `num` unconditional samples by the builder's preview spec (the grids shown
   in TensorBoard while training, `train.preview_every`); None for points or no spec. The same
   key at every call, so successive grids differ only through the parameters."""
-  spec = build.BUILDERS.get(kind).preview
+  spec = build.preview_spec(kind, process)
   if dataset.kind != "image" or not spec:
     return None
   labels = jnp.full((num,), process.num_classes, jnp.int32)

@@ -215,8 +215,9 @@ def test_samples_do_not_depend_on_the_device_count(tmp_path):
 
 def test_preview_spec_is_one_the_process_takes(case):
   kind, process, _, _ = case
-  preview = build.BUILDERS.get(kind).preview
-  assert preview, f"builder {kind!r} has no preview spec (the TensorBoard sample grids)"
+  assert build.BUILDERS.get(kind).preview, (
+      f"builder {kind!r} has no preview spec (the TensorBoard sample grids)")
+  preview = build.preview_spec(kind, process)
   check_specs(process, [preview], "preview")
   assert 1 <= process.nfe(preview) <= 64  # a preview must stay cheap
 
