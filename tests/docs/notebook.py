@@ -59,7 +59,10 @@ def execute(nb: nbformat.NotebookNode, workdir: str, path: str = QUICKSTART) -> 
   env.update({WORKDIR_VAR: workdir, "JAX_PLATFORMS": "cpu",
               "PYTHONPATH": os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
   # No per-cell timestamps: they would change the committed file on every refresh.
-  client = nbclient.NotebookClient(nb, km=this_interpreters_kernel(), timeout=600,
+  # Bounded waits and an immediate kill at the end: a kernel that stops answering fails this
+  # run within minutes instead of holding the suite (seen once in CI, not reproduced alone).
+  client = nbclient.NotebookClient(nb, km=this_interpreters_kernel(), timeout=300,
+                                   startup_timeout=120, shutdown_kernel="immediate",
                                    record_timing=False,
                                    resources={"metadata": {"path": os.path.dirname(path)}})
   start = time.perf_counter()
